@@ -1,0 +1,121 @@
+"""`blindspot attack`: the box-constrained L-BFGS attack of §4.1 on a slice of MNIST."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from blindspot.console import err, print_json, progress_sink
+from blindspot.options import DataDir, Device, Json, Seed
+from engines.attack import AttackConfig
+from engines.attack_run import AttackRequest, resume_attack, start_attack
+from engines.device import resolve_device
+from engines.errors import InputError
+
+
+def default_run_dir(kind: str, model: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{kind}-{Path(model).stem}-{stamp}"
+
+
+def attack(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Zoo id or checkpoint path.")] = None,
+    split: Annotated[str, typer.Option(help="test, train, p1 or p2.")] = "test",
+    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 100,
+    offset: Annotated[int, typer.Option(help="Index of the first image.")] = 0,
+    target: Annotated[
+        str,
+        typer.Option(
+            help="random (seeded), next, least-likely, all (every wrong label, keep the closest), or a label."
+        ),
+    ] = "random",
+    c_steps: Annotated[
+        int, typer.Option("--c-steps", help="Runs of the search over c per image (bracket, then bisect).")
+    ] = 9,
+    max_iter: Annotated[int, typer.Option("--max-iter", help="L-BFGS-B iterations per value of c.")] = 100,
+    distance: Annotated[str, typer.Option(help="Distance term: l2sq (‖r‖², default) or l2 (‖r‖).")] = "l2sq",
+    c_init: Annotated[
+        float, typer.Option("--c-init", help="First c (c multiplies the distance: larger c, smaller r).")
+    ] = 1.0,
+    warm_start: Annotated[
+        bool, typer.Option("--warm-start/--cold-start", help="Start each c from the best success so far.")
+    ] = True,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Problems solved at once (default: by free memory).")
+    ] = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    out: Annotated[Path | None, typer.Option("--out", help="Run folder (default: runs/attack-MODEL-TIME).")] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", help="Finish an interrupted run in this folder.")] = None,
+    data: DataDir = None,
+    json_out: Json = False,
+) -> None:
+    """Find the closest image of another class (Szegedy et al. §4.1).
+
+    Minimises c·D(r) + loss(x + r, target) over x + r in [0, 1] with box-constrained L-BFGS for each image,
+    keeping the LARGEST c whose minimiser reaches the target (c multiplies the distance here, as in the paper).
+    """
+    dev = resolve_device(device)
+    if resume is None:
+        if model is None:
+            raise InputError("say which model to attack: --model ID|PATH (or --resume DIR)")
+        if n < 1:
+            raise InputError("--n must be at least 1")
+        config = AttackConfig(
+            c_steps=c_steps, max_iter=max_iter, distance=distance, c_init=c_init, warm_start=warm_start
+        )
+        request = AttackRequest(
+            model=model,
+            split=split,
+            n=n,
+            offset=offset,
+            target=target,
+            seed=seed,
+            config=config,
+            batch_size=batch_size,
+            data_dir=str(data) if data else None,
+        )
+    folder = resume or out or default_run_dir("attack", model or "model")
+    try:
+        with progress_sink() as on_progress:
+            if resume is not None:
+                summary = resume_attack(resume, dev, on_progress=on_progress)
+            else:
+                summary = start_attack(request, folder, dev, on_progress=on_progress)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: finished chunks are kept; finish with `blindspot attack --resume {folder}`")
+        raise typer.Exit(130) from None
+    summary["run"] = str(folder)
+    if json_out:
+        print_json(summary)
+    else:
+        print_summary(summary)
+
+
+def _fmt(v: float | None, spec: str = ".4f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_summary(s: dict) -> None:
+    table = Table(title=f"attack on {s['model']} ({s['split']}, n={s['n']}, target={s['target']})")
+    for col in ("success", "mean distortion", "median", "mean L2", "mean L∞", "seconds", "device"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        f"{100 * s['success_rate']:.1f}%",
+        _fmt(s["mean_distortion"]),
+        _fmt(s["median_distortion"]),
+        _fmt(s["mean_l2"], ".3f"),
+        _fmt(s["mean_linf"], ".3f"),
+        f"{s['seconds']:.1f}",
+        s["device"],
+    )
+    err.print(table)
+    err.print(f"run folder: {s['run']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("attack")(attack)

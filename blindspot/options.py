@@ -1,0 +1,21 @@
+"""Options shared by several commands, defined once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda (auto = cuda when present).")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed (results are reproducible for a seed on the CPU).")]
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout; logs go to stderr.")]
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Folder with MNIST-format IDX files (also MNIST/raw layouts). Default: the shipped sample_data/mnist.",
+    ),
+]
+ModelRef = Annotated[str, typer.Option("--model", "-m", help="A zoo id (see `blindspot models`) or a checkpoint path.")]
+OutDir = Annotated[Path | None, typer.Option("--out", help="Run folder for results (created; written atomically).")]

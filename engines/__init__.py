@@ -1,0 +1,1 @@
+"""blindspot's computation: data, models, attacks, analyses. No UI imports here."""

@@ -1,0 +1,1 @@
+"""Textual screens of the blindspot workbench; thin views over engines."""

@@ -1,0 +1,202 @@
+"""The attack: targets, box, bookkeeping of the best success, run folders, resume, bad input."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engines.attack import AttackConfig, _Objective, paper_distortion, validate_images
+from engines.attack_run import AttackRequest, load_samples, resume_attack, start_attack
+from engines.checkpoint import check_classifier, load_checkpoint
+from engines.data import load_split
+from engines.errors import Cancelled, InputError, ModelError
+from engines.lbfgsb import minimize
+from engines.targets import choose_targets, expand_all_targets, parse_target
+
+CPU = torch.device("cpu")
+QUICK = AttackConfig(c_steps=4, max_iter=40)
+
+
+def test_paper_distortion_is_rms_over_pixels():
+    x = torch.zeros(2, 1, 28, 28)
+    y = x.clone()
+    y[0, 0, 0, :4] = 0.5
+    d = paper_distortion(x, y)
+    assert d[0].item() == pytest.approx(math.sqrt(4 * 0.25 / 784))
+    assert d[1].item() == 0.0
+
+
+def test_random_targets_are_seeded_and_never_the_label():
+    labels = torch.arange(10).repeat(50)
+    a = choose_targets("random", labels, 10, seed=5)
+    assert not bool((a == labels).any())
+    assert torch.equal(a, choose_targets("random", labels, 10, seed=5))
+    assert not torch.equal(a, choose_targets("random", labels, 10, seed=6))
+    assert torch.equal(a[:100], choose_targets("random", labels, 10, seed=5)[:100])
+    assert len(set(a.tolist())) == 10
+
+
+def test_next_least_likely_fixed_and_all_targets():
+    labels = torch.tensor([0, 3, 9])
+    assert choose_targets("next", labels, 10).tolist() == [1, 4, 0]
+    assert choose_targets(7, labels, 10).tolist() == [7, 7, 7]
+    lm = load_checkpoint("softmax1")
+    x = load_split("test").images[:3]
+    expected = lm.model(x).argmin(1)
+    assert torch.equal(choose_targets("least-likely", labels, 10, model=lm.model, images=x), expected)
+    image, target = expand_all_targets(labels, 10)
+    assert image.tolist() == [0] * 9 + [1] * 9 + [2] * 9
+    for i, lab in enumerate(labels.tolist()):
+        assert sorted(target[image == i].tolist()) == [c for c in range(10) if c != lab]
+
+
+def test_target_parsing_rejects_out_of_range_labels():
+    assert parse_target("all", 10) == "all" and parse_target("3", 10) == 3
+    with pytest.raises(InputError, match="out of range"):
+        parse_target("10", 10)
+    with pytest.raises(InputError):
+        parse_target("nearest", 10)
+
+
+def test_bad_images_are_refused():
+    with pytest.raises(InputError, match="NaN"):
+        validate_images(torch.tensor([0.5, float("nan")]))
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        validate_images(torch.tensor([0.5, 1.2]))
+
+
+def test_a_model_that_is_no_classifier_is_refused():
+    with pytest.raises(ModelError, match="not a classifier"):
+        check_classifier(torch.nn.Identity(), (1, 28, 28))
+    with pytest.raises(ModelError, match="rejects"):
+        check_classifier(torch.nn.Linear(5, 10), (1, 28, 28))
+
+
+def test_best_success_is_recorded_at_any_evaluation():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2, bias=False))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
+    x = torch.tensor([[0.9, 0.1, 0.0, 0.0]])
+    obj = _Objective(model, (4,), x, torch.tensor([1]), "l2sq")
+    rows = torch.tensor([0])
+    far = torch.tensor([[0.1, 0.9, 0.0, 0.0]])  # class 1: a success
+    near = torch.tensor([[0.45, 0.55, 0.0, 0.0]])  # class 1 and closer
+    fail = torch.tensor([[0.8, 0.2, 0.0, 0.0]])  # still class 0
+    obj(far, rows)
+    assert obj.best_sq.item() == pytest.approx(1.28)
+    obj(near, rows)
+    obj(fail, rows)
+    assert obj.best_sq.item() == pytest.approx(0.405)
+    assert torch.equal(obj.best_x, near)
+
+
+def test_value_and_gradient_come_from_one_objective():
+    lm = load_checkpoint("n100-100-10")
+    x = load_split("test").images[:2].flatten(1).double()
+    model = lm.model.double()
+    obj = _Objective(model, (1, 28, 28), x, torch.tensor([3, 5]), "l2sq")
+    obj.c = torch.tensor([0.7, 2.0], dtype=torch.float64)
+    xp = (x + 0.01 * torch.randn_like(x)).clamp(0, 1)
+    f, g = obj(xp, torch.arange(2))
+    v = torch.randn_like(xp)
+    eps = 1e-6
+    fp, _ = obj(xp + eps * v, torch.arange(2))
+    fm, _ = obj(xp - eps * v, torch.arange(2))
+    assert torch.allclose((fp - fm) / (2 * eps), (g * v).sum(1), rtol=1e-5)
+    lm.model.float()
+
+
+def _run(tmp_path, name, **kw):
+    req = AttackRequest(model=kw.pop("model", "n100-100-10"), n=kw.pop("n", 12), target=kw.pop("target", "random"),
+                        seed=1, config=kw.pop("config", QUICK), **kw)
+    return start_attack(req, tmp_path / name, CPU), tmp_path / name
+
+
+def test_attack_succeeds_inside_the_box_and_reaches_its_targets(tmp_path):
+    summary, folder = _run(tmp_path, "run")
+    s = load_samples(folder)
+    ok = s["success"].bool()
+    assert summary["success_rate"] == pytest.approx(ok.float().mean().item()) and ok.float().mean() >= 0.9
+    assert float(s["x_adv"].min()) >= 0.0 and float(s["x_adv"].max()) <= 1.0
+    pred = load_checkpoint("n100-100-10").model(s["x_adv"]).argmax(1)
+    assert torch.equal(pred[ok], s["target"][ok])
+    assert not bool((s["target"] == s["label"]).any())
+    assert torch.allclose(s["distortion"][ok], paper_distortion(s["x"], s["x_adv"])[ok])
+    assert summary["mean_distortion"] == pytest.approx(s["distortion"][ok].mean().item(), rel=1e-6)
+    assert (folder / "figure.png").stat().st_size > 1000
+    for key in ("model", "n", "target", "success_rate", "mean_distortion", "median_distortion", "mean_l2",
+                "mean_linf", "seconds", "device"):
+        assert key in summary
+
+
+def test_all_targets_keep_the_closest_success(tmp_path):
+    all_summary, all_dir = _run(tmp_path, "all", n=4, target="all")
+    nxt_summary, nxt_dir = _run(tmp_path, "next", n=4, target="next")
+    a, b = load_samples(all_dir), load_samples(nxt_dir)
+    assert bool(a["success"].all())
+    both = a["success"].bool() & b["success"].bool()
+    assert bool((a["distortion"][both] <= b["distortion"][both] + 1e-6).all())
+    assert all_summary["mean_distortion"] <= nxt_summary["mean_distortion"] + 1e-6
+    pred = load_checkpoint("n100-100-10").model(a["x_adv"]).argmax(1)
+    assert torch.equal(pred, a["target"]) and not bool((a["target"] == a["label"]).any())
+
+
+def test_larger_c_gives_smaller_minimisers():
+    # the paper's convention: c multiplies the distance, so the minimiser moves less for a larger c
+    lm = load_checkpoint("softmax1")
+    x = load_split("test").images[:6].flatten(1)
+    t = (load_split("test").labels[:6] + 1) % 10
+    dist = []
+    for c in (0.1, 1.0, 10.0):
+        obj = _Objective(lm.model, (1, 28, 28), x, t, "l2sq")
+        obj.c = torch.full((6,), c)
+        res = minimize(obj, x.clone(), 0.0, 1.0, max_iter=200)
+        dist.append((res.x - x).norm(dim=1))
+    assert bool((dist[1] < dist[0]).all()) and bool((dist[2] < dist[1]).all())
+
+
+def test_interrupted_run_keeps_chunks_and_resumes_to_the_same_result(tmp_path):
+    full, full_dir = _run(tmp_path, "full", n=6, batch_size=2)
+    calls = {"n": 0}
+
+    def cancel_after_first_chunk() -> bool:
+        calls["n"] += 1
+        return len(list((tmp_path / "cut" / "chunks").glob("*.safetensors"))) >= 1
+
+    req = AttackRequest(model="n100-100-10", n=6, target="random", seed=1, config=QUICK, batch_size=2)
+    with pytest.raises(Cancelled):
+        start_attack(req, tmp_path / "cut", CPU, cancel=cancel_after_first_chunk)
+    run = json.loads((tmp_path / "cut" / "run.json").read_text())
+    assert run["status"] == "interrupted"
+    assert [p.name for p in (tmp_path / "cut" / "chunks").glob("*")] == ["000000-000002.safetensors"]
+    kept = load_file(str(tmp_path / "cut" / "chunks" / "000000-000002.safetensors"))
+    resumed = resume_attack(tmp_path / "cut", CPU)
+    a, b = load_samples(full_dir), load_samples(tmp_path / "cut")
+    assert torch.equal(a["x_adv"], b["x_adv"]) and torch.equal(a["target"], b["target"])
+    assert torch.equal(kept["x_adv"], b["x_adv"][:2])
+    assert resumed["success_rate"] == full["success_rate"]
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "done"
+
+
+def test_cli_attack_json_and_bad_inputs(cli, tmp_path):
+    rc, out, _ = cli("attack", "--model", "softmax1", "--n", "3", "--c-steps", "3", "--max-iter", "30",
+                     "--device", "cpu", "--out", tmp_path / "r", "--json")
+    assert rc == 0
+    summary = json.loads(out)
+    assert summary["model"] == "softmax1" and summary["n"] == 3 and summary["device"] == "cpu"
+    assert (tmp_path / "r" / "summary.json").is_file() and (tmp_path / "r" / "samples.safetensors").is_file()
+    for args in (["--target", "12"], ["--n", "0"], ["--offset", "9999"], ["--distance", "l1"], ["--model", "nope"]):
+        rc, _, err = cli("attack", "--model", "softmax1", "--device", "cpu", "--out", tmp_path / f"bad{args[1]}", *args)
+        assert rc == 2, args
+        assert "Traceback" not in err and "error" in err
+
+
+@pytest.mark.slow
+def test_done_criterion_n100_random_targets(cli, tmp_path):
+    rc, out, _ = cli("attack", "--model", "n100-100-10", "--n", "100", "--target", "random", "--seed", "1",
+                     "--device", "cpu", "--out", tmp_path / "r", "--json")
+    assert rc == 0
+    s = json.loads(out)
+    assert s["success_rate"] >= 0.99 and s["mean_distortion"] < 0.06
