@@ -25,9 +25,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from engines.device import flush_denormals
 from engines.errors import InputError
 from engines.events import CancelCheck, Progress, ProgressCallback, never_cancel, no_progress
-from engines.lbfgsb import minimize
+from engines.lbfgsb import SCIPY_FTOL, minimize
 
 DISTANCES = ("l2sq", "l2")
 
@@ -43,6 +44,9 @@ class AttackConfig:
     c_factor: float = 10.0
     history: int = 10
     warm_start: bool = True
+    margin: float = 1e-4
+    pgtol: float = 1e-5  # scipy's L-BFGS-B defaults; the best success is tracked at every evaluation anyway
+    ftol: float = SCIPY_FTOL
 
     def __post_init__(self) -> None:
         if self.distance not in DISTANCES:
@@ -82,9 +86,16 @@ class _Objective:
     """c·D(x′ − x) + CE(f(x′), l) per problem, recording the best success at every evaluation."""
 
     def __init__(
-        self, model: nn.Module, shape: tuple[int, ...], x: torch.Tensor, target: torch.Tensor, distance: str
+        self,
+        model: nn.Module,
+        shape: tuple[int, ...],
+        x: torch.Tensor,
+        target: torch.Tensor,
+        distance: str,
+        margin: float = 0.0,
     ) -> None:
         self.model, self.shape, self.x, self.target, self.distance = model, shape, x, target, distance
+        self.margin = margin
         self.c = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
         self.best_sq = torch.full((x.shape[0],), math.inf, dtype=x.dtype, device=x.device)
         self.best_x = x.clone()
@@ -102,16 +113,23 @@ class _Objective:
             (grad,) = torch.autograd.grad(value.sum(), xp)
         with torch.no_grad():
             sq = r.detach().pow(2).sum(1)
-            better = (logits.argmax(1) == self.target[rows]) & (sq < self.best_sq[rows])
+            better = self.reaches_target(logits.detach(), self.target[rows]) & (sq < self.best_sq[rows])
             self.best_sq[rows] = torch.where(better, sq, self.best_sq[rows])
             self.best_x[rows] = torch.where(better[:, None], xp.detach(), self.best_x[rows])
         return value.detach(), grad
 
+    def reaches_target(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """f(x′) = l with the target's logit ahead of every other by `margin`, so that the verdict
+        does not flip when the same image is evaluated again in a batch of another size."""
+        others = logits.scatter(1, target[:, None], -math.inf).amax(1)
+        return logits.gather(1, target[:, None]).squeeze(1) > others + self.margin
+
     def predicts_target(self, xp: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.model(xp.view(-1, *self.shape)).argmax(1) == self.target
+            return self.reaches_target(self.model(xp.view(-1, *self.shape)), self.target)
 
 
+@flush_denormals()
 def attack_problems(
     model: nn.Module,
     x: torch.Tensor,
@@ -126,7 +144,7 @@ def attack_problems(
     """Run the per-problem c search on a batch. x is (B, C, H, W) in [0, 1], target is (B,)."""
     shape = tuple(x.shape[1:])
     flat = x.reshape(x.shape[0], -1)
-    obj = _Objective(model, shape, flat, target, config.distance)
+    obj = _Objective(model, shape, flat, target, config.distance, config.margin)
     c = torch.full_like(obj.c, config.c_init)
     c_ok = torch.zeros_like(c)  # largest c that succeeded (0 = none yet)
     c_fail = torch.full_like(c, math.inf)  # smallest c that failed
@@ -167,6 +185,8 @@ def attack_problems(
             1.0,
             max_iter=config.max_iter,
             history=config.history,
+            pgtol=config.pgtol,
+            ftol=config.ftol,
             cancel=cancel,
             on_iteration=on_iteration,
         )

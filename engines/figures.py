@@ -100,3 +100,44 @@ def attack_figure(
     ]
     titles = ["original", "diff x10", "adversarial", "noise, same rms"]
     return save_png(image_grid(rows, captions, titles), path)
+
+
+def _heat(value: float) -> tuple[int, int, int]:
+    """0 % white -> 100 % deep red."""
+    t = 0.0 if not np.isfinite(value) else min(max(value / 100.0, 0.0), 1.0)
+    return (255 - int(55 * t), int(255 * (1 - t) ** 1.2), int(255 * (1 - t) ** 1.2))
+
+
+def heatmap_png(
+    values: np.ndarray,
+    row_names: list[str],
+    col_names: list[str],
+    path: str | Path,
+    *,
+    extra: list[str] | None = None,
+    extra_title: str = "",
+    title: str = "",
+) -> Path:
+    """A heat-coloured table of percentages, one cell per (row, column), with an optional extra column."""
+    font = ImageFont.load_default()
+    cell_w, cell_h = 84, 22
+    label_w = max(120, 7 * max(len(r) for r in row_names) + 10)
+    ncols = len(col_names) + (1 if extra else 0)
+    top = 22 + (18 if title else 0)
+    canvas = Image.new("RGB", (label_w + ncols * cell_w + 8, top + len(row_names) * cell_h + 8), BG)
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((6, 4), title, fill=INK, font=font)
+    heads = list(col_names) + ([extra_title] if extra else [])
+    for j, name in enumerate(heads):
+        draw.text((label_w + j * cell_w + 4, top - 18), name[:13], fill=INK, font=font)
+    for i, name in enumerate(row_names):
+        y0 = top + i * cell_h
+        draw.text((6, y0 + 5), name, fill=INK, font=font)
+        for j in range(len(col_names)):
+            x0 = label_w + j * cell_w
+            draw.rectangle([x0, y0, x0 + cell_w - 2, y0 + cell_h - 2], fill=_heat(float(values[i, j])))
+            draw.text((x0 + 6, y0 + 5), f"{values[i, j]:.1f}%", fill=INK, font=font)
+        if extra:
+            draw.text((label_w + len(col_names) * cell_w + 6, y0 + 5), extra[i], fill=INK, font=font)
+    return save_png(canvas, path)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engines.attack import AttackConfig, _Objective, paper_distortion, validate_images
+from engines.attack import AttackConfig, _Objective, attack_problems, paper_distortion, validate_images
 from engines.attack_run import AttackRequest, load_samples, resume_attack, start_attack
 from engines.checkpoint import check_classifier, load_checkpoint
 from engines.data import load_split
@@ -200,3 +200,19 @@ def test_done_criterion_n100_random_targets(cli, tmp_path):
     assert rc == 0
     s = json.loads(out)
     assert s["success_rate"] >= 0.99 and s["mean_distortion"] < 0.06
+
+
+@pytest.mark.gpu
+def test_cuda_attack_matches_the_cpu_attack():
+    lm_cpu = load_checkpoint("n100-100-10", "cpu")
+    lm_gpu = load_checkpoint("n100-100-10", "cuda")
+    data = load_split("test")
+    x, t = data.images[:32], (data.labels[:32] + 1) % 10
+    cfg = AttackConfig(c_steps=5, max_iter=50)
+    a = attack_problems(lm_cpu.model, x, t, cfg)
+    b = attack_problems(lm_gpu.model, x.cuda(), t.cuda(), cfg)
+    assert b.x_adv.is_cuda
+    assert (a.success == b.success.cpu()).float().mean() >= 0.95
+    both = a.success & b.success.cpu()
+    da, db = paper_distortion(x, a.x_adv)[both], paper_distortion(x, b.x_adv.cpu())[both]
+    assert abs(da.mean() - db.mean()) / da.mean() < 0.02

@@ -1,7 +1,59 @@
-"""Placeholder until its engine lands."""
+"""`blindspot reproduce`: Tables 1–5 of the paper beside ours, as report.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from blindspot.commands.attack import default_run_dir
+from blindspot.console import err, print_json, progress_sink
+from blindspot.options import DataDir, Device, Json, Seed
+from engines.attack import AttackConfig
+from engines.device import resolve_device
+from engines.errors import InputError
+from engines.reproduce import FULL_N, QUICK_N, reproduce
+
+
+def reproduce_cmd(
+    quick: Annotated[bool, typer.Option("--quick", help=f"Smoke run with N={QUICK_N} images per set.")] = False,
+    n: Annotated[
+        int | None, typer.Option("--n", help=f"Images per adversarial set (default {FULL_N}, quick {QUICK_N}).")
+    ] = None,
+    c_steps: Annotated[int, typer.Option("--c-steps")] = 9,
+    max_iter: Annotated[int, typer.Option("--max-iter")] = 100,
+    seed: Seed = 0,
+    device: Device = "auto",
+    out: Annotated[Path | None, typer.Option("--out", help="Report folder (default: runs/reproduce-TIME).")] = None,
+    data: DataDir = None,
+    json_out: Json = False,
+) -> None:
+    """Recompute Tables 1–5 with the shipped zoo and write report.md beside the paper's numbers."""
+    if n is not None and n < 1:
+        raise InputError("--n must be at least 1")
+    folder = out or default_run_dir("reproduce", "paper")
+    config = AttackConfig(c_steps=c_steps, max_iter=max_iter)
+    try:
+        with progress_sink() as on_progress:
+            result = reproduce(
+                folder,
+                quick=quick,
+                n=n,
+                seed=seed,
+                config=config,
+                device=resolve_device(device),
+                data_dir=data,
+                on_progress=on_progress,
+            )
+    except KeyboardInterrupt:
+        err.print(f"interrupted: finished adversarial sets stay cached; run the same command again to go on ({folder})")
+        raise typer.Exit(130) from None
+    if json_out:
+        print_json({"report": str(result.report), "seconds": result.seconds, **result.tables})
+    else:
+        err.print(f"report: {result.report} ({result.seconds:.0f} s)")
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("reproduce")(reproduce_cmd)

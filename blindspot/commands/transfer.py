@@ -1,7 +1,90 @@
-"""Placeholder until its engine lands."""
+"""`blindspot transfer`: cross-model transfer of adversarial examples (Tables 2 and 4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from rich.table import Table
+
+from blindspot.commands.attack import default_run_dir
+from blindspot.console import err, out, print_json, progress_sink
+from blindspot.options import DataDir, Device, Json, Seed
+from engines.attack import AttackConfig
+from engines.device import resolve_device
+from engines.errors import InputError
+from engines.transfer import TransferMatrix, compute_transfer
+
+
+def _csv_list(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _floats(text: str | None, option: str) -> list[float]:
+    try:
+        return [float(t) for t in _csv_list(text)]
+    except ValueError:
+        raise InputError(f"{option} takes comma-separated numbers, got {text!r}") from None
+
+
+def transfer(
+    sources: Annotated[str, typer.Option(help="Comma-separated source models whose adversarial sets are used.")] = "",
+    targets: Annotated[str, typer.Option(help="Comma-separated target models (default: the sources).")] = "",
+    split: Annotated[str, typer.Option(help="train, test, p1 or p2.")] = "train",
+    n: Annotated[int, typer.Option("--n", help="Images per set.")] = 100,
+    offset: Annotated[int, typer.Option(help="Index of the first image.")] = 0,
+    noise: Annotated[str | None, typer.Option(help="Gaussian-noise rows at these rms values, e.g. 0.1,0.3.")] = None,
+    amplify: Annotated[
+        float | None, typer.Option(help="Also rows of each set amplified to this rms (Table 4).")
+    ] = None,
+    c_steps: Annotated[int, typer.Option("--c-steps")] = 9,
+    max_iter: Annotated[int, typer.Option("--max-iter")] = 100,
+    seed: Seed = 0,
+    device: Device = "auto",
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder (default: runs/transfer-TIME).")] = None,
+    data: DataDir = None,
+    json_out: Json = False,
+) -> None:
+    """Error of every target on every source's minimum-distortion adversarial set (--target all)."""
+    src, tgt = _csv_list(sources), _csv_list(targets) or _csv_list(sources)
+    if n < 1:
+        raise InputError("--n must be at least 1")
+    folder = out_dir or default_run_dir("transfer", "matrix")
+    config = AttackConfig(c_steps=c_steps, max_iter=max_iter)
+    with progress_sink() as on_progress:
+        matrix = compute_transfer(
+            src,
+            tgt,
+            split,
+            n,
+            folder,
+            noise=_floats(noise, "--noise"),
+            amplify_rms=amplify,
+            offset=offset,
+            seed=seed,
+            config=config,
+            device=resolve_device(device),
+            data_dir=data,
+            on_progress=on_progress,
+        )
+    if json_out:
+        print_json(matrix.to_json() | {"folder": str(folder)})
+    else:
+        out.print(matrix_table(matrix))
+        err.print(f"run folder: {folder} (matrix.json, matrix.csv, heatmap.png)")
+
+
+def matrix_table(matrix: TransferMatrix) -> Table:
+    table = Table(title=f"error (%) of each column's model on each row's set ({matrix.split}, n={matrix.n})")
+    table.add_column("set")
+    for c in matrix.columns:
+        table.add_column(c, justify="right")
+    table.add_column("rms", justify="right")
+    for row, vals in zip(matrix.rows, matrix.values, strict=True):
+        table.add_row(row.name, *[f"{v:.1f}" for v in vals], f"{row.distortion:.3f}")
+    return table
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("transfer")(transfer)

@@ -1,0 +1,148 @@
+"""`blindspot bounds`: per-layer frame bounds in the layout of the paper's Table 5 (§4.3)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich import box
+from rich.table import Table
+
+from blindspot.console import err, out, print_json, progress_sink
+from blindspot.options import Device, Json, OutDir, Seed
+from engines.bounds import PAPER_TABLE5, NetworkBounds, frame_bounds, write_bounds
+from engines.bounds_models import load_bounds_model, parse_input_shape
+from engines.device import resolve_device
+from engines.errors import InputError
+
+PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
+
+
+def _num(v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.2e}" if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4) else f"{v:.3g}"
+
+
+def bounds(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="Zoo id, checkpoint path, 'alexnet' or a torchvision classifier name (random init)."
+        ),
+    ],
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights", help="Local state dict for a torchvision model (.pt/.pth via weights_only, or .safetensors)."
+        ),
+    ] = None,
+    input_shape: Annotated[
+        str | None, typer.Option("--input", help="CxHxW, e.g. 3x224x224 (default: the model's).")
+    ] = None,
+    power_iters: Annotated[
+        int, typer.Option("--power-iters", help="Power iterations through each real conv layer (0: skip).")
+    ] = 50,
+    precision: Annotated[str, typer.Option("--precision", help="float64 (default) or float32 (faster).")] = "float64",
+    device: Device = "auto",
+    seed: Seed = 0,
+    json_out: Json = False,
+    out_dir: OutDir = None,
+) -> None:
+    """Frame bounds of every Linear and Conv2d layer and the product of upper bounds (Table 5)."""
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}: use float64 or float32")
+    if power_iters < 0:
+        raise InputError("--power-iters must be 0 or more")
+    dev = resolve_device(device)
+    shape = parse_input_shape(input_shape) if input_shape else None
+    loaded = load_bounds_model(model, weights, seed=seed)
+    shape = shape or loaded.input_shape
+    with progress_sink() as on_progress:
+        result = frame_bounds(
+            loaded.model,
+            shape,
+            device=dev,
+            dtype=PRECISIONS[precision],
+            power_iters=power_iters,
+            model_name=loaded.name,
+            on_progress=on_progress,
+        )
+    err.print(
+        f"{loaded.name}: {loaded.source}; input {'×'.join(map(str, shape))}; {precision} on {dev}; "
+        f"{result.seconds:.1f} s",
+        highlight=False,
+    )
+    result.notes.append(f"model: {loaded.source}")
+    if out_dir is not None:
+        paths = write_bounds(result, out_dir)
+        err.print(f"wrote {paths['json']} and {paths['spectra']}", highlight=False)
+    if json_out:
+        print_json(result.to_json())
+    else:
+        render(result)
+
+
+def render(result: NetworkBounds) -> None:
+    """Table 5's layout, plus the method, power iteration and (for AlexNet) the paper's values."""
+    paper = {row["layer"]: row for row in PAPER_TABLE5} if result.model == "alexnet" else {}
+    table = Table(
+        title=f"Frame bounds: {result.model} at {'×'.join(map(str, result.input_shape))}",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+    )
+    for col in ("Layer", "Size", "Lower bound", "Upper bound", "power", *(["paper"] if paper else []), "method"):
+        table.add_column(
+            col, justify="right" if col.startswith(("Lower", "Upper", "power")) else "left", no_wrap=col != "method"
+        )
+    for layer in result.layers:
+        power = layer.power["sigma"] if layer.power else None
+        row = [layer.label, layer.size, _num(layer.lower) + ("†" if layer.wide else ""), _num(layer.upper), _num(power)]
+        if paper:
+            ref = paper.get(layer.label, {})
+            row.append(f"{_num(ref.get('lower'))} / {_num(ref.get('upper'))}" if ref else "")
+        table.add_row(*row, layer.short_method)
+    out.print(table)
+    if any(layer.kind == "conv" for layer in result.layers):
+        out.print(
+            "Conv bounds: the layer's circular version on its input grid, sup/inf over ω of ‖A(ω)‖ (the "
+            "paper's method, exact); power: power iteration through the layer as it runs (its padding), a "
+            "lower estimate of its norm.",
+            highlight=False,
+        )
+    if any(layer.wide for layer in result.layers):
+        out.print(
+            "† wide: a null space, so the true lower frame bound is 0; shown is the smallest of the "
+            "min(rows, cols) singular values (the paper's convention).",
+            highlight=False,
+        )
+    kinds = Counter((f.kind, f.factor, f.paper_factor) for f in result.factors if f.kind not in ("Dropout", "Flatten"))
+    parts = []
+    for (kind, factor, paper_factor), n in kinds.items():
+        text = f"{kind} ×{_num(factor)}" + (f" (paper ×{_num(paper_factor)})" if paper_factor != factor else "")
+        parts.append(text + (f" [{n}]" if n > 1 else ""))
+    if parts:
+        out.print("Factors between layers: " + ", ".join(parts), highlight=False)
+    lip = result.lipschitz_upper
+    same = lip is not None and abs(lip - result.product_table) <= 1e-12 * abs(lip)
+    out.print(
+        f"Product of upper bounds{'' if same else ' (paper: max-pooling ×1)'}: {_num(result.product_table)}",
+        highlight=False,
+    )
+    if lip is None:
+        out.print(f"Upper Lipschitz bound: n/a ({result.lipschitz_note})", highlight=False)
+    elif not same:
+        out.print(
+            f"Upper Lipschitz bound (guaranteed: layers as they run, exact factors): {_num(lip)}", highlight=False
+        )
+    else:
+        out.print("It is a guaranteed upper Lipschitz bound of the network as it runs.", highlight=False)
+    for note in result.notes:
+        out.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bounds")(bounds)
