@@ -19,3 +19,6 @@ DataDir = Annotated[
 ]
 ModelRef = Annotated[str, typer.Option("--model", "-m", help="A zoo id (see `blindspot models`) or a checkpoint path.")]
 OutDir = Annotated[Path | None, typer.Option("--out", help="Run folder for results (created; written atomically).")]
+CSteps = Annotated[int, typer.Option("--c-steps", help="Runs of the search over c per image (bracket, then bisect).")]
+MaxIter = Annotated[int, typer.Option("--max-iter", help="L-BFGS-B iterations per value of c.")]
+Offset = Annotated[int, typer.Option("--offset", help="Index of the first image.")]

@@ -217,9 +217,9 @@ def _carry_on(
                         f"attack {lm.id}",
                     )
                 except torch.cuda.OutOfMemoryError:
-                    if chunk == 1:
+                    if stop - pos == 1:
                         raise
-                    chunk = max(1, chunk // 2)
+                    chunk = max(1, (stop - pos) // 2)
                     torch.cuda.empty_cache()
                     continue
                 atomic_write(out / "chunks" / _chunk_name(pos, stop), lambda p, part=part: save_file(part, str(p)))

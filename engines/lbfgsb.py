@@ -81,29 +81,27 @@ class _History:
 
     def direction(self, rows: torch.Tensor, g: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
         """-H g on the free variables by the two-loop recursion, pairs restricted to the free set."""
+        m = self.size
+        order = (self.head[rows, None] - 1 - torch.arange(m, device=g.device)) % m  # newest first
+        s = self.s[rows[:, None], order] * free[:, None, :]
+        y = self.y[rows[:, None], order] * free[:, None, :]
+        sy, yy = (s * y).sum(2), (y * y).sum(2)
+        ok = (torch.arange(m, device=g.device) < self.count[rows, None]) & (sy > 1e-10 * yy) & (yy > 0)
+        rho = torch.where(ok, 1.0 / torch.where(ok, sy, torch.ones_like(sy)), torch.zeros_like(sy))
+        newest = ok.float().argmax(1, keepdim=True)  # scale H0 by the newest usable pair
+        gamma = torch.where(
+            ok.any(1), (sy / torch.where(ok, yy, torch.ones_like(yy))).gather(1, newest).squeeze(1), 1.0
+        )
         q = g * free
-        count, head = self.count[rows], self.head[rows]
-        saved = []
-        gamma = torch.ones(len(rows), dtype=g.dtype, device=g.device)
-        gamma_set = torch.zeros(len(rows), dtype=torch.bool, device=g.device)
-        for j in range(self.size):  # newest to oldest
-            slot = (head - 1 - j) % self.size
-            s = self.s[rows, slot] * free
-            y = self.y[rows, slot] * free
-            sy = (s * y).sum(1)
-            yy = (y * y).sum(1)
-            ok = (j < count) & (sy > 1e-10 * yy) & (yy > 0)
-            rho = torch.where(ok, 1.0 / torch.where(ok, sy, torch.ones_like(sy)), torch.zeros_like(sy))
-            alpha = rho * (s * q).sum(1)
-            q = q - alpha[:, None] * y
-            newest = ok & ~gamma_set
-            gamma = torch.where(newest, sy / torch.where(ok, yy, torch.ones_like(yy)), gamma)
-            gamma_set = gamma_set | ok
-            saved.append((s, y, rho, alpha))
+        alpha = []
+        for j in range(m):
+            a = rho[:, j] * (s[:, j] * q).sum(1)
+            q = q - a[:, None] * y[:, j]
+            alpha.append(a)
         r = gamma[:, None] * q
-        for s, y, rho, alpha in reversed(saved):
-            beta = rho * (y * r).sum(1)
-            r = r + (alpha - beta)[:, None] * s
+        for j in reversed(range(m)):
+            beta = rho[:, j] * (y[:, j] * r).sum(1)
+            r = r + (alpha[j] - beta)[:, None] * s[:, j]
         return -(r * free)
 
 

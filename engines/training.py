@@ -201,8 +201,11 @@ def _fit(
         info = pretrain_sparse_autoencoder(encoder, x, recipe, seed, on_progress, cancel, task)
         for p in encoder.parameters():
             p.requires_grad_(False)
+        with torch.no_grad():  # the encoder is frozen: compute its features once
+            features = torch.sigmoid(encoder(x.flatten(1)))
+        head = nn.Sequential(model.fc2)  # shares its parameters with the model
         iters = max_iter or recipe["softmax_max_iter"]
-        info |= train_lbfgs(model, x, y, entry.decay, iters, on_progress, cancel, task)
+        info |= train_lbfgs(head, features, y, entry.decay[1:], iters, on_progress, cancel, task)
         info["optimizer"] = "sparse autoencoder (adam), frozen; softmax by full-batch lbfgs"
         info["frozen"] = ["fc1"]
         return info

@@ -216,3 +216,21 @@ def test_cuda_attack_matches_the_cpu_attack():
     both = a.success & b.success.cpu()
     da, db = paper_distortion(x, a.x_adv)[both], paper_distortion(x, b.x_adv.cpu())[both]
     assert abs(da.mean() - db.mean()) / da.mean() < 0.02
+
+
+def test_out_of_memory_halves_the_chunk_and_goes_on(tmp_path, monkeypatch):
+    import engines.attack_run as ar
+
+    real = ar.attack_problems
+    sizes = []
+
+    def flaky(model, x, target, config, **kw):
+        sizes.append(len(x))
+        if len(x) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, x, target, config, **kw)
+
+    monkeypatch.setattr(ar, "attack_problems", flaky)
+    summary, folder = _run(tmp_path, "oom", n=6, batch_size=8)
+    assert sizes == [6, 3, 1, 1, 1, 1, 1, 1] and summary["n"] == 6
+    assert len(list((folder / "chunks").glob("*.safetensors"))) == 6

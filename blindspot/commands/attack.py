@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from blindspot.console import err, print_json, progress_sink
-from blindspot.options import DataDir, Device, Json, Seed
+from blindspot.options import CSteps, DataDir, Device, Json, MaxIter, Offset, Seed
 from engines.attack import AttackConfig
 from engines.attack_run import AttackRequest, resume_attack, start_attack
 from engines.device import resolve_device
@@ -26,17 +26,15 @@ def attack(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Zoo id or checkpoint path.")] = None,
     split: Annotated[str, typer.Option(help="test, train, p1 or p2.")] = "test",
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 100,
-    offset: Annotated[int, typer.Option(help="Index of the first image.")] = 0,
+    offset: Offset = 0,
     target: Annotated[
         str,
         typer.Option(
             help="random (seeded), next, least-likely, all (every wrong label, keep the closest), or a label."
         ),
     ] = "random",
-    c_steps: Annotated[
-        int, typer.Option("--c-steps", help="Runs of the search over c per image (bracket, then bisect).")
-    ] = 9,
-    max_iter: Annotated[int, typer.Option("--max-iter", help="L-BFGS-B iterations per value of c.")] = 100,
+    c_steps: CSteps = 9,
+    max_iter: MaxIter = 100,
     distance: Annotated[str, typer.Option(help="Distance term: l2sq (‖r‖², default) or l2 (‖r‖).")] = "l2sq",
     c_init: Annotated[
         float, typer.Option("--c-init", help="First c (c multiplies the distance: larger c, smaller r).")

@@ -9,7 +9,7 @@ import typer
 
 from blindspot.commands.attack import default_run_dir
 from blindspot.console import err, print_json, progress_sink
-from blindspot.options import DataDir, Device, Json, Seed
+from blindspot.options import CSteps, DataDir, Device, Json, MaxIter, Seed
 from engines.attack import AttackConfig
 from engines.device import resolve_device
 from engines.errors import InputError
@@ -21,8 +21,8 @@ def reproduce_cmd(
     n: Annotated[
         int | None, typer.Option("--n", help=f"Images per adversarial set (default {FULL_N}, quick {QUICK_N}).")
     ] = None,
-    c_steps: Annotated[int, typer.Option("--c-steps")] = 9,
-    max_iter: Annotated[int, typer.Option("--max-iter")] = 100,
+    c_steps: CSteps = 9,
+    max_iter: MaxIter = 100,
     seed: Seed = 0,
     device: Device = "auto",
     out: Annotated[Path | None, typer.Option("--out", help="Report folder (default: runs/reproduce-TIME).")] = None,

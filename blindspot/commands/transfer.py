@@ -10,7 +10,7 @@ from rich.table import Table
 
 from blindspot.commands.attack import default_run_dir
 from blindspot.console import err, out, print_json, progress_sink
-from blindspot.options import DataDir, Device, Json, Seed
+from blindspot.options import CSteps, DataDir, Device, Json, MaxIter, Offset, Seed
 from engines.attack import AttackConfig
 from engines.device import resolve_device
 from engines.errors import InputError
@@ -33,13 +33,13 @@ def transfer(
     targets: Annotated[str, typer.Option(help="Comma-separated target models (default: the sources).")] = "",
     split: Annotated[str, typer.Option(help="train, test, p1 or p2.")] = "train",
     n: Annotated[int, typer.Option("--n", help="Images per set.")] = 100,
-    offset: Annotated[int, typer.Option(help="Index of the first image.")] = 0,
+    offset: Offset = 0,
     noise: Annotated[str | None, typer.Option(help="Gaussian-noise rows at these rms values, e.g. 0.1,0.3.")] = None,
     amplify: Annotated[
         float | None, typer.Option(help="Also rows of each set amplified to this rms (Table 4).")
     ] = None,
-    c_steps: Annotated[int, typer.Option("--c-steps")] = 9,
-    max_iter: Annotated[int, typer.Option("--max-iter")] = 100,
+    c_steps: CSteps = 9,
+    max_iter: MaxIter = 100,
     seed: Seed = 0,
     device: Device = "auto",
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder (default: runs/transfer-TIME).")] = None,

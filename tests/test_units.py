@@ -1,0 +1,300 @@
+"""§3 engine and CLI: top-k, random directions, scores, statistics, activation cache, figures, `units`/`layers`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from blindspot.cli import main
+from engines.activations import Activations, LayerInfo, layer_activations, list_layers
+from engines.checkpoint import load_checkpoint, save_checkpoint
+from engines.data import Dataset
+from engines.errors import InputError
+from engines.unit_figures import direction_grid
+from engines.unit_stats import cliffs_delta, compare_scores, verdict_sentence
+from engines.units import (
+    compare_units,
+    label_scores,
+    mean_pairwise_cosine,
+    random_directions,
+    top_k,
+)
+from engines.zoo import build_model, mlp_spec
+
+torch.set_num_threads(1)
+
+
+def _acts(features: torch.Tensor, name: str = "toy") -> Activations:
+    info = LayerInfo(name, "Linear", (int(features.shape[1]),))
+    return Activations(features, info, "none", key="test", cached=False)
+
+
+def _brute_top(scores: np.ndarray, k: int) -> list[int]:
+    """Indices of the k largest values by a plain Python scan: repeated argmax with removal."""
+    remaining = list(range(len(scores)))
+    picked = []
+    for _ in range(k):
+        best = max(remaining, key=lambda i: scores[i])
+        picked.append(best)
+        remaining.remove(best)
+    return picked
+
+
+@pytest.fixture()
+def tiny_ckpt(tmp_path):
+    torch.manual_seed(0)
+    spec = mlp_spec([12, 8])
+    model = build_model(spec)
+    return save_checkpoint(model, {"id": "tiny", "spec": spec}, tmp_path / "models" / "tiny.safetensors")
+
+
+def test_top_k_matches_brute_force_for_units_and_random_directions():
+    gen = torch.Generator().manual_seed(1)
+    feats = torch.randn(300, 20, generator=gen)
+    labels = torch.randint(0, 10, (300,), generator=gen)
+    images = torch.rand(300, 1, 28, 28, generator=gen)
+    res = compare_units(_acts(feats), labels, k=5, seed=7, n_random=40, images=images, n_boot=50)
+    f64 = feats.double().numpy()
+    for row, unit in enumerate(res.units.ids):
+        assert res.units.top[row].tolist() == _brute_top(f64[:, unit], 5)
+        assert res.units.top[row, 0] == int(np.argmax(f64[:, unit]))
+    dirs = random_directions(20, 40, seed=7).double().numpy()
+    for row, number in enumerate(res.random.ids):
+        proj = [float(np.dot(f64[i], dirs[number])) for i in range(300)]
+        assert res.random.top[row].tolist() == _brute_top(np.array(proj), 5)
+    vals, idx = top_k(feats, 3, largest=False)
+    assert idx[4].tolist() == _brute_top(-f64[:, 4], 3)
+    assert torch.allclose(vals[4], feats[idx[4], 4])
+
+
+def test_random_directions_unit_norm_and_reproducible():
+    a = random_directions(50, 600, seed=3)
+    assert a.shape == (600, 50)
+    assert torch.allclose(a.norm(dim=1), torch.ones(600), atol=1e-5)
+    assert torch.equal(a, random_directions(50, 600, seed=3))
+    assert not torch.allclose(a, random_directions(50, 600, seed=4))
+    # direction i depends only on (seed, i), not on how many were asked for or where the slice starts
+    assert torch.equal(a[250:270], random_directions(50, 20, seed=3, start=250))
+    assert torch.equal(a[:10], random_directions(50, 10, seed=3))
+    # Gaussian directions are spread out: no two of the first 100 nearly coincide
+    gram = a[:100] @ a[:100].T - torch.eye(100)
+    assert float(gram.abs().max()) < 0.8
+
+
+def test_purity_and_entropy_on_hand_made_label_sets():
+    labels = np.array([[1, 1, 1, 1], [0, 1, 2, 3], [0, 0, 1, 1], [2, 2, 2, 5]])
+    purity, entropy, majority = label_scores(labels, 10)
+    assert purity.tolist() == [1.0, 0.25, 0.5, 0.75]
+    assert entropy[:3] == pytest.approx([0.0, 2.0, 1.0])
+    assert entropy[3] == pytest.approx(-(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25)))
+    assert majority.tolist()[0] == 1 and majority.tolist()[3] == 2
+
+
+def test_pairwise_cosine_of_identical_and_orthogonal_images():
+    space = torch.zeros(4, 6)
+    space[0, 0] = space[1, 0] = 2.0  # same direction, different length
+    space[2, 1] = space[3, 2] = 1.0  # orthogonal to everything else
+    cos = mean_pairwise_cosine(space, np.array([[0, 1], [1, 2], [0, 2]]))
+    assert cos == pytest.approx([1.0, 0.0, 0.0])
+    assert mean_pairwise_cosine(space, np.array([[0, 1, 2]]))[0] == pytest.approx(1 / 3)
+
+
+def test_statistics_no_difference_on_identical_distributions():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(size=300)
+    c = compare_scores(a, rng.permutation(a), seed=1, n_boot=300)
+    assert c.p_value > 0.9
+    assert c.cliffs_delta == pytest.approx(0.0)
+    assert c.mean_diff_ci[0] <= 0 <= c.mean_diff_ci[1]
+    assert c.delta_ci[0] <= 0 <= c.delta_ci[1]
+    assert c.favours == "neither" and not c.significant
+    assert "not more coherent" in verdict_sentence("fc1", c, 8)
+
+
+def test_statistics_detect_clearly_separated_distributions():
+    rng = np.random.default_rng(0)
+    units, rand = rng.normal(1.0, 0.1, 100), rng.normal(0.0, 0.1, 400)
+    c = compare_scores(units, rand, score="purity", seed=1, n_boot=300)
+    assert c.p_value < 1e-10
+    assert c.cliffs_delta == pytest.approx(1.0)
+    assert c.mean_diff_ci[0] > 0.8 and c.delta_ci[0] > 0.9
+    assert c.favours == "units" and c.effect == "large"
+    assert "units are more coherent" in verdict_sentence("fc1", c, 8)
+    # for entropy lower is more coherent, so the same numbers favour the random directions
+    e = compare_scores(units, rand, score="entropy", higher_is_coherent=False, seed=1, n_boot=100)
+    assert e.favours == "random" and "less coherent" in verdict_sentence("fc1", e, 8)
+
+
+def test_cliffs_delta_is_the_rank_biserial_of_mann_whitney():
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(0, 5, 60) / 4, rng.integers(0, 6, 80) / 5  # many ties, like purity
+    u = mannwhitneyu(a, b).statistic
+    assert cliffs_delta(a, b) == pytest.approx(2 * u / (60 * 80) - 1)
+
+
+def test_degenerate_units_are_left_out_and_large_layers_sampled():
+    gen = torch.Generator().manual_seed(2)
+    feats = torch.randn(200, 30, generator=gen)
+    feats[:, 3] = 0.5  # constant: no top-k
+    feats[:, 7] = 0.0
+    feats[:2, 7] = 1.0  # fires on 2 < k images
+    labels = torch.randint(0, 10, (200,), generator=gen)
+    res = compare_units(_acts(feats), labels, k=4, n_random=30, images=torch.rand(200, 784, generator=gen), n_boot=50)
+    assert res.units.degenerate.tolist() == [i in (3, 7) for i in range(30)]
+    assert res.comparisons["purity"].n_units == 28 and res.comparisons["purity"].n_random == 30
+    assert not set(res.units.ids[res.shown_units]) & {3, 7}
+    sampled = compare_units(_acts(feats), labels, k=4, max_units=10, images=torch.rand(200, 5), n_boot=20)
+    assert sampled.units_sampled and len(sampled.units) == 10 and len(sampled.random) >= 10
+    with pytest.raises(InputError):
+        compare_units(_acts(feats), labels, k=4, n_random=5, images=torch.rand(200, 5))
+
+
+def test_activation_cache_hits_then_misses_on_new_layer_or_checkpoint(tmp_path, monkeypatch, tiny_ckpt):
+    monkeypatch.setenv("BLINDSPOT_CACHE", str(tmp_path / "cache"))
+    gen = torch.Generator().manual_seed(0)
+    data = Dataset(
+        torch.rand(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,), generator=gen), "toy", np.arange(64)
+    )
+    loaded = load_checkpoint(tiny_ckpt)
+    first = layer_activations(loaded, "fc1", data, batch_size=10)
+    second = layer_activations(loaded, "fc1", data)
+    assert not first.cached and second.cached
+    assert torch.equal(first.features, second.features)
+    with torch.no_grad():
+        assert torch.allclose(first.features, loaded.model.fc1(data.images.flatten(1)), atol=1e-6)
+    assert not layer_activations(loaded, "act1", data).cached
+    other = Dataset(data.images.flip(0), data.labels, "toy", np.arange(64))
+    assert not layer_activations(loaded, "fc1", other).cached
+    with torch.no_grad():
+        loaded.model.fc1.bias.add_(1.0)
+    changed = save_checkpoint(loaded.model, {"id": "tiny", "spec": loaded.meta["spec"]}, tmp_path / "b.safetensors")
+    again = layer_activations(load_checkpoint(changed), "fc1", data)
+    assert not again.cached
+    assert torch.allclose(again.features, first.features + 1.0, atol=1e-5)
+
+
+def test_list_layers_names_and_shapes():
+    model = build_model(
+        {
+            "kind": "conv",
+            "input": [1, 28, 28],
+            "channels": 4,
+            "kernel": 5,
+            "pool": 2,
+            "hidden": 16,
+            "dropout": 0.5,
+            "activation": "relu",
+            "classes": 10,
+        }
+    )
+    layers = {info.name: info for info in list_layers(model)}
+    assert list(layers) == ["conv1", "act1", "pool1", "flatten", "fc1", "act2", "dropout", "fc2"]
+    assert layers["pool1"].shape == (4, 12, 12) and layers["pool1"].size == 576
+    assert layers["fc2"].shape == (10,)
+
+
+def test_direction_grid_draws_each_image_in_its_cell():
+    rows = np.zeros((2, 3, 28, 28), dtype=np.float32)
+    rows[1, 2] = 1.0  # one full-white digit: drawn black (inverted, as in the paper)
+    img = direction_grid(rows, ["a", "b"], "", scale=1)
+    arr = np.asarray(img)
+    right, bottom = img.width - 4, img.height - 4  # PAD after the last cell
+    assert (arr[bottom - 28 : bottom, right - 28 : right] == 0).all()
+    assert (arr[bottom - 28 : bottom, right - 60 : right - 32] == 255).all()
+    with pytest.raises(ValueError):
+        direction_grid(rows, ["only one"], "")
+
+
+def test_cli_unknown_model_and_layer_exit_2_with_one_line(capsys, tiny_ckpt, monkeypatch, tmp_path):
+    monkeypatch.setenv("BLINDSPOT_CACHE", str(tmp_path / "cache"))
+    assert main(["units", "--model", "no-such-model", "--layer", "fc1"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "unknown model" in lines[0]
+    assert main(["units", "--model", str(tiny_ckpt), "--layer", "fc9", "--out", str(tmp_path / "o")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "unknown layer 'fc9'" in lines[0] and "fc1" in lines[0]
+    assert main(["layers", "--model", "no-such-model"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["units", "--model", str(tiny_ckpt), "--layer", "fc1", "--k", "0"]) == 2
+    assert (
+        main(["units", "--model", str(tiny_ckpt), "--layer", "fc1", "--space", "fc1", "--out", str(tmp_path / "o")])
+        == 2
+    )
+    assert "layer under study" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_units_writes_figures_and_json(capsys, tiny_ckpt, monkeypatch, tmp_path):
+    monkeypatch.setenv("BLINDSPOT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    args = [
+        "units",
+        "--model",
+        str(tiny_ckpt),
+        "--layer",
+        "act1",
+        "--k",
+        "4",
+        "--units",
+        "5",
+        "--random",
+        "3",
+        "--stat-random",
+        "60",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--seed",
+        "3",
+    ]
+    assert main([*args, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["layer"] == "act1" and doc["units_scored"] == 12 and doc["random_scored"] == 60
+    assert doc["verdict"].startswith("At layer act1, units are")
+    assert set(doc["comparisons"]) == {"purity", "entropy", "cosine"}
+    assert 0 <= doc["comparisons"]["purity"]["p_value"] <= 1
+    assert len(doc["shown"]["units"]) == 5 and len(doc["shown"]["random"]) == 3
+    assert all(len(row["top"]) == 4 for row in doc["shown"]["units"])
+    full = json.loads((out / "units.json").read_text())
+    assert len(full["all"]["units"]["top"]) == 12 and len(full["all"]["random"]["purity"]) == 60
+    for name in ("units_top", "random_top", "units_vs_random"):
+        with Image.open(out / f"{name}.png") as im:
+            assert im.width > 4 * 56 and im.height > 3 * 56
+    assert main(args) == 0  # second run: activations come from the cache, same numbers
+    text = capsys.readouterr().out
+    assert "verdict: At layer act1" in text and "purity" in text
+    again = json.loads((out / "units.json").read_text())
+    assert again["activations_cached"] and again["comparisons"] == full["comparisons"]
+
+
+def test_cli_layers_json(capsys, tiny_ckpt):
+    assert main(["layers", "--model", str(tiny_ckpt), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["shape"]) for r in doc["layers"]] == [
+        ("flatten", [784]),
+        ("fc1", [12]),
+        ("act1", [12]),
+        ("fc2", [8]),
+        ("act2", [8]),
+        ("fc3", [10]),
+    ]
+
+
+def test_cli_units_bottom_k_and_other_layer_space(capsys, tiny_ckpt, monkeypatch, tmp_path):
+    monkeypatch.setenv("BLINDSPOT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    args = ["units", "--model", str(tiny_ckpt), "--layer", "act2", "--space", "fc1", "--bottom", "--k", "3"]
+    assert main([*args, "--units", "2", "--random", "2", "--out", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["coherence_space"] == "fc1" and doc["random_scored"] == 1000
+    row = doc["shown"]["units"][0]
+    assert len(row["bottom"]) == 3 and max(row["bottom_values"]) <= min(row["top_values"])
+    assert (out / "units_bottom.png").is_file() and (out / "random_bottom.png").is_file()
