@@ -35,8 +35,8 @@ from engines.bounds_conv import (
 )
 from engines.bounds_factors import Factor, lipschitz_factor
 from engines.bounds_trace import LayerCall, trace_layers
-from engines.errors import InputError, ModelError
-from engines.events import Progress, ProgressCallback, no_progress
+from engines.errors import Cancelled, InputError, ModelError
+from engines.events import CancelCheck, Progress, ProgressCallback, never_cancel, no_progress
 from engines.io import atomic_write, write_json_atomic
 
 PAPER_TABLE5: list[dict[str, Any]] = [
@@ -254,7 +254,14 @@ def _linear_bound(name: str, label: str, m: nn.Linear, device: torch.device, dty
 
 
 def _conv_bound(
-    name: str, label: str, call: LayerCall, device: torch.device, dtype: torch.dtype, power_iters: int, dense_limit: int
+    name: str,
+    label: str,
+    call: LayerCall,
+    device: torch.device,
+    dtype: torch.dtype,
+    power_iters: int,
+    dense_limit: int,
+    cancel: CancelCheck = never_cancel,
 ) -> LayerBound:
     m: nn.Conv2d = call.module  # type: ignore[assignment]
     n_hw = (int(call.in_shape[-2]), int(call.in_shape[-1]))
@@ -327,7 +334,7 @@ def _conv_bound(
         def real_layer(x: torch.Tensor) -> torch.Tensor:
             return m._conv_forward(x, w, None)
 
-        pw = power_iteration(real_layer, x0.to(device, dtype), max_iter=power_iters, tol=1e-6)
+        pw = power_iteration(real_layer, x0.to(device, dtype), max_iter=power_iters, tol=1e-6, cancel=cancel)
         layer.power = {
             "sigma": pw.sigma,
             "iterations": pw.iterations,
@@ -347,6 +354,7 @@ def frame_bounds(
     dense_limit: int = DENSE_LIMIT,
     model_name: str = "",
     on_progress: ProgressCallback = no_progress,
+    cancel: CancelCheck = never_cancel,
 ) -> NetworkBounds:
     """Table 5 for `model` at `input_shape` (C, H, W, no batch): per-layer bounds, factors, products.
 
@@ -375,10 +383,12 @@ def frame_bounds(
         kind = "conv" if isinstance(call.module, nn.Conv2d) else "linear"
         counts[kind] += 1
         label = f"{'Conv.' if kind == 'conv' else 'FC.'} {counts[kind]}"
+        if cancel():
+            raise Cancelled("frame bounds")
         on_progress(Progress("frame bounds", len(layers), len(weight_calls), message=f"{name} {label}"))
         t0 = time.perf_counter()
         if kind == "conv":
-            layer = _conv_bound(name, label, call, device, dtype, power_iters, dense_limit)
+            layer = _conv_bound(name, label, call, device, dtype, power_iters, dense_limit, cancel)
         else:
             layer = _linear_bound(name, label, call.module, device, dtype)  # type: ignore[arg-type]
         layer.seconds = time.perf_counter() - t0

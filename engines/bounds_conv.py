@@ -30,6 +30,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from engines.errors import Cancelled
+from engines.events import CancelCheck, never_cancel
+
 DENSE_LIMIT = 4096  # largest smaller side of a dense operator we decompose exactly
 DENSE_ENTRIES = 1 << 23  # above this many entries the dense path goes through the Gram matrix
 CHUNK_ELEMENTS = 1 << 22  # complex entries of frequency blocks decomposed per batch
@@ -102,7 +105,11 @@ def adjoint(op: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, in_shap
 
 
 def power_iteration(
-    op: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, max_iter: int = 100, tol: float = 1e-7
+    op: Callable[[torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    max_iter: int = 100,
+    tol: float = 1e-7,
+    cancel: CancelCheck = never_cancel,
 ) -> PowerResult:
     """Largest singular value of a linear op by power iteration on AᵀA (AᵀA via autograd).
 
@@ -111,6 +118,8 @@ def power_iteration(
     x = (x0 / x0.norm()).unsqueeze(0).detach()
     sigma, prev = 0.0, -1.0
     for it in range(1, max_iter + 1):
+        if cancel():
+            raise Cancelled("power iteration")
         x.requires_grad_(True)
         with torch.enable_grad():
             y = op(x)

@@ -152,6 +152,7 @@ def pretrain_sparse_autoencoder(
     opt = torch.optim.Adam(params, lr=recipe["lr"])
     flat = x.flatten(1)
     epochs, bs = recipe["ae_epochs"], recipe["batch_size"]
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(len(flat) / bs))
     loss_value = math.nan
     for epoch in range(epochs):
         perm = torch.randperm(len(flat), generator=gen).to(x.device)
@@ -166,6 +167,7 @@ def pretrain_sparse_autoencoder(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
             loss_value = float(loss.detach())
         if cancel():
             raise Cancelled(task)

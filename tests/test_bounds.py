@@ -384,3 +384,23 @@ def test_cuda_matches_cpu():
     a, b = frame_bounds(net, (3, 16, 16), device="cpu"), frame_bounds(net, (3, 16, 16), device="cuda")
     for la, lb in zip(a.layers, b.layers, strict=True):
         assert lb.upper == pytest.approx(la.upper, rel=1e-9) and lb.lower == pytest.approx(la.lower, rel=1e-9)
+
+
+def test_frame_bounds_honours_cancel_between_layers_and_inside_power_iteration():
+    import pytest as _pytest
+
+    from engines.bounds import frame_bounds
+    from engines.bounds_conv import power_iteration
+    from engines.errors import Cancelled
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 6 * 6, 3))
+    calls = {"n": 0}
+
+    def after_first_layer() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 1
+
+    with _pytest.raises(Cancelled):
+        frame_bounds(model, (1, 8, 8), power_iters=0, cancel=after_first_layer)
+    with _pytest.raises(Cancelled):
+        power_iteration(lambda v: 2 * v, torch.ones(4), cancel=lambda: True)

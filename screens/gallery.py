@@ -1,0 +1,224 @@
+"""Screen 2, Gallery (§3): top-k images of natural-basis units beside those of random directions, scored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widgets import Footer, Select, Static
+
+from engines.events import Progress
+from screens.image_view import ImageView
+from screens.jobs import Job, WorkbenchScreen
+from screens.widgets import GridItem, ImageGrid, NavBar
+
+K = 8
+MIN_RANDOM_ROWS = 16
+ACTIVATIONS = ("Sigmoid", "ReLU", "Tanh")
+
+
+def default_layer(layers: list[Any]) -> str:
+    """The first hidden activation (the paper's φ), else the first layer with more than one value."""
+    for info in layers[:-1]:
+        if info.kind in ACTIVATIONS:
+            return info.name
+    usable = [i for i in layers if i.size > 1 and i.kind != "Flatten"]
+    return (usable or layers)[0].name
+
+
+def thumbnails(images: Any, indices: set[int]) -> dict[int, np.ndarray]:
+    """uint8 pictures of the images the grids will show (built in the worker, not on the UI thread)."""
+    from engines.figures import to_uint8
+
+    return {i: to_uint8(images[i]) for i in sorted(indices)}
+
+
+class GalleryScreen(WorkbenchScreen):
+    """Are single units more interpretable than random directions? Look, and read the measured answer."""
+
+    DEFAULT_CSS = """
+    GalleryScreen #bar { height: 1; padding: 0 1; }
+    GalleryScreen #bar Static { width: auto; }
+    GalleryScreen #layer { width: 24; }
+    GalleryScreen #info { width: 1fr; padding-left: 2; color: $text-muted; }
+    GalleryScreen #grids { height: 1fr; }
+    GalleryScreen ImageGrid { width: 1fr; }
+    GalleryScreen #verdict { height: auto; max-height: 4; padding: 0 1; }
+    """
+    BINDINGS = [
+        Binding("l", "focus_layer", "Layer"),
+        Binding("n", "page(1)", "Next"),
+        Binding("p", "page(-1)", "Prev"),
+        Binding("tab", "swap", "Switch grid"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model_ref: str | None = None
+        self.layer_infos: list[Any] = []
+        self.result: Any = None
+        self.labels: np.ndarray | None = None
+        self.thumbs: dict[int, np.ndarray] = {}
+        self.split = "test"
+        self.computing = ""
+
+    def compose(self) -> ComposeResult:
+        yield NavBar("gallery")
+        with Horizontal(id="bar"):
+            yield Static("layer ")
+            yield Select([], prompt="loading layers…", compact=True, id="layer")
+            yield Static("", id="info")
+        with Horizontal(id="grids"):
+            yield ImageGrid(id="units", label="natural basis: units", max_tile=14, empty="computing…")
+            yield ImageGrid(id="random", label="random directions", max_tile=14, empty="computing…")
+        yield Static("", id="verdict")
+        yield Static("", id="status", classes="status")
+        yield Footer(compact=True)
+
+    def on_screen_resume(self) -> None:
+        if self.model_ref != self.app.active_model:
+            self.model_ref = self.app.active_model
+            self.load_layers()
+
+    def focus_main(self) -> None:
+        self.query_one("#units", ImageGrid).focus()
+
+    def say(self, text: str, error: bool = False) -> None:
+        status = self.query_one("#status", Static)
+        status.set_class(error, "error")
+        status.update(text)
+
+    # ----------------------------------------------------------------- layers
+    def load_layers(self) -> None:
+        ref = self.model_ref
+        self.say(f"reading the layers of {Path(ref or '').name} …")
+
+        def work(job: Job) -> Any:
+            from engines.activations import list_layers
+
+            lm = self.app.load_model(ref)
+            shape = tuple(int(s) for s in lm.meta.get("spec", {}).get("input", (1, 28, 28)))
+            return list_layers(lm.model, shape, next(lm.model.parameters()).device)
+
+        self.start("layers", work, on_done=self.show_layers, on_error=lambda m: self.say(m, error=True))
+
+    def show_layers(self, layers: list[Any]) -> None:
+        self.layer_infos = layers
+        select = self.query_one("#layer", Select)
+        options = [(f"{i.name} ({i.kind}, {'×'.join(map(str, i.shape))})", i.name) for i in layers if i.size > 1]
+        select.set_options(options)
+        select.value = default_layer(layers)
+        self.compute(default_layer(layers))
+
+    def action_focus_layer(self) -> None:
+        self.query_one("#layer", Select).focus()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if isinstance(event.value, str) and (self.result is None or event.value != self.result.layer):
+            if not (self.busy("units") and self.computing == event.value):
+                self.compute(event.value)
+            self.focus_main()
+
+    # ------------------------------------------------------------------ units
+    def compute(self, layer: str) -> None:
+        self.computing = layer
+        settings = self.app.settings
+        ref = self.model_ref
+        for gid in ("#units", "#random"):
+            grid = self.query_one(gid, ImageGrid)
+            grid.empty = f"computing the top-{K} images of {layer} …"
+            grid.set_items([])
+        self.query_one("#verdict", Static).update("")
+        self.say(f"scoring every unit of {layer} and random directions … (x cancels)")
+
+        def work(job: Job) -> Any:
+            from engines.data import load_split
+            from engines.units import run_units
+
+            lm = self.app.load_model(ref)
+            data = load_split(self.split, settings.data_dir)
+            if settings.units_images:
+                data = data.subset(0, min(settings.units_images, len(data)))
+            res = run_units(
+                lm,
+                layer,
+                data,
+                k=K,
+                seed=0,
+                n_random=settings.units_random,
+                device=next(lm.model.parameters()).device,
+                on_progress=job.progress,
+                cancel=job.cancelled,
+            )
+            units, rand = _rows(res.units), _rows(res.random)
+            rand = rand[: max(len(units), MIN_RANDOM_ROWS)]
+            used = {int(i) for r in units for i in res.units.top[r]} | {int(i) for r in rand for i in res.random.top[r]}
+            return res, units, rand, thumbnails(data.images, used), data.labels.numpy()
+
+        self.start(
+            "units",
+            work,
+            replace=True,
+            on_progress=self.show_progress,
+            on_done=self.show_result,
+            on_error=lambda m: self.say(m, error=True),
+            on_cancel=lambda _: self.say("cancelled: nothing was scored for this layer"),
+        )
+
+    def show_progress(self, event: Progress) -> None:
+        stage = event.info.get("stage", event.message or "")
+        self.say(f"{event.task}: {int(event.done)}/{int(event.total or 0)} {stage} · x cancels")
+
+    def show_result(self, result: Any) -> None:
+        res, units, rand, self.thumbs, self.labels = result
+        self.result = res
+        self.query_one("#units", ImageGrid).set_items([self._item(res.units, r, "unit") for r in units])
+        self.query_one("#random", ImageGrid).set_items([self._item(res.random, r, "dir") for r in rand])
+        shape = "×".join(map(str, res.layer_shape))
+        degenerate = int(res.units.degenerate.sum())
+        self.query_one("#info", Static).update(
+            f"{res.layer_kind} {shape} · {res.n_images} {self.split} images · top-{res.k} · "
+            f"{len(res.random)} random dirs" + (f" · {degenerate} dead units" if degenerate else "")
+        )
+        self.query_one("#verdict", Static).update(f"[b]verdict[/b] {res.verdict}")
+        self.say(f"{len(units)} units and {len(rand)} random directions shown · n/p page · Enter enlarges")
+
+    def _item(self, scores: Any, row: int, kind: str) -> GridItem:
+        top = [int(i) for i in scores.top[row]]
+        labels = "".join(str(int(self.labels[i])) for i in top) if self.labels is not None else ""
+        purity = scores.purity[row]
+        title = f"{kind} {int(scores.ids[row])} · purity {purity:.2f} · {labels}"
+        return GridItem(title, [self.thumbs[i] for i in top], payload=(kind, row, top))
+
+    # ---------------------------------------------------------------- actions
+    def action_page(self, delta: int) -> None:
+        for gid in ("#units", "#random"):
+            self.query_one(gid, ImageGrid).action_page(delta)
+
+    def action_swap(self) -> None:
+        units, rand = self.query_one("#units", ImageGrid), self.query_one("#random", ImageGrid)
+        (rand if units.has_focus else units).focus()
+
+    def on_image_grid_opened(self, event: ImageGrid.Opened) -> None:
+        if self.result is None:
+            return
+        kind, row, top = event.grid.items[event.item].payload
+        scores = self.result.units if kind == "unit" else self.result.random
+        values = scores.top_values[row]
+        names = [f"rank {j + 1}" for j in range(len(top))]
+        what = f"unit {int(scores.ids[row])}" if kind == "unit" else f"random direction {int(scores.ids[row])}"
+        i = top[event.index]
+        caption = (
+            f"{names[event.index]} · {what} of {self.result.layer} · {self.split} #{i} · label {int(self.labels[i])}"
+            f" · ⟨φ(x), v⟩ = {float(values[event.index]):.4g} · purity {float(scores.purity[row]):.2f}"
+        )
+        self.app.push_screen(ImageView([self.thumbs[t] for t in top], caption, event.index, names))
+
+
+def _rows(scores: Any) -> list[int]:
+    """Rows worth drawing: directions whose top-k is defined, in their natural order."""
+    return [int(r) for r in np.flatnonzero(~scores.degenerate)]

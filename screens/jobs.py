@@ -1,0 +1,223 @@
+"""Engine calls in thread workers: throttled progress messages, one-key cancel, errors as text.
+
+An engine function never runs on the UI thread. A `Job` hands it `on_progress` and `cancel`
+callbacks; progress is posted at most `interval` seconds apart and queued progress messages of
+the same job merge (`can_replace`), so a fast engine cannot flood the UI. Cancelling sets an event
+that the engine checks between iterations; it then raises `Cancelled` and keeps what finished.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from textual.binding import Binding
+from textual.message import Message
+from textual.screen import Screen
+
+from engines.errors import BlindspotError, Cancelled
+from engines.events import Progress
+from screens.widgets import NAV, NavBar
+
+
+class JobProgress(Message):
+    """Latest progress of a job; a newer one replaces an older one still in the queue."""
+
+    def __init__(self, job: Job, event: Progress) -> None:
+        super().__init__()
+        self.job, self.event = job, event
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, JobProgress) and message.job is self.job
+
+
+class JobUpdate(Message):
+    """Intermediate results a job wants shown (e.g. finished attack chunks)."""
+
+    def __init__(self, job: Job, payload: Any) -> None:
+        super().__init__()
+        self.job, self.payload = job, payload
+
+
+class JobDone(Message):
+    """A job ended: with a result, an error message, or cancelled."""
+
+    def __init__(self, job: Job, result: Any = None, error: str | None = None, cancelled: bool = False) -> None:
+        super().__init__()
+        self.job, self.result, self.error, self.cancelled = job, result, error, cancelled
+
+
+class Job:
+    """One cancellable engine call; callbacks run on the UI thread."""
+
+    def __init__(
+        self,
+        owner: Screen,
+        name: str,
+        *,
+        on_done: Callable[[Any], None] | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        on_update: Callable[[Any], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+        on_cancel: Callable[[Any], None] | None = None,
+        interval: float = 0.2,
+    ) -> None:
+        self.owner, self.name, self.interval = owner, name, interval
+        self.on_done, self.on_progress_ui, self.on_update = on_done, on_progress, on_update
+        self.on_error, self.on_cancel = on_error, on_cancel
+        self._cancel = threading.Event()
+        self._last = 0.0
+        self.running = True
+        self.progress_posts = 0
+
+    # thread side -------------------------------------------------------------
+    def cancelled(self) -> bool:
+        """The engine's cancel check."""
+        return self._cancel.is_set()
+
+    def progress(self, event: Progress) -> None:
+        """The engine's progress callback: posts at most every `interval` seconds (always the last one)."""
+        now = time.monotonic()
+        final = event.total is not None and event.done >= event.total
+        if final or now - self._last >= self.interval:
+            self._last = now
+            self.progress_posts += 1
+            self.owner.post_message(JobProgress(self, event))
+
+    def update(self, payload: Any) -> None:
+        """Send intermediate results to the screen (thread-safe)."""
+        self.owner.post_message(JobUpdate(self, payload))
+
+    # UI side -----------------------------------------------------------------
+    def cancel(self) -> None:
+        self._cancel.set()
+
+
+def run_job(
+    screen: Screen,
+    name: str,
+    work: Callable[[Job], Any],
+    *,
+    on_cancelled: Callable[[Job], Any] | None = None,
+    **kw: Any,
+) -> Job:
+    """Start `work(job)` in a thread worker; the outcome arrives as a JobDone message on `screen`.
+
+    `on_cancelled(job)` (optional) runs in the worker after a cancel, to gather what finished.
+    """
+    job = Job(screen, name, **kw)
+
+    def body() -> None:
+        try:
+            result = work(job)
+        except Cancelled:
+            kept = on_cancelled(job) if on_cancelled else None
+            screen.post_message(JobDone(job, kept, cancelled=True))
+        except BlindspotError as exc:
+            screen.post_message(JobDone(job, error=str(exc)))
+        except Exception as exc:  # an engine bug must not kill the workbench: show it instead
+            screen.post_message(JobDone(job, error=f"{type(exc).__name__}: {exc}"))
+        else:
+            screen.post_message(JobDone(job, result))
+
+    screen.run_worker(body, thread=True, name=name, group=name, exit_on_error=False)
+    return job
+
+
+NAV_GROUP = Binding.Group("screens", compact=True)
+
+
+class WorkbenchScreen(Screen):
+    """A screen that runs engine jobs: one key cancels them, Escape leaves a text field."""
+
+    AUTO_FOCUS = None  # start on the screen's main widget, never in a text field (keys 1–5 must switch screens)
+
+    BINDINGS = [
+        *(
+            Binding(key, f"app.switch_mode('{mode}')", label, group=NAV_GROUP, tooltip=f"the {label} screen")
+            for mode, key, label in NAV
+        ),
+        Binding("x", "cancel_jobs", "Cancel"),
+        Binding("q", "app.quit", "Quit"),
+        Binding("escape", "leave_field", "Leave field", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs: dict[str, Job] = {}
+
+    def start(self, name: str, work: Callable[[Job], Any], replace: bool = False, **kw: Any) -> Job | None:
+        """Run a job unless one of the same name is still running (then say so, or cancel it if `replace`)."""
+        if name in self.jobs and self.jobs[name].running:
+            if not replace:
+                self.notify(f"{name} is already running (x cancels it)", severity="warning")
+                return None
+            self.jobs[name].cancel()
+        job = run_job(self, name, work, **kw)
+        self.jobs[name] = job
+        self.refresh_bindings()
+        return job
+
+    def on_mount(self) -> None:
+        self.focus_main()
+
+    def on_screen_resume(self) -> None:
+        for nav in self.query(NavBar):
+            nav.refresh()
+
+    def busy(self, name: str | None = None) -> bool:
+        return any(j.running for n, j in self.jobs.items() if name is None or n == name)
+
+    def cancel_all(self) -> int:
+        running = [j for j in self.jobs.values() if j.running]
+        for job in running:
+            job.cancel()
+        return len(running)
+
+    def action_cancel_jobs(self) -> None:
+        if self.cancel_all():
+            self.notify("cancelling: finished work is kept")
+
+    def action_leave_field(self) -> None:
+        self.focus_main()
+
+    def focus_main(self) -> None:
+        """Give the keyboard back to the screen's main widget (overridden per screen)."""
+        self.set_focus(None)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "cancel_jobs":
+            return True if self.busy() else None
+        return True
+
+    def on_job_progress(self, message: JobProgress) -> None:
+        message.stop()
+        if message.job.running and message.job.on_progress_ui:
+            message.job.on_progress_ui(message.event)
+
+    def on_job_update(self, message: JobUpdate) -> None:
+        message.stop()
+        if message.job.on_update:
+            message.job.on_update(message.payload)
+
+    def on_job_done(self, message: JobDone) -> None:
+        message.stop()
+        job = message.job
+        job.running = False
+        self.refresh_bindings()
+        if self.jobs.get(job.name) is not job:
+            return  # replaced by a newer job of the same name: its outcome is stale
+        if message.cancelled:
+            if job.on_cancel:
+                job.on_cancel(message.result)
+            else:
+                self.notify(f"{job.name}: cancelled")
+        elif message.error is not None:
+            if job.on_error:
+                job.on_error(message.error)
+            else:
+                self.notify(message.error, title=job.name, severity="error", timeout=8)
+        elif job.on_done:
+            job.on_done(message.result)

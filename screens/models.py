@@ -1,0 +1,287 @@
+"""Screen 1, Models: the shipped zoo and loaded checkpoints; pick the active model; train a zoo model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widgets import DataTable, Footer, Input, ProgressBar, Static
+
+from engines.events import Progress
+from screens.jobs import Job, WorkbenchScreen
+from screens.widgets import NavBar, fmt_num
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _pct(v: Any) -> str:
+    return "—" if v is None else f"{float(v):.2f}"
+
+
+class ModelsScreen(WorkbenchScreen):
+    """Which model the workbench studies, where it came from and how good it is."""
+
+    DEFAULT_CSS = """
+    ModelsScreen #models { height: 1fr; min-height: 5; }
+    ModelsScreen #details { height: auto; max-height: 7; padding: 0 1; border-top: solid $panel-lighten-2; }
+    ModelsScreen #load-row { height: 1; padding: 0 1; }
+    ModelsScreen #load-row Static { width: auto; }
+    ModelsScreen #path { width: 1fr; }
+    ModelsScreen #train-bar { height: 1; padding: 0 1; }
+    ModelsScreen #train-bar.-hidden { display: none; }
+    """
+    BINDINGS = [
+        Binding("enter", "use", "Use model"),
+        Binding("l", "focus_path", "Load file"),
+        Binding("t", "train", "Train"),
+        Binding("d", "device", "Device"),
+        Binding("r", "refresh", "Refresh"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict[str, Any]] = []
+
+    def compose(self) -> ComposeResult:
+        yield NavBar("models")
+        table: DataTable = DataTable(id="models", cursor_type="row", zebra_stripes=True)
+        table.border_title = "models"
+        yield table
+        yield Static("", id="details")
+        with Horizontal(id="load-row"):
+            yield Static("checkpoint file: ")
+            yield Input(
+                placeholder="path to .safetensors (+ .json sidecar) or weights-only .pt", id="path", compact=True
+            )
+        yield ProgressBar(id="train-bar", show_eta=False, classes="-hidden")
+        yield Static("Enter uses the highlighted model · t trains it · l loads a file", id="status", classes="status")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#models", DataTable)
+        for label, key in (
+            ("", "active"),
+            ("id", "id"),
+            ("architecture", "arch"),
+            ("params", "params"),
+            ("train %", "train"),
+            ("test %", "test"),
+            ("source", "source"),
+        ):
+            table.add_column(label, key=key)
+        self.action_refresh()
+
+    def focus_main(self) -> None:
+        self.query_one("#models", DataTable).focus()
+
+    # ---------------------------------------------------------------- listing
+    def action_refresh(self) -> None:
+        folder = self.app.settings.models_folder
+
+        def work(job: Job) -> list[dict[str, Any]]:
+            from engines.registry import model_rows
+
+            return model_rows(folder)
+
+        self.start("list models", work, on_done=self.show_rows)
+
+    def show_rows(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows + [r for r in self.app.extra_models if r["path"] not in {x["path"] for x in rows}]
+        table = self.query_one("#models", DataTable)
+        current = table.cursor_row
+        table.clear()
+        for row in self.rows:
+            active = "●" if self.is_active(row) else ""
+            source = "file" if row.get("loaded") else "zoo"
+            if "error" in row:
+                table.add_row(active, row["id"], row["error"], "", "", "", source, key=row["path"])
+                continue
+            params = row.get("parameters")
+            table.add_row(
+                active,
+                row["id"],
+                row.get("architecture", ""),
+                f"{params:,}" if isinstance(params, int) else "—",
+                _pct(row.get("train_error")),
+                _pct(row.get("test_error")),
+                source,
+                key=row["path"],
+            )
+        if self.rows:
+            active_idx = next((i for i, r in enumerate(self.rows) if self.is_active(r)), 0)
+            table.move_cursor(row=current if 0 < current < len(self.rows) else active_idx)
+        self.show_details()
+        table.focus()
+
+    def is_active(self, row: dict[str, Any]) -> bool:
+        return self.app.active_model in (row["id"], row["path"])
+
+    def highlighted(self) -> dict[str, Any] | None:
+        table = self.query_one("#models", DataTable)
+        if not self.rows or table.cursor_row < 0 or table.cursor_row >= len(self.rows):
+            return None
+        return self.rows[table.cursor_row]
+
+    def on_data_table_row_highlighted(self, _: DataTable.RowHighlighted) -> None:
+        self.show_details()
+
+    def show_details(self) -> None:
+        row = self.highlighted()
+        details = self.query_one("#details", Static)
+        if row is None:
+            details.update("no checkpoints found: train one (t) or load a file (l)")
+            return
+        if "error" in row:
+            details.update(f"[b]{row['id']}[/b]: [red]{row['error']}[/red]")
+            return
+        paper = row.get("paper") or {}
+        ref = (
+            f" (paper {fmt_num(paper.get('train_error'))} / {fmt_num(paper.get('test_error'))})"
+            if paper.get("test_error") is not None
+            else ""
+        )
+        p12 = ""
+        if row.get("p1_error") is not None:
+            p12 = f" · P1 {_pct(row['p1_error'])}% P2 {_pct(row['p2_error'])}%"
+        decay = row.get("weight_decay")
+        lines = [
+            f"[b]{row['id']}[/b] {row.get('architecture', '')} · {row.get('parameters') or 0:,} parameters"
+            + (" · [green]active[/green]" if self.is_active(row) else ""),
+            f"trained on {row.get('train_split', '?')} with {row.get('optimizer') or '?'}"
+            + (f" · decay {', '.join(fmt_num(d) for d in decay)}" if decay else ""),
+            f"error train {_pct(row.get('train_error'))}% · test {_pct(row.get('test_error'))}%{ref}{p12}",
+            f"file {Path(row['path']).name} · device {self.app.settings.device}",
+        ]
+        details.update("\n".join(lines))
+
+    # ------------------------------------------------------------------ actions
+    def action_use(self) -> None:
+        row = self.highlighted()
+        if row is None:
+            return
+        ref = row["path"] if row.get("loaded") else row["id"]
+        self.app.set_active_model(ref)
+        self.say(f"active model: {row['id']}")
+        self.show_rows([r for r in self.rows if not r.get("loaded")])
+
+    def on_data_table_row_selected(self, _: DataTable.RowSelected) -> None:
+        self.action_use()
+
+    def action_focus_path(self) -> None:
+        self.query_one("#path", Input).focus()
+
+    def action_device(self) -> None:
+        settings = self.app.settings
+        settings.device = DEVICES[(DEVICES.index(settings.device) + 1) % len(DEVICES)]
+        self.app.update_subtitle()
+        self.show_details()
+        self.say(f"device: {settings.device} (used by attacks, the gallery and training)")
+
+    def say(self, text: str, error: bool = False) -> None:
+        status = self.query_one("#status", Static)
+        status.set_class(error, "error")
+        status.update(text)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        path = event.value.strip()
+        if not path:
+            return
+        self.say(f"loading {path} …")
+        device = self.app.settings.device
+
+        def work(job: Job) -> Any:
+            return self.app.load_model(path, device)
+
+        self.start("load checkpoint", work, on_done=self.loaded, on_error=self.load_failed)
+
+    def loaded(self, lm: Any) -> None:
+        from engines.zoo import count_parameters
+
+        meta = lm.meta
+        metrics = meta.get("metrics", {})
+        row = {
+            "id": lm.id,
+            "architecture": meta.get("architecture") or meta.get("spec", {}).get("kind", ""),
+            "parameters": count_parameters(lm.model),
+            "weight_decay": meta.get("weight_decay"),
+            "train_split": meta.get("train_split", "?"),
+            "train_error": metrics.get("train_error"),
+            "test_error": metrics.get("test_error"),
+            "optimizer": meta.get("training", {}).get("optimizer"),
+            "paper": meta.get("paper", {}),
+            "path": str(lm.path),
+            "loaded": True,
+        }
+        self.app.extra_models = [r for r in self.app.extra_models if r["path"] != row["path"]] + [row]
+        self.app.set_active_model(str(lm.path))
+        self.say(f"loaded {lm.path.name} (sha256 {lm.sha256[:12]}) on {self.app.settings.device}; it is now active")
+        self.show_rows([r for r in self.rows if not r.get("loaded")])
+
+    def load_failed(self, message: str) -> None:
+        self.say(f"cannot load: {message}", error=True)
+
+    # ----------------------------------------------------------------- training
+    def action_train(self) -> None:
+        row = self.highlighted()
+        from engines.zoo import ZOO
+
+        if row is None or row["id"] not in ZOO:
+            self.say("training needs a zoo model: highlight one of the paper's models", error=True)
+            return
+        settings = self.app.settings
+        model_id = row["id"]
+        out = settings.models_folder or Path(row["path"]).parent
+        bar = self.query_one("#train-bar", ProgressBar)
+        bar.remove_class("-hidden")
+        bar.update(total=None, progress=0)
+        self.say(f"training {model_id} on {settings.device} … (x cancels; the old checkpoint stays until it ends)")
+
+        def work(job: Job) -> Any:
+            from engines.device import resolve_device
+            from engines.training import train_zoo_model
+
+            return train_zoo_model(
+                model_id,
+                out,
+                device=resolve_device(settings.device),
+                data_dir=settings.data_dir,
+                epochs=settings.train_epochs,
+                max_iter=settings.train_max_iter,
+                on_progress=job.progress,
+                cancel=job.cancelled,
+            )
+
+        self.start(
+            "train",
+            work,
+            on_progress=self.train_progress,
+            on_done=self.trained,
+            on_error=self.train_failed,
+            on_cancel=self.train_cancelled,
+        )
+
+    def train_progress(self, event: Progress) -> None:
+        bar = self.query_one("#train-bar", ProgressBar)
+        bar.update(total=event.total, progress=event.done)
+        info = " ".join(f"{k} {fmt_num(v, 4) if isinstance(v, float) else v}" for k, v in event.info.items())
+        self.say(f"{event.task}: {int(event.done)}/{int(event.total or 0)} {info}")
+
+    def trained(self, result: Any) -> None:
+        self.query_one("#train-bar", ProgressBar).add_class("-hidden")
+        m = result.meta["metrics"]
+        self.app.forget_models()
+        self.say(
+            f"trained {result.meta['id']}: train {m['train_error']:.2f}% test {m['test_error']:.2f}% → {result.path}"
+        )
+        self.action_refresh()
+
+    def train_failed(self, message: str) -> None:
+        self.query_one("#train-bar", ProgressBar).add_class("-hidden")
+        self.say(f"training failed: {message}", error=True)
+
+    def train_cancelled(self, _: Any) -> None:
+        self.query_one("#train-bar", ProgressBar).add_class("-hidden")
+        self.say("training cancelled: the checkpoint on disk is unchanged")

@@ -1,0 +1,322 @@
+"""Screen 4, Transfer matrix (Tables 2 and 4): does an adversarial set made for one model fool another?"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widgets import DataTable, Footer, Input, Static
+
+from engines.events import Progress
+from screens.image_view import GridView
+from screens.jobs import Job, WorkbenchScreen
+from screens.widgets import GridItem, NavBar, fmt_num, heat_style
+
+SECTIONS = (("adversarial", ""), ("amplified", "── amplified ──"), ("noise", "── noise ──"))
+SORTS = ("as computed", "highest first", "lowest first")
+NAME_W = 24
+
+
+def short(path: Path | None) -> str:
+    """The run folder's name: enough to recognise a run without showing where it lives."""
+    return Path(path).name if path else ""
+
+
+def label(row: Any) -> str:
+    """A short row name for the table: the source model, its amplified set, or the noise level."""
+    if row.kind == "amplified" and row.source:
+        return f"{row.source} ↑ rms {row.stddev:g}" if row.stddev is not None else row.name
+    if row.kind == "noise" and row.stddev is not None:
+        return f"Gaussian rms {row.stddev:g}"
+    return row.name
+
+
+class TransferScreen(WorkbenchScreen):
+    """Rows are the sets fed in (adversarial per source, noise apart), columns the models fed to."""
+
+    DEFAULT_CSS = """
+    TransferScreen .row { height: 1; padding: 0 1; }
+    TransferScreen .row Static { width: auto; }
+    TransferScreen #path { width: 1fr; }
+    TransferScreen #sources, TransferScreen #targets { width: 1fr; }
+    TransferScreen #n, TransferScreen #noise { width: 8; }
+    TransferScreen #matrix { height: 1fr; min-height: 5; }
+    TransferScreen #cell { height: auto; max-height: 3; padding: 0 1; }
+    """
+    BINDINGS = [
+        Binding("enter", "examples", "Examples"),
+        Binding("o", "focus_open", "Open"),
+        Binding("c", "compute", "Compute"),
+        Binding("s", "sort", "Sort"),
+        Binding("e", "export", "Export CSV"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.matrix: Any = None
+        self.order: list[int | None] = []  # table row -> matrix row (None: a section heading)
+        self.sort_mode, self.sort_col = 0, 0
+        self.last_row = 0
+
+    def compose(self) -> ComposeResult:
+        yield NavBar("transfer")
+        with Horizontal(classes="row"):
+            yield Static("matrix.json ")
+            yield Input(self._latest(), placeholder="path to a matrix.json or its run folder", id="path", compact=True)
+        with Horizontal(classes="row"):
+            yield Static("compute: sources ")
+            yield Input(Path(self.app.active_model).stem, id="sources", compact=True)
+            yield Static(" targets ")
+            yield Input("", placeholder="default: the sources", id="targets", compact=True)
+            yield Static(" N ")
+            yield Input("32", id="n", compact=True, type="integer")
+            yield Static(" noise ")
+            yield Input("0.1", id="noise", compact=True)
+        table: DataTable = DataTable(id="matrix", cursor_type="cell")
+        table.border_title = "error % of each column's model on each row's set"
+        yield table
+        yield Static("", id="cell")
+        yield Static("o opens a matrix.json · c computes one from the fields above", id="status", classes="status")
+        yield Footer(compact=True)
+
+    def _latest(self) -> str:
+        runs = Path(self.app.settings.runs_dir)
+        found = sorted(runs.glob("transfer-*/matrix.json"), key=lambda p: p.stat().st_mtime) if runs.is_dir() else []
+        return str(found[-1]) if found else ""
+
+    def on_mount(self) -> None:
+        if self.app.settings.matrix:
+            self.open(str(self.app.settings.matrix))
+
+    def focus_main(self) -> None:
+        self.query_one("#matrix", DataTable).focus()
+
+    def say(self, text: str, error: bool = False) -> None:
+        status = self.query_one("#status", Static)
+        status.set_class(error, "error")
+        status.update(text)
+
+    # ------------------------------------------------------------------- open
+    def action_focus_open(self) -> None:
+        self.query_one("#path", Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "path":
+            self.open(event.value.strip())
+        else:
+            self.action_compute()
+
+    def open(self, path: str) -> None:
+        if not path:
+            self.say("type the path of a matrix.json (or its run folder) first", error=True)
+            return
+
+        def work(job: Job) -> Any:
+            from engines.transfer import load_matrix
+
+            return load_matrix(path)
+
+        self.start("open matrix", work, on_done=self.show_matrix, on_error=lambda m: self.say(m, error=True))
+
+    def action_compute(self) -> None:
+        from engines.attack import AttackConfig
+
+        def items(wid: str) -> list[str]:
+            return [t.strip() for t in self.query_one(wid, Input).value.split(",") if t.strip()]
+
+        sources, targets = items("#sources"), items("#targets")
+        targets = targets or sources
+        try:
+            n = int(self.query_one("#n", Input).value)
+            noise = [float(v) for v in items("#noise")]
+        except ValueError:
+            self.say("N must be a whole number and noise comma-separated numbers", error=True)
+            return
+        settings = self.app.settings
+        out = Path(settings.runs_dir) / f"transfer-matrix-{time.strftime('%Y%m%d-%H%M%S')}"
+        attack = settings.attack
+        config = AttackConfig(c_steps=int(attack.get("c_steps", 9)), max_iter=int(attack.get("max_iter", 100)))
+        self.say(f"computing the matrix into {out} … (x cancels; finished adversarial sets stay cached)")
+        self.focus_main()
+
+        def work(job: Job) -> Any:
+            from engines.device import resolve_device
+            from engines.transfer import compute_transfer
+
+            return compute_transfer(
+                sources,
+                targets,
+                "test",
+                n,
+                out,
+                noise=noise,
+                config=config,
+                device=resolve_device(settings.device),
+                data_dir=settings.data_dir,
+                on_progress=job.progress,
+                cancel=job.cancelled,
+            )
+
+        self.start(
+            "transfer",
+            work,
+            on_progress=self.show_progress,
+            on_done=self.show_matrix,
+            on_error=lambda m: self.say(m, error=True),
+            on_cancel=lambda _: self.say("cancelled: finished adversarial sets stay in the cache for the next try"),
+        )
+
+    def show_progress(self, event: Progress) -> None:
+        info = event.info
+        extra = (
+            f" · c-step {info['c_step']} success {100 * info.get('success_rate', 0):.0f}%" if "c_step" in info else ""
+        )
+        self.say(f"{event.task}: {int(event.done)}/{int(event.total or 0)} {event.message}{extra} · x cancels")
+
+    # ------------------------------------------------------------------ table
+    def show_matrix(self, matrix: Any) -> None:
+        self.matrix = matrix
+        self.sort_mode = 0
+        self.rebuild()
+        self.query_one("#matrix", DataTable).border_subtitle = f"{matrix.split}, n={matrix.n} · {short(matrix.folder)}"
+        self.say(
+            f"opened {short(matrix.folder)}: {len(matrix.rows)} sets × {len(matrix.columns)} models · "
+            "arrows move · Enter shows examples · s sorts · e exports CSV"
+        )
+        self.focus_main()
+
+    def rebuild(self) -> None:
+        m = self.matrix
+        table = self.query_one("#matrix", DataTable)
+        cursor = table.cursor_coordinate
+        before = self.order[cursor.row] if 0 <= cursor.row < len(self.order) else None
+        table.clear(columns=True)
+        table.add_column("set", width=NAME_W)
+        for name in m.columns:
+            table.add_column(Text(name, justify="right"), width=max(6, len(name)))
+        table.add_column(Text("rms", justify="right"), width=6)
+        values = m.values
+        self.order = []
+        for kind, heading in SECTIONS:
+            members = [i for i, r in enumerate(m.rows) if r.kind == kind]
+            if not members:
+                continue
+            if self.sort_mode and 1 <= self.sort_col <= len(m.columns):
+                members.sort(key=lambda i: values[i, self.sort_col - 1], reverse=self.sort_mode == 1)
+            if heading and self.order:
+                table.add_row(Text(heading, style="dim"), *[""] * (len(m.columns) + 1))
+                self.order.append(None)
+            for i in members:
+                row = m.rows[i]
+                cells = [Text(f" {v:5.1f} ", style=heat_style(v), justify="right") for v in values[i]]
+                table.add_row(
+                    Text(label(row), style="bold" if kind == "adversarial" else ""),
+                    *cells,
+                    Text(fmt_num(row.distortion), justify="right"),
+                )
+                self.order.append(i)
+        row = self.order.index(before) if before is not None and before in self.order else 0
+        table.move_cursor(row=row, column=max(1, cursor.column))
+
+    def on_data_table_cell_highlighted(self, event: DataTable.CellHighlighted) -> None:
+        table_row = event.coordinate.row
+        if 0 <= table_row < len(self.order) and self.order[table_row] is None:  # a heading: step over it
+            step = 1 if table_row >= self.last_row else -1
+            target = table_row + step if 0 <= table_row + step < len(self.order) else table_row - step
+            self.last_row = table_row
+            self.query_one("#matrix", DataTable).move_cursor(row=target, column=event.coordinate.column)
+            return
+        self.last_row = table_row
+        row, col = self.cell(table_row, event.coordinate.column)
+        panel = self.query_one("#cell", Static)
+        if row is None:
+            panel.update("")
+            return
+        m, r = self.matrix, self.matrix.rows[row]
+        what = f"{r.name} ({r.kind}, rms {fmt_num(r.distortion)}, n={r.n})"
+        if col is None:
+            panel.update(what)
+            return
+        lo, hi = m.intervals[row, col]
+        panel.update(
+            f"{what} → [b]{m.columns[col]}[/b]: {int(m.errors[row, col])} misclassified = "
+            f"{m.values[row, col]:.1f}% (95% CI {lo:.1f}–{hi:.1f}) · Enter shows them"
+        )
+
+    def on_data_table_cell_selected(self, _: DataTable.CellSelected) -> None:
+        self.action_examples()
+
+    def cell(self, table_row: int, table_col: int) -> tuple[int | None, int | None]:
+        """(matrix row, matrix column) under the cursor; None for headings, names and the rms column."""
+        if self.matrix is None or not 0 <= table_row < len(self.order):
+            return None, None
+        col = table_col - 1 if 1 <= table_col <= len(self.matrix.columns) else None
+        return self.order[table_row], col
+
+    # ---------------------------------------------------------------- actions
+    def action_examples(self) -> None:
+        table = self.query_one("#matrix", DataTable)
+        row, col = self.cell(table.cursor_coordinate.row, table.cursor_coordinate.column)
+        if row is None or col is None:
+            self.say("move the cursor onto a model's column of a set's row", error=True)
+            return
+        matrix, device = self.matrix, self.app.settings.device
+        self.say(f"finding examples of {matrix.rows[row].name} that fool {matrix.columns[col]} …")
+
+        def work(job: Job) -> Any:
+            from engines.device import resolve_device
+            from engines.figures import magnified_difference, to_uint8
+            from engines.transfer import cell_examples
+
+            found = cell_examples(matrix, row, col, k=12, device=resolve_device(device))
+            return [
+                GridItem(
+                    f"#{e['index']} {e['label']}→{e['pred']}",
+                    [to_uint8(e["x"]), to_uint8(magnified_difference(e["x"], e["x_pert"])), to_uint8(e["x_pert"])],
+                )
+                for e in found
+            ]
+
+        def show(items: list[GridItem]) -> None:
+            r = matrix.rows[row]
+            note = (
+                f"{len(items)} of {int(matrix.errors[row, col])} images of '{r.name}' that {matrix.columns[col]} "
+                "misclassifies (label→prediction): original | difference ×10 | fed to the model"
+            )
+            self.say("Escape closes the examples")
+            self.app.push_screen(
+                GridView(f"{r.name} → {matrix.columns[col]}", items, note, ["original", "difference ×10", "perturbed"])
+            )
+
+        self.start("examples", work, on_done=show, on_error=lambda m: self.say(m, error=True))
+
+    def action_sort(self) -> None:
+        if self.matrix is None:
+            return
+        table = self.query_one("#matrix", DataTable)
+        col = table.cursor_coordinate.column
+        if not 1 <= col <= len(self.matrix.columns):
+            self.say("sorting goes by a model's column: move the cursor onto one", error=True)
+            return
+        self.sort_mode = (self.sort_mode + 1) % len(SORTS) if col == self.sort_col else 1
+        self.sort_col = col
+        self.rebuild()
+        self.say(f"rows sorted by {self.matrix.columns[col - 1]}: {SORTS[self.sort_mode]} (noise rows stay apart)")
+
+    def action_export(self) -> None:
+        if self.matrix is None or self.matrix.folder is None:
+            self.say("open or compute a matrix first", error=True)
+            return
+        matrix, path = self.matrix, Path(self.matrix.folder) / "matrix-export.csv"
+
+        def work(job: Job) -> Any:
+            from engines.transfer import export_csv
+
+            return export_csv(matrix, path)
+
+        self.start("export", work, on_done=lambda p: self.say(f"wrote {p}"), on_error=lambda m: self.say(m, error=True))
