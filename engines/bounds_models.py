@@ -6,7 +6,6 @@ local state dict through `torch.load(weights_only=True)` or safetensors only, ne
 
 from __future__ import annotations
 
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engines.checkpoint import TORCH_SUFFIXES, WEIGHT_SUFFIXES, load_checkpoint
+from engines.checkpoint import TORCH_SUFFIXES, WEIGHT_SUFFIXES, load_checkpoint, load_state_file
 from engines.errors import CheckpointError, InputError, ModelError
 from engines.zoo import ZOO
 
@@ -45,33 +44,6 @@ def torchvision_names() -> list[str]:
     import torchvision
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
-def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
-    if path.suffix in WEIGHT_SUFFIXES:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from exc
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused, loading it would execute code (a pickle with non-tensor objects); "
-            "save a plain state_dict or use safetensors"
-        ) from exc
-    except Exception as exc:  # torch raises many kinds for corrupt files
-        raise CheckpointError(f"{path}: not a readable PyTorch file ({type(exc).__name__})") from exc
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: expected a state_dict (a mapping of names to tensors)")
-    return obj
 
 
 def _build_torchvision(name: str, seed: int) -> nn.Module:
@@ -112,7 +84,7 @@ def load_bounds_model(ref: str, weights: str | Path | None = None, seed: int = 0
     model = _build_torchvision(ref, seed)
     source = f"torchvision {ref}, random init (seed {seed})"
     if weights is not None:
-        state = _load_state(Path(weights))
+        state = load_state_file(Path(weights))
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:

@@ -91,6 +91,19 @@ def _read_sidecar(weights: Path, required: bool) -> dict[str, Any] | None:
     return meta
 
 
+def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file or a weights-only PyTorch state_dict; never unpickles code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    if path.suffix in WEIGHT_SUFFIXES:
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a valid safetensors file ({exc}); truncated or corrupt?") from exc
+    return _load_torch_state(path)
+
+
 def _load_torch_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -133,14 +146,11 @@ def load_checkpoint(ref: str | Path, device: torch.device | str = "cpu") -> Load
     """Load a zoo id or a file; every failure is a CheckpointError with a one-line reason."""
     path = resolve_model_path(ref)
     if path.suffix in TORCH_SUFFIXES:
-        state = _load_torch_state(path)
+        state = load_state_file(path)
         meta = _read_sidecar(path, required=False) or {"id": path.stem, "spec": infer_mlp_spec(state)}
     else:
         meta = _read_sidecar(path, required=True)
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{path}: not a valid safetensors file ({exc}); truncated or corrupt?") from exc
+        state = load_state_file(path)
     try:
         model = build_model(meta["spec"])
     except ModelError as exc:

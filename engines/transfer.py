@@ -145,9 +145,10 @@ def compute_transfer(
         x_adv, ok = aset.samples["x_adv"], aset.samples["success"].bool()
         sets.append((_row(src, "adversarial", src, x, x_adv, ok), x_adv))
         if amplify_rms is not None:
-            x_amp = torch.where(ok.view(-1, 1, 1, 1), amplify(x, x_adv, amplify_rms), x)
+            moved = ok & (paper_distortion(x, x_adv) > 0)  # images misclassified as they are have no direction
+            x_amp = torch.where(moved.view(-1, 1, 1, 1), amplify(x, x_adv, amplify_rms), x)
             sets.append(
-                (_row(f"{src} amplified to rms {amplify_rms:g}", "amplified", src, x, x_amp, ok, amplify_rms), x_amp)
+                (_row(f"{src} amplified to rms {amplify_rms:g}", "amplified", src, x, x_amp, moved, amplify_rms), x_amp)
             )
     on_progress(Progress("adversarial sets", len(sources), len(sources)))
     for sd in noise or []:

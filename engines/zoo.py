@@ -114,10 +114,10 @@ ZOO: dict[str, ZooEntry] = {
             "train",
             {
                 "optimizer": "autoencoder",
-                "ae_epochs": 15,
+                "ae_epochs": 100,
                 "batch_size": 128,
-                "lr": 1e-3,
-                "sparsity": 0.05,
+                "lr": 2e-3,
+                "sparsity": 0.1,
                 "sparsity_weight": 3.0,
                 "ae_decay": 3e-3,
                 "softmax_max_iter": 500,
