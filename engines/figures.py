@@ -137,7 +137,8 @@ def heatmap_png(
         for j in range(len(col_names)):
             x0 = label_w + j * cell_w
             draw.rectangle([x0, y0, x0 + cell_w - 2, y0 + cell_h - 2], fill=_heat(float(values[i, j])))
-            draw.text((x0 + 6, y0 + 5), f"{values[i, j]:.1f}%", fill=INK, font=font)
+            ink = BG if float(values[i, j]) > 60 else INK  # light text on the darkest reds
+            draw.text((x0 + 6, y0 + 5), f"{values[i, j]:.1f}%", fill=ink, font=font)
         if extra:
             draw.text((label_w + len(col_names) * cell_w + 6, y0 + 5), extra[i], fill=INK, font=font)
     return save_png(canvas, path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engines.checkpoint import list_checkpoints, models_dir
+from engines.checkpoint import list_checkpoints
 from engines.io import read_json
 from engines.zoo import ZOO
 
@@ -41,7 +41,3 @@ def model_rows(folder: str | Path | None = None) -> list[dict[str, Any]]:
     order = {k: i for i, k in enumerate(ZOO)}
     rows.sort(key=lambda r: (order.get(r["id"], len(order)), r["id"]))
     return rows
-
-
-def default_folder() -> Path:
-    return models_dir()

@@ -109,8 +109,14 @@ def test_value_and_gradient_come_from_one_objective():
 
 
 def _run(tmp_path, name, **kw):
-    req = AttackRequest(model=kw.pop("model", "n100-100-10"), n=kw.pop("n", 12), target=kw.pop("target", "random"),
-                        seed=1, config=kw.pop("config", QUICK), **kw)
+    req = AttackRequest(
+        model=kw.pop("model", "n100-100-10"),
+        n=kw.pop("n", 12),
+        target=kw.pop("target", "random"),
+        seed=1,
+        config=kw.pop("config", QUICK),
+        **kw,
+    )
     return start_attack(req, tmp_path / name, CPU), tmp_path / name
 
 
@@ -126,8 +132,18 @@ def test_attack_succeeds_inside_the_box_and_reaches_its_targets(tmp_path):
     assert torch.allclose(s["distortion"][ok], paper_distortion(s["x"], s["x_adv"])[ok])
     assert summary["mean_distortion"] == pytest.approx(s["distortion"][ok].mean().item(), rel=1e-6)
     assert (folder / "figure.png").stat().st_size > 1000
-    for key in ("model", "n", "target", "success_rate", "mean_distortion", "median_distortion", "mean_l2",
-                "mean_linf", "seconds", "device"):
+    for key in (
+        "model",
+        "n",
+        "target",
+        "success_rate",
+        "mean_distortion",
+        "median_distortion",
+        "mean_l2",
+        "mean_linf",
+        "seconds",
+        "device",
+    ):
         assert key in summary
 
 
@@ -181,8 +197,22 @@ def test_interrupted_run_keeps_chunks_and_resumes_to_the_same_result(tmp_path):
 
 
 def test_cli_attack_json_and_bad_inputs(cli, tmp_path):
-    rc, out, _ = cli("attack", "--model", "softmax1", "--n", "3", "--c-steps", "3", "--max-iter", "30",
-                     "--device", "cpu", "--out", tmp_path / "r", "--json")
+    rc, out, _ = cli(
+        "attack",
+        "--model",
+        "softmax1",
+        "--n",
+        "3",
+        "--c-steps",
+        "3",
+        "--max-iter",
+        "30",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "r",
+        "--json",
+    )
     assert rc == 0
     summary = json.loads(out)
     assert summary["model"] == "softmax1" and summary["n"] == 3 and summary["device"] == "cpu"
@@ -195,8 +225,22 @@ def test_cli_attack_json_and_bad_inputs(cli, tmp_path):
 
 @pytest.mark.slow
 def test_done_criterion_n100_random_targets(cli, tmp_path):
-    rc, out, _ = cli("attack", "--model", "n100-100-10", "--n", "100", "--target", "random", "--seed", "1",
-                     "--device", "cpu", "--out", tmp_path / "r", "--json")
+    rc, out, _ = cli(
+        "attack",
+        "--model",
+        "n100-100-10",
+        "--n",
+        "100",
+        "--target",
+        "random",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "r",
+        "--json",
+    )
     assert rc == 0
     s = json.loads(out)
     assert s["success_rate"] >= 0.99 and s["mean_distortion"] < 0.06

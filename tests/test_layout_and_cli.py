@@ -36,8 +36,18 @@ def test_models_json_lists_the_ten_shipped_models(cli):
     rc, out, _ = cli("models", "--json")
     assert rc == 0
     rows = json.loads(out)
-    assert [r["id"] for r in rows] == ["softmax1", "softmax2", "softmax3", "n100-100-10", "n200-200-10", "ae400-10",
-                                       "conv", "m1", "m1-prime", "m2"]
+    assert [r["id"] for r in rows] == [
+        "softmax1",
+        "softmax2",
+        "softmax3",
+        "n100-100-10",
+        "n200-200-10",
+        "ae400-10",
+        "conv",
+        "m1",
+        "m1-prime",
+        "m2",
+    ]
     m2 = rows[-1]
     assert m2["train_split"] == "p2" and m2["p1_error"] is not None and m2["train_error"] == m2["p2_error"]
 
@@ -55,7 +65,11 @@ def test_data_check_on_a_folder_without_data(cli, tmp_path):
 
 
 def test_console_script_exit_code_in_a_subprocess(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "blindspot", "data", "check", "--data", str(tmp_path)], cwd=ROOT,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "blindspot", "data", "check", "--data", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 2
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1

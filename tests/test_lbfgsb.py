@@ -108,7 +108,9 @@ def test_iterates_never_leave_the_box():
 
     def fun(xp, rows):
         seen.append(xp.clone())
-        return (xp * torch.arange(1.0, 5.0, dtype=D)).sum(1) - xp.pow(2).sum(1), torch.arange(1.0, 5.0, dtype=D) - 2 * xp
+        return (xp * torch.arange(1.0, 5.0, dtype=D)).sum(1) - xp.pow(2).sum(1), torch.arange(
+            1.0, 5.0, dtype=D
+        ) - 2 * xp
 
     minimize(fun, torch.full((3, 4), 0.5, dtype=D), 0.0, 1.0, max_iter=30)
     allx = torch.cat(seen)

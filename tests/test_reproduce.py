@@ -10,7 +10,14 @@ def test_reproduce_writes_all_four_tables_beside_the_papers(cli, tmp_path):
     rc, _, err = cli("reproduce", "--n", "2", "--c-steps", "2", "--max-iter", "10", "--device", "cpu", "--out", out)
     assert rc == 0, err
     report = (out / "report.md").read_text()
-    for title in ("## Table 1", "## Table 2", "## Table 3", "## Table 4", "## Table 5", "## What differs from the paper"):
+    for title in (
+        "## Table 1",
+        "## Table 2",
+        "## Table 3",
+        "## Table 4",
+        "## Table 5",
+        "## What differs from the paper",
+    ):
         assert title in report
     # the paper's own numbers appear beside ours
     assert "/ 7.40 (" in report and "/ 0.062 (" in report  # softmax1 test error and distortion

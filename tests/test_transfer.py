@@ -20,8 +20,11 @@ def test_adversarial_sets_are_cached_and_invalidated_by_any_setting(isolated_cac
     b = adversarial_set("softmax1", "test", 3, config=QUICK)
     assert b.cached and b.folder == a.folder
     assert torch.equal(a.samples["x_adv"], b.samples["x_adv"])
-    for changed in (dict(config=AttackConfig(c_steps=3, max_iter=31)), dict(config=QUICK, seed=1),
-                    dict(config=QUICK, offset=1)):
+    for changed in (
+        dict(config=AttackConfig(c_steps=3, max_iter=31)),
+        dict(config=QUICK, seed=1),
+        dict(config=QUICK, offset=1),
+    ):
         c = adversarial_set("softmax1", "test", 3, **changed)
         assert not c.cached and c.folder != a.folder, changed
     d = adversarial_set("softmax2", "test", 3, config=QUICK)
@@ -44,8 +47,16 @@ def test_an_interrupted_set_resumes_from_its_chunks(isolated_cache):
 
 
 def test_matrix_diagonal_noise_amplified_and_round_trip(tmp_path):
-    m = compute_transfer(["softmax1", "n100-100-10"], ["softmax1", "n100-100-10", "softmax2"], "test", 6,
-                         tmp_path / "t", noise=[0.1, 0.3], amplify_rms=0.1, config=QUICK)
+    m = compute_transfer(
+        ["softmax1", "n100-100-10"],
+        ["softmax1", "n100-100-10", "softmax2"],
+        "test",
+        6,
+        tmp_path / "t",
+        noise=[0.1, 0.3],
+        amplify_rms=0.1,
+        config=QUICK,
+    )
     names = [r.name for r in m.rows]
     assert names[0] == "softmax1" and names[2] == "n100-100-10"
     for i, src in ((0, "softmax1"), (2, "n100-100-10")):
@@ -89,9 +100,28 @@ def test_wilson_interval():
 
 
 def test_transfer_cli(cli, tmp_path):
-    rc, out, _ = cli("transfer", "--sources", "softmax1", "--targets", "softmax1,softmax2", "--split", "test", "--n",
-                     "3", "--c-steps", "2", "--max-iter", "20", "--noise", "0.1", "--device", "cpu", "--out",
-                     tmp_path / "m", "--json")
+    rc, out, _ = cli(
+        "transfer",
+        "--sources",
+        "softmax1",
+        "--targets",
+        "softmax1,softmax2",
+        "--split",
+        "test",
+        "--n",
+        "3",
+        "--c-steps",
+        "2",
+        "--max-iter",
+        "20",
+        "--noise",
+        "0.1",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "m",
+        "--json",
+    )
     assert rc == 0
     data = json.loads(out)
     assert data["columns"] == ["softmax1", "softmax2"] and len(data["rows"]) == 2
