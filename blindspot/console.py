@@ -35,9 +35,36 @@ def _format_info(info: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _count(event: EngineProgress) -> str:
+    return f"{event.done:g}/{event.total:g}" if event.total is not None else f"{event.done:g}"
+
+
+@contextmanager
+def progress_log(min_interval: float = 10.0) -> Iterator[ProgressCallback]:
+    """Plain progress lines for logs and pipes, where live bars would print nothing until the end."""
+    last: dict[str, float] = {}
+
+    def on_progress(event: EngineProgress) -> None:
+        now = time.monotonic()
+        first = event.task not in last
+        final = event.total is not None and event.done >= event.total
+        if not (first or final) and now - last[event.task] < min_interval:
+            return
+        last[event.task] = now
+        info = event.message or _format_info(event.info)
+        sys.stderr.write(f"{time.strftime('%H:%M:%S')} {event.task}: {_count(event)} {info}".rstrip() + "\n")
+        sys.stderr.flush()
+
+    yield on_progress
+
+
 @contextmanager
 def progress_sink(min_interval: float = 0.1) -> Iterator[ProgressCallback]:
-    """A callback that renders engine progress events as Rich bars on stderr."""
+    """Engine progress on stderr: live Rich bars in a terminal, timestamped lines otherwise."""
+    if not err.is_terminal:
+        with progress_log() as on_progress:
+            yield on_progress
+        return
     bars = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

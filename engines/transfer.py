@@ -27,7 +27,7 @@ from engines.errors import InputError
 from engines.events import CancelCheck, Progress, ProgressCallback, never_cancel, no_progress
 from engines.figures import heatmap_png, predict
 from engines.io import atomic_write, read_json, write_json_atomic, write_text_atomic
-from engines.perturb import amplify, gaussian_noise
+from engines.perturb import amplify, gaussian_noise, unclipped_noise
 
 ROW_KINDS = ("adversarial", "amplified", "noise")
 
@@ -41,6 +41,7 @@ class MatrixRow:
     n: int
     set_file: str  # relative to the matrix folder
     stddev: float | None = None
+    clipped: bool = True  # False: noise left outside [0, 1] (the paper's likely setting)
 
 
 @dataclass
@@ -102,6 +103,7 @@ def compute_transfer(
     out: str | Path,
     *,
     noise: list[float] | None = None,
+    unclipped: list[float] | None = None,
     amplify_rms: float | None = None,
     offset: int = 0,
     seed: int = 0,
@@ -111,12 +113,16 @@ def compute_transfer(
     on_progress: ProgressCallback = no_progress,
     cancel: CancelCheck = never_cancel,
 ) -> TransferMatrix:
-    """Build the matrix and write it to `out`; adversarial sets come from (or go to) the cache."""
-    if not sources and not noise:
+    """Build the matrix and write it to `out`; adversarial sets come from (or go to) the cache.
+
+    `noise` rows are clipped to [0, 1] at the requested rms; `unclipped` rows add N(0, σ²) and
+    leave the box, as the paper's noise rows most likely did.
+    """
+    if not sources and not noise and not unclipped:
         raise InputError("nothing to evaluate: give --sources and/or --noise")
     if not targets:
         raise InputError("give at least one target model (--targets)")
-    for sd in [*(noise or []), *([amplify_rms] if amplify_rms is not None else [])]:
+    for sd in [*(noise or []), *(unclipped or []), *([amplify_rms] if amplify_rms is not None else [])]:
         if not 0 < sd < 1:
             raise InputError(f"rms/stddev {sd} must lie in (0, 1)")
     out = Path(out)
@@ -151,14 +157,15 @@ def compute_transfer(
                 (_row(f"{src} amplified to rms {amplify_rms:g}", "amplified", src, x, x_amp, moved, amplify_rms), x_amp)
             )
     on_progress(Progress("adversarial sets", len(sources), len(sources)))
+    everyone = torch.ones(len(y), dtype=torch.bool)
     for sd in noise or []:
         x_noise = gaussian_noise(x, sd, seed)
-        sets.append(
-            (
-                _row(f"Gaussian noise rms {sd:g}", "noise", None, x, x_noise, torch.ones(len(y), dtype=torch.bool), sd),
-                x_noise,
-            )
-        )
+        sets.append((_row(f"Gaussian noise rms {sd:g}", "noise", None, x, x_noise, everyone, sd), x_noise))
+    for sd in unclipped or []:
+        x_noise = unclipped_noise(x, sd, seed)
+        row = _row(f"Gaussian noise sd {sd:g}, unclipped", "noise", None, x, x_noise, everyone, sd)
+        row.clipped = False
+        sets.append((row, x_noise))
     errors = np.zeros((len(sets), len(targets)), dtype=np.int64)
     for i, (_, x_row) in enumerate(sets):
         for j, t in enumerate(targets):
@@ -172,6 +179,7 @@ def compute_transfer(
         "models": {t: {"path": str(m.path), "sha256": m.sha256} for t, m in models.items()},
         "sources": sources_info,
         "noise": "Gaussian, clipped to [0,1], scaled per image to the rms",
+        "unclipped_noise": "x + N(0, sigma^2), not clipped to [0,1]",
         "amplify": "x + s(x'-x), s per image so that the clipped rms is the requested value",
     }
     matrix = TransferMatrix([r for r, _ in sets], list(targets), errors, split, len(y), settings, out)
@@ -189,7 +197,7 @@ def _row(
     stddev: float | None = None,
 ) -> MatrixRow:
     d = paper_distortion(x, x_row)[changed]
-    slug = "".join(ch if ch.isalnum() else "-" for ch in name).strip("-")
+    slug = "".join(ch if ch.isascii() and ch.isalnum() else "-" for ch in name).strip("-")
     return MatrixRow(
         name=name,
         kind=kind,

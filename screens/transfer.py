@@ -32,7 +32,7 @@ def label(row: Any) -> str:
     if row.kind == "amplified" and row.source:
         return f"{row.source} ↑ rms {row.stddev:g}" if row.stddev is not None else row.name
     if row.kind == "noise" and row.stddev is not None:
-        return f"Gaussian rms {row.stddev:g}"
+        return f"Gaussian rms {row.stddev:g}" if getattr(row, "clipped", True) else f"Gaussian sd {row.stddev:g} raw"
     return row.name
 
 

@@ -14,6 +14,20 @@ from blindspot.cli import main
 
 torch.set_num_threads(1)  # tiny problems: threads only add contention
 
+# The paper's model ids (Tables 1 and 3), in the order the zoo lists them.
+PAPER_IDS = [
+    "softmax1",
+    "softmax2",
+    "softmax3",
+    "n100-100-10",
+    "n200-200-10",
+    "ae400-10",
+    "conv",
+    "m1",
+    "m1-prime",
+    "m2",
+]
+
 
 def write_idx(path: Path, array: np.ndarray, magic: int | None = None, compress: bool = False) -> Path:
     """Write an IDX file (big-endian header + uint8 data)."""

@@ -278,3 +278,14 @@ def test_out_of_memory_halves_the_chunk_and_goes_on(tmp_path, monkeypatch):
     summary, folder = _run(tmp_path, "oom", n=6, batch_size=8)
     assert sizes == [6, 3, 1, 1, 1, 1, 1, 1] and summary["n"] == 6
     assert len(list((folder / "chunks").glob("*.safetensors"))) == 6
+
+
+def test_cpu_allocator_keeps_freed_memory_on_glibc():
+    import platform
+    import sys
+
+    from engines.device import keep_freed_memory
+
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert keep_freed_memory() is True and keep_freed_memory() is True

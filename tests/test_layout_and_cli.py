@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import PAPER_IDS
+
 ROOT = Path(__file__).resolve().parent.parent
 UI = {"textual", "typer", "rich", "textual_image"}
 
@@ -36,18 +38,7 @@ def test_models_json_lists_the_ten_shipped_models(cli):
     rc, out, _ = cli("models", "--json")
     assert rc == 0
     rows = json.loads(out)
-    assert [r["id"] for r in rows] == [
-        "softmax1",
-        "softmax2",
-        "softmax3",
-        "n100-100-10",
-        "n200-200-10",
-        "ae400-10",
-        "conv",
-        "m1",
-        "m1-prime",
-        "m2",
-    ]
+    assert [r["id"] for r in rows] == PAPER_IDS
     m2 = rows[-1]
     assert m2["train_split"] == "p2" and m2["p1_error"] is not None and m2["train_error"] == m2["p2_error"]
 
@@ -73,3 +64,20 @@ def test_console_script_exit_code_in_a_subprocess(tmp_path):
     )
     assert res.returncode == 2
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_progress_in_a_log_is_plain_throttled_lines(capsys, monkeypatch):
+    import blindspot.console as console
+    from engines.events import Progress
+
+    clock = iter([0.0, 1.0, 2.0, 11.0, 12.0, 12.5])
+    monkeypatch.setattr(console.time, "monotonic", lambda: next(clock))
+    with console.progress_log(min_interval=10.0) as on_progress:
+        on_progress(Progress("attack", 0, 5))  # a task's first event is always shown
+        on_progress(Progress("attack", 1, 5))
+        on_progress(Progress("attack", 2, 5))
+        on_progress(Progress("attack", 3, 5, {"loss": 0.5}))  # 11 s after the last line
+        on_progress(Progress("attack", 5, 5))  # the final event is always shown
+        on_progress(Progress("train", 7))  # no total
+    lines = [line.split(" ", 1)[1] for line in capsys.readouterr().err.splitlines()]
+    assert lines == ["attack: 0/5", "attack: 3/5 loss=0.5", "attack: 5/5", "train: 7"]

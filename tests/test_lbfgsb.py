@@ -116,3 +116,43 @@ def test_iterates_never_leave_the_box():
     allx = torch.cat(seen)
     assert float(allx.min()) >= 0.0 and float(allx.max()) <= 1.0
     assert np.isfinite(allx.numpy()).all()
+
+
+def _dense_lbfgs_direction(pairs, g, free, m):
+    """-H g from the explicit BFGS update of γI over the newest m accepted pairs, restricted to the free set."""
+    f = torch.diag(free)
+    used = [(f @ s, f @ y) for s, y in pairs[-m:] if float((f @ s) @ (f @ y)) > 1e-10 * float((f @ y) @ (f @ y))]
+    n = len(g)
+    if not used:
+        return -(f @ g)
+    s_new, y_new = used[-1]
+    h = float(s_new @ y_new) / float(y_new @ y_new) * torch.eye(n, dtype=D)
+    for s, y in used:
+        rho = 1.0 / float(s @ y)
+        v = torch.eye(n, dtype=D) - rho * torch.outer(y, s)
+        h = v.T @ h @ v + rho * torch.outer(s, s)
+    return -(f @ h @ f @ g)
+
+
+def test_two_loop_direction_equals_the_dense_bfgs_matrix():
+    from engines.lbfgsb import _History
+
+    gen = torch.Generator().manual_seed(3)
+    batch, n, m = 4, 7, 3
+    hist = _History(batch, n, m, torch.zeros(1, dtype=D))
+    accepted = [[] for _ in range(batch)]
+    for _ in range(6):  # more pushes than slots: the ring wraps; some pushes are rejected per row
+        s = torch.randn(batch, n, generator=gen, dtype=D)
+        y = s * (0.5 + torch.rand(batch, n, generator=gen, dtype=D))  # positive curvature
+        accept = torch.rand(batch, generator=gen) > 0.3
+        hist.push(torch.arange(batch), s, y, accept)
+        for r in range(batch):
+            if accept[r]:
+                accepted[r].append((s[r], y[r]))
+    g = torch.randn(batch, n, generator=gen, dtype=D)
+    free = (torch.rand(batch, n, generator=gen) > 0.3).to(D)
+    rows = torch.tensor([3, 0, 2])  # a subset, out of order
+    d = hist.direction(rows, g[rows], free[rows])
+    for i, r in enumerate(rows.tolist()):
+        ref = _dense_lbfgs_direction(accepted[r], g[r], free[r], m)
+        assert torch.allclose(d[i], ref, rtol=1e-10, atol=1e-12), r

@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from engines.advsets import adversarial_set
 from engines.attack import AttackConfig, paper_distortion
-from engines.perturb import amplify, gaussian_noise
+from engines.perturb import amplify, gaussian_noise, unclipped_noise
 from engines.transfer import cell_examples, compute_transfer, load_matrix, wilson_interval
 
 QUICK = AttackConfig(c_steps=3, max_iter=30)
@@ -54,6 +55,7 @@ def test_matrix_diagonal_noise_amplified_and_round_trip(tmp_path):
         6,
         tmp_path / "t",
         noise=[0.1, 0.3],
+        unclipped=[0.3],
         amplify_rms=0.1,
         config=QUICK,
     )
@@ -64,13 +66,16 @@ def test_matrix_diagonal_noise_amplified_and_round_trip(tmp_path):
         assert m.values[i, m.columns.index(src)] == pytest.approx(100 * summary["success_rate"])
         assert m.rows[i].distortion == pytest.approx(summary["mean_distortion"], rel=1e-5)
     noise_rows = [r for r in m.rows if r.kind == "noise"]
-    assert [r.stddev for r in noise_rows] == [0.1, 0.3]
+    assert [(r.stddev, r.clipped) for r in noise_rows] == [(0.1, True), (0.3, True), (0.3, False)]
     for r in noise_rows:
         assert r.distortion == pytest.approx(r.stddev, rel=0.05)
+    raw = load_file(str(tmp_path / "t" / noise_rows[2].set_file))["x_pert"]
+    assert float(raw.min()) < 0 and float(raw.max()) > 1  # left outside the box
     for r in (r for r in m.rows if r.kind == "amplified"):
         assert r.distortion == pytest.approx(0.1, rel=0.01)
     back = load_matrix(tmp_path / "t" / "matrix.json")
     assert back.columns == m.columns and [r.name for r in back.rows] == names
+    assert [r.clipped for r in back.rows] == [r.clipped for r in m.rows]
     assert np.array_equal(back.errors, m.errors) and np.allclose(back.values, m.values)
     data = json.loads((tmp_path / "t" / "matrix.json").read_text())
     assert data["values"] == np.round(m.values, 4).tolist() and "distortions" in data
@@ -90,6 +95,15 @@ def test_noise_and_amplification_hit_their_rms_per_image():
     assert float(amp.min()) >= 0 and float(amp.max()) <= 1
     cos = torch.nn.functional.cosine_similarity((amp - x).flatten(1), (x_adv - x).flatten(1))
     assert bool((cos > 0.9).all())
+
+
+def test_unclipped_noise_is_seeded_raw_gaussian_noise():
+    x = torch.zeros(4, 1, 28, 28)
+    a, b = unclipped_noise(x, 0.3, seed=5), unclipped_noise(x, 0.3, seed=5)
+    assert torch.equal(a, b) and not torch.equal(a, unclipped_noise(x, 0.3, seed=6))
+    assert float((a - x).std()) == pytest.approx(0.3, rel=0.03)
+    assert abs(float((a - x).mean())) < 0.01  # unbiased, unlike noise clipped on a black background
+    assert float(gaussian_noise(x, 0.3, seed=5).sub(x).mean()) > 0.1
 
 
 def test_wilson_interval():

@@ -11,6 +11,7 @@ from engines.data import load_split
 from engines.errors import CheckpointError, ModelError
 from engines.training import error_rate, train_zoo_model
 from engines.zoo import ZOO, build_model, decay_loss, mlp_spec
+from tests.conftest import PAPER_IDS
 
 SHIPPED = sorted(p.stem for p in models_dir().glob("*.safetensors"))
 
@@ -32,18 +33,7 @@ def test_decay_needs_one_lambda_per_layer():
 
 
 def test_the_zoo_has_the_papers_ids_and_architectures():
-    assert list(ZOO) == [
-        "softmax1",
-        "softmax2",
-        "softmax3",
-        "n100-100-10",
-        "n200-200-10",
-        "ae400-10",
-        "conv",
-        "m1",
-        "m1-prime",
-        "m2",
-    ]
+    assert list(ZOO) == PAPER_IDS
     assert ZOO["m1-prime"].spec["hidden"] == [123, 456]
     assert ZOO["m2"].train_split == "p2" and ZOO["m1"].train_split == "p1"
     assert [ZOO[f"softmax{i}"].decay[0] for i in (1, 2, 3)] == [1e-4, 1e-2, 1.0]

@@ -34,7 +34,16 @@ def transfer(
     split: Annotated[str, typer.Option(help="train, test, p1 or p2.")] = "train",
     n: Annotated[int, typer.Option("--n", help="Images per set.")] = 100,
     offset: Offset = 0,
-    noise: Annotated[str | None, typer.Option(help="Gaussian-noise rows at these rms values, e.g. 0.1,0.3.")] = None,
+    noise: Annotated[
+        str | None, typer.Option(help="Gaussian-noise rows clipped to [0,1] at these rms values, e.g. 0.1,0.3.")
+    ] = None,
+    unclipped: Annotated[
+        str | None,
+        typer.Option(
+            "--unclipped-noise",
+            help="Rows of x + N(0, sd²) left outside [0,1] (the paper's likely noise), e.g. 0.1,0.3.",
+        ),
+    ] = None,
     amplify: Annotated[
         float | None, typer.Option(help="Also rows of each set amplified to this rms (Table 4).")
     ] = None,
@@ -60,6 +69,7 @@ def transfer(
             n,
             folder,
             noise=_floats(noise, "--noise"),
+            unclipped=_floats(unclipped, "--unclipped-noise"),
             amplify_rms=amplify,
             offset=offset,
             seed=seed,
