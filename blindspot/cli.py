@@ -8,6 +8,16 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.text import Text
+
+try:  # Typer >= 0.20 carries its own copy of click
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # older Typer runs on click itself
+    from click.exceptions import ClickException, UsageError  # type: ignore[no-redef]
+try:
+    from click.exceptions import Abort as ClickAbort
+except ImportError:
+    ClickAbort = typer.Abort  # type: ignore[misc,assignment]
 
 from blindspot.commands import attack, bounds, data, models, reproduce, train, transfer, tui, units
 from blindspot.console import err
@@ -38,16 +48,27 @@ def _root(ctx: typer.Context) -> None:
             typer.echo(ctx.get_help())
 
 
+def _error_line(message: str) -> None:
+    # the message may hold user text such as paths with brackets: never read it as Rich markup
+    err.print(Text.assemble(("error: ", "red"), " ".join(message.split())), soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps errors to exit codes so scripts can rely on them."""
     try:
-        app(args=argv, prog_name="blindspot")
+        code = app(args=argv, prog_name="blindspot", standalone_mode=False)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else 1)
-    except BlindspotError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True, markup=True)
+    except UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx is not None else "blindspot"
+        _error_line(f"{exc.format_message()} (see {command} --help)")
         return EXIT_BAD_INPUT
-    except (KeyboardInterrupt, Cancelled):
+    except (ClickException, BlindspotError) as exc:
+        _error_line(exc.format_message() if isinstance(exc, ClickException) else str(exc))
+        return EXIT_BAD_INPUT
+    except (KeyboardInterrupt, typer.Abort, ClickAbort, Cancelled):
+        code = EXIT_INTERRUPTED
+    if code == EXIT_INTERRUPTED:  # Typer turns Ctrl-C inside a command into exit code 130
         err.print("interrupted: finished results were kept", highlight=False)
         return EXIT_INTERRUPTED
-    return EXIT_OK
+    return code if isinstance(code, int) else EXIT_OK

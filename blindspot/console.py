@@ -2,26 +2,45 @@
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from engines.events import Progress as EngineProgress
 from engines.events import ProgressCallback
+from engines.io import json_text
 
+# Piped or logged tables are read and copied from, not fitted to a screen: give them room unless COLUMNS says
+PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
 err = Console(stderr=True)
-out = Console()
+out = Console(width=PIPE_WIDTH)
+
+
+def note(text: str) -> None:
+    """A log line on stderr, printed as it is: paths and ids may hold brackets that Rich would read as markup."""
+    err.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def resumable(hint: str) -> Iterator[None]:
+    """On Ctrl-C, say how to go on from what was kept, then exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        note(f"interrupted: {hint}")
+        raise typer.Exit(130) from None
 
 
 def print_json(obj: Any) -> None:
-    """Plain JSON on stdout (no Rich markup), for scripts."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)) + "\n")
+    """Plain, strict JSON on stdout (no Rich markup; NaN as null), for scripts."""
+    sys.stdout.write(json_text(obj) + "\n")
     sys.stdout.flush()
 
 

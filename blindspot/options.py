@@ -8,7 +8,10 @@ from typing import Annotated
 import typer
 
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda (auto = cuda when present).")]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed (results are reproducible for a seed on the CPU).")]
+Seed = Annotated[
+    int,
+    typer.Option("--seed", min=0, max=2**63 - 1, help="Random seed (results are reproducible for a seed on the CPU)."),
+]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout; logs go to stderr.")]
 DataDir = Annotated[
     Path | None,

@@ -23,7 +23,7 @@ from engines.data import data_fingerprint
 from engines.events import CancelCheck, ProgressCallback, never_cancel, no_progress
 from engines.io import read_json
 
-ADVSET_VERSION = 1  # bump when the attack's results change for the same settings
+ADVSET_VERSION = 2  # bump when the attack's results change for the same settings (2: trivial images apart)
 
 
 @dataclass

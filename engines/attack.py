@@ -140,8 +140,13 @@ def attack_problems(
     cancel: CancelCheck = never_cancel,
     progress_every: float = 0.25,
     task: str = "attack",
+    groups: torch.Tensor | None = None,
 ) -> ProblemResult:
-    """Run the per-problem c search on a batch. x is (B, C, H, W) in [0, 1], target is (B,)."""
+    """Run the per-problem c search on a batch. x is (B, C, H, W) in [0, 1], target is (B,).
+
+    `groups` (B,) maps problems to images (several targets of one image): progress then counts
+    an image as a success when any of its problems is, with its closest success's distortion.
+    """
     shape = tuple(x.shape[1:])
     flat = x.reshape(x.shape[0], -1)
     obj = _Objective(model, shape, flat, target, config.distance, config.margin)
@@ -159,9 +164,12 @@ def attack_problems(
             if now - last_emit[0] < progress_every:
                 return
             last_emit[0] = now
-            found = torch.isfinite(obj.best_sq)
+            best = obj.best_sq
+            if groups is not None:
+                best = best.new_full((int(groups.max()) + 1,), math.inf).scatter_reduce(0, groups, best, "amin")
+            found = torch.isfinite(best)
             n_found = int(found.sum())
-            mean_dist = float((obj.best_sq[found] / flat.shape[1]).sqrt().mean()) if n_found else math.nan
+            mean_dist = float((best[found] / flat.shape[1]).sqrt().mean()) if n_found else math.nan
             on_progress(
                 Progress(
                     task,
@@ -172,7 +180,7 @@ def attack_problems(
                         "iteration": it + 1,
                         "objective": float(f.mean()),
                         "running": int(rows.numel()),
-                        "success_rate": n_found / flat.shape[0],
+                        "success_rate": n_found / best.shape[0],
                         "mean_distortion": mean_dist,
                     },
                 )

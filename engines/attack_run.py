@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from engines.attack import AttackConfig, attack_problems, paper_distortion, validate_images
 from engines.checkpoint import LoadedModel, check_classifier, load_checkpoint
 from engines.data import load_split
-from engines.errors import InputError
+from engines.errors import BlindspotError, InputError
 from engines.events import CancelCheck, Progress, ProgressCallback, never_cancel, no_progress
 from engines.figures import attack_figure
 from engines.io import atomic_write, read_json, write_json_atomic
@@ -113,7 +113,14 @@ def _attack_chunk(
         image, tgt = torch.arange(len(y)), targets
     xs = x[image].to(device)
     res = attack_problems(
-        lm.model, xs, tgt.to(device), request.config, on_progress=on_progress, cancel=cancel, task=task
+        lm.model,
+        xs,
+        tgt.to(device),
+        request.config,
+        on_progress=on_progress,
+        cancel=cancel,
+        task=task,
+        groups=image.to(device),
     )
     sq = res.sq_dist.cpu()
     if targets is None:
@@ -122,7 +129,10 @@ def _attack_chunk(
         pick = torch.arange(len(y)) * (classes - 1) + best
     else:
         pick = torch.arange(len(y))
-    success = res.success.cpu()[pick]
+    reached = res.success.cpu()[pick]
+    # the model already sends x itself to the target (for --target all: it misclassifies x): nothing to find
+    trivial = reached & (sq[pick] == 0)
+    success = reached & ~trivial
     x_adv = torch.where(success.view(-1, 1, 1, 1), res.x_adv.cpu()[pick], x)
     diff = (x_adv - x).flatten(1)
     nan = torch.full((len(y),), math.nan)
@@ -130,6 +140,7 @@ def _attack_chunk(
         "x_adv": x_adv.contiguous(),
         "target": tgt.cpu()[pick].contiguous(),
         "success": success.to(torch.uint8),
+        "trivial": trivial.to(torch.uint8),
         "distortion": torch.where(success, paper_distortion(x, x_adv), nan),
         "l2": torch.where(success, diff.norm(dim=1), nan),
         "linf": torch.where(success, diff.abs().amax(1), nan),
@@ -159,7 +170,12 @@ def start_attack(
             "seconds": 0.0,
         },
     )
-    return _carry_on(out, lm, device, on_progress, cancel)
+    try:
+        return _carry_on(out, lm, device, on_progress, cancel)
+    except BlindspotError:
+        if not _done_ranges(out):  # refused before any work: leave no run behind to block the same --out
+            (out / RUN_FILE).unlink(missing_ok=True)
+        raise
 
 
 def resume_attack(
@@ -188,6 +204,8 @@ def _carry_on(
     data = load_split(request.split, request.data_dir).subset(request.offset, request.n)
     validate_images(data.images)
     classes = check_classifier(lm.model, tuple(data.images.shape[1:]), device)
+    if len(data) and int(data.labels.max()) >= classes:
+        raise InputError(f"the data has label {int(data.labels.max())} but {lm.id} has only {classes} classes")
     mode = parse_target(request.target, classes)
     targets = None if mode == "all" else choose_targets(mode, data.labels, classes, request.seed, lm.model, data.images)
     per_image = classes - 1 if mode == "all" else 1
@@ -198,6 +216,7 @@ def _carry_on(
     started = time.perf_counter()
     base_seconds = float(run.get("seconds", 0.0))
     finished = len(data) - sum(b - a for a, b in todo)
+    tally = RunTally.from_chunks(out)
     try:
         for a, b in todo:
             pos = a
@@ -212,7 +231,7 @@ def _carry_on(
                         classes,
                         request,
                         device,
-                        _offset_progress(on_progress, finished, len(data)),
+                        tally.progress(on_progress, finished, stop - pos, len(data)),
                         cancel,
                         f"attack {lm.id}",
                     )
@@ -223,6 +242,7 @@ def _carry_on(
                     torch.cuda.empty_cache()
                     continue
                 atomic_write(out / "chunks" / _chunk_name(pos, stop), lambda p, part=part: save_file(part, str(p)))
+                tally.add(part)
                 finished += stop - pos
                 pos = stop
     except BaseException:
@@ -234,12 +254,50 @@ def _carry_on(
     return summary
 
 
-def _offset_progress(on_progress: ProgressCallback, finished: int, total: int) -> ProgressCallback:
-    def emit(event: Progress) -> None:
-        event.info = dict(event.info, images_done=finished, images_total=total)
-        on_progress(event)
+def trivial_mask(samples: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Images with nothing to attack (see `summarize`); runs saved before the flag existed have none marked."""
+    flag = samples.get("trivial")
+    return flag.bool() if flag is not None else torch.zeros_like(samples["success"], dtype=torch.bool)
 
-    return emit
+
+@dataclass
+class RunTally:
+    """Successes and their distortion over the finished chunks, so that progress speaks for the whole run."""
+
+    images: int = 0
+    successes: int = 0
+    distortion_sum: float = 0.0
+
+    @classmethod
+    def from_chunks(cls, out: Path) -> RunTally:
+        tally = cls()
+        for path in sorted((out / "chunks").glob("*.safetensors")):
+            tally.add(load_file(str(path)))
+        return tally
+
+    def add(self, part: dict[str, torch.Tensor]) -> None:
+        ok = part["success"].bool()
+        self.images += int(ok.numel()) - int(trivial_mask(part).sum())
+        self.successes += int(ok.sum())
+        self.distortion_sum += float(part["distortion"][ok].sum())
+
+    def progress(self, on_progress: ProgressCallback, finished: int, chunk: int, total: int) -> ProgressCallback:
+        """Forward a chunk's events with the run's figures: finished chunks plus this one so far."""
+
+        def emit(event: Progress) -> None:
+            info = dict(event.info, images_done=finished, images_total=total)
+            rate, dist = info.get("success_rate"), info.get("mean_distortion")
+            if rate is not None:
+                found = rate * chunk
+                info["success_rate"] = (self.successes + found) / max(self.images + chunk, 1)
+                if dist is not None and math.isfinite(dist) and found:
+                    info["mean_distortion"] = (self.distortion_sum + dist * found) / (self.successes + found)
+                elif self.successes:
+                    info["mean_distortion"] = self.distortion_sum / self.successes
+            event.info = info
+            on_progress(event)
+
+        return emit
 
 
 def _remaining(done: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
@@ -287,12 +345,19 @@ def _finish(
 def summarize(
     samples: dict[str, torch.Tensor], *, model_id: str, request: AttackRequest, seconds: float, device: torch.device
 ) -> dict[str, Any]:
-    """Success rate and distortion statistics over the successful images."""
+    """Success rate over the images there was something to attack; distortion statistics over the successes.
+
+    Images the model already sends to the target (with --target all: images it misclassifies) are
+    counted apart as `n_trivial`: counting them as successes at distortion 0 would flatter both figures.
+    """
     ok = samples["success"].bool()
     n = int(ok.numel())
+    n_trivial = int(trivial_mask(samples).sum())
+    attacked = n - n_trivial
 
     def stat(key: str, fn: str = "mean") -> float | None:
         v = samples[key][ok]
+        v = v[torch.isfinite(v)]  # c is NaN for a success first met at a line-search trial point
         if v.numel() == 0:
             return None
         return float(v.mean() if fn == "mean" else v.median())
@@ -303,8 +368,9 @@ def summarize(
         "target": request.target,
         "split": request.split,
         "offset": request.offset,
-        "success_rate": float(ok.float().mean()) if n else 0.0,
+        "success_rate": int(ok.sum()) / attacked if attacked else 0.0,
         "n_success": int(ok.sum()),
+        "n_trivial": n_trivial,
         "mean_distortion": stat("distortion"),
         "median_distortion": stat("distortion", "median"),
         "mean_l2": stat("l2"),
@@ -315,5 +381,6 @@ def summarize(
         "seed": request.seed,
         "config": request.config.as_dict(),
         "distortion_definition": "sqrt(sum((x'-x)^2)/n), n = pixels; statistics over successful images",
+        "trivial_definition": "images the model already sends to the target (target all: misclassified), left out",
         "c_convention": "c multiplies the distance term: the largest c whose minimiser reaches the target is kept",
     }

@@ -267,7 +267,7 @@ def _conv_bound(
     n_hw = (int(call.in_shape[-2]), int(call.in_shape[-1]))
     stride, dilation = pair(m.stride), pair(m.dilation)
     w = m.weight.detach().to(device, dtype)
-    cs = conv_spectrum(w, n_hw, stride, dilation, m.groups, dense_limit=dense_limit)
+    cs = conv_spectrum(w, n_hw, stride, dilation, m.groups, dense_limit=dense_limit, cancel=cancel)
     left, total = _conv_padding(m)
     layer = LayerBound(
         name=name,
@@ -306,7 +306,9 @@ def _conv_bound(
         real = (
             cs.upper
             if same
-            else polyphase_spectrum(dilate_kernel(w, dilation), grid, stride, m.groups, values=False).upper
+            else polyphase_spectrum(
+                dilate_kernel(w, dilation), grid, stride, m.groups, values=False, cancel=cancel
+            ).upper
         )
         layer.upper_real = real
         layer.upper_real_method = f"circular on {grid[0]}×{grid[1]} ⊇ the zero-padded layer" + (

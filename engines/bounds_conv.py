@@ -148,6 +148,7 @@ def polyphase_spectrum(
     *,
     values: bool = True,
     chunk_elements: int = CHUNK_ELEMENTS,
+    cancel: CancelCheck = never_cancel,
 ) -> ConvSpectrum:
     """Exact spectrum of the circular strided convolution when the strides divide the grid.
 
@@ -173,6 +174,8 @@ def polyphase_spectrum(
     rows_per_chunk = max(1, min(mh, chunk_elements // max(per_row, 1)))
     sv_rows = []
     for start in range(0, mh, rows_per_chunk):
+        if cancel():  # between chunks: one layer of a large network takes tens of seconds on a CPU
+            raise Cancelled("frame bounds")
         k = torch.arange(start, min(mh, start + rows_per_chunk), device=w.device)
         e = _phase_matrix(k, qh, mh, w.device, real).to(cplx)
         blocks = torch.einsum("kq,fcqpwr->kwfcpr", e, spec_w)  # (kc, mw2, f, cg, sh, sw)
@@ -313,12 +316,13 @@ def conv_spectrum(
     values: bool = True,
     dense_limit: int = DENSE_LIMIT,
     power_iters: int = 300,
+    cancel: CancelCheck = never_cancel,
 ) -> ConvSpectrum:
     """Frame bounds and spectrum of a Conv2d's circular operator on an N_h×N_w input (see module docstring)."""
     w = dilate_kernel(weight, dilation)
     (nh, nw), (sh, sw) = n_hw, stride
     if nh % sh == 0 and nw % sw == 0:
-        return polyphase_spectrum(w, n_hw, stride, groups, values=values)
+        return polyphase_spectrum(w, n_hw, stride, groups, values=values, cancel=cancel)
     wf = fold_kernel(w, n_hw)
     f, cg = wf.shape[:2]
     fg = f // groups
@@ -338,10 +342,10 @@ def conv_spectrum(
         )
     # too large for a dense SVD: exact upper by power iteration, lower and spectrum from the nearest divisible grid
     near = (sh * mh, sw * mw)
-    approx = polyphase_spectrum(w, near, stride, groups, values=values)
+    approx = polyphase_spectrum(w, near, stride, groups, values=values, cancel=cancel)
     gen = torch.Generator(device=w.device).manual_seed(0)
     x0 = torch.randn(groups * cg, nh, nw, dtype=w.dtype, device=w.device, generator=gen)
-    pw = power_iteration(lambda x: circular_conv(x, wf, stride, groups), x0, max_iter=power_iters)
+    pw = power_iteration(lambda x: circular_conv(x, wf, stride, groups), x0, max_iter=power_iters, cancel=cancel)
     approx.upper = max(pw.sigma, 0.0)
     approx.exact = False
     approx.freq_max = approx.freq_min = approx.top_input = None

@@ -151,23 +151,44 @@ def load_checkpoint(ref: str | Path, device: torch.device | str = "cpu") -> Load
     else:
         meta = _read_sidecar(path, required=True)
         state = load_state_file(path)
-    try:
-        model = build_model(meta["spec"])
-    except ModelError as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        reason = " ".join(line.strip() for line in first[:3])
-        raise CheckpointError(f"{path}: weights do not fit the architecture in its sidecar: {reason[:300]}") from exc
+    sha256 = file_sha256(path)
+    recorded = meta.get("weights_sha256")
+    if recorded and recorded != sha256:
+        raise CheckpointError(f"{path}: the weights are not the ones its sidecar describes (sha256 differs)")
+    _check_shapes(path, meta["spec"], state)
+    model = build_model(meta["spec"])
+    model.load_state_dict(state, strict=True)
     for name, tensor in state.items():
         if not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path}: tensor {name} holds NaN or inf")
     model.eval()
     model.to(device)
     meta.setdefault("id", path.stem)
-    return LoadedModel(model=model, meta=meta, path=path, sha256=file_sha256(path))
+    return LoadedModel(model=model, meta=meta, path=path, sha256=sha256)
+
+
+def _check_shapes(path: Path, spec: dict[str, Any], state: dict[str, torch.Tensor]) -> None:
+    """Compare the file's tensors with the architecture built on the meta device (no memory), so that a
+    wrong or absurd spec is refused before anything of its size is allocated."""
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in build_model(spec).state_dict().items()}
+    except ModelError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k} {tuple(state[k].shape)} ≠ {expected[k]}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != expected[k]
+    ]
+    problems = (
+        ([f"missing {', '.join(missing[:4])}"] if missing else [])
+        + ([f"unexpected {', '.join(extra[:4])}"] if extra else [])
+        + ([f"shapes {'; '.join(wrong[:3])}"] if wrong else [])
+    )
+    if problems:
+        raise CheckpointError(f"{path}: weights do not fit the architecture in its sidecar: {' | '.join(problems)}")
 
 
 def list_checkpoints(folder: str | Path | None = None) -> list[Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -38,8 +39,27 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON: tensors and arrays as lists, paths as strings, NaN and ±inf as null (which every parser reads)."""
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False)
+
+
+def json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if hasattr(obj, "tolist"):  # tensors, arrays, numpy scalars
+        return json_safe(obj.tolist())
+    return str(obj)  # paths, devices, dtypes
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return write_text_atomic(path, json_text(obj) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -62,11 +82,3 @@ def file_sha256(path: str | Path) -> str:
 
 def file_md5(path: str | Path) -> str:
     return file_digest(path, "md5")
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -107,7 +107,8 @@ def table1(t2: TransferMatrix, device: torch.device, data_dir: str | Path | None
                 "paper_test_error": p_test,
                 "distortion": t2.rows[i].distortion,
                 "paper_distortion": p_dist,
-                "success_rate": float(t2.values[i, i]),
+                "success_rate": 100.0 * t2.settings["sources"][mid]["summary"]["success_rate"],
+                "trivial": t2.settings["sources"][mid]["summary"].get("n_trivial", 0),
             }
         )
     return rows
@@ -251,7 +252,14 @@ def render_report(tables: dict[str, Any], settings: dict[str, Any], figures: dic
             f"{_num(r['distortion'], 3)} / {_num(r['paper_distortion'], 3)} "
             f"({_diff(r['distortion'], r['paper_distortion'], 3)}) | {_num(r['success_rate'], 1)} |"
         )
-    lines += ["", f"Distortion measured on the first {n} training images, as the paper's Table 1 (training set).", ""]
+    trivial = ", ".join(f"{r['model']} {r['trivial']}" for r in tables["table1"] if r.get("trivial"))
+    lines += [
+        "",
+        f"Distortion measured on the first {n} training images, as the paper's Table 1 (training set); success and "
+        "distortion over the images each model classifies correctly"
+        + (f" (misclassified, left out: {trivial})." if trivial else "."),
+        "",
+    ]
     lines += _matrix_section("Table 2: cross-model generalization (training set)", tables["table2"], "table2", figures)
     lines += [
         "## Table 3: models trained on disjoint halves P1 and P2",

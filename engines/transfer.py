@@ -252,7 +252,10 @@ def load_matrix(path: str | Path) -> TransferMatrix:
         raise InputError(f"no transfer matrix at {path}")
     try:
         d = read_json(path)
-        rows = [MatrixRow(**r) for r in d["rows"]]
+        rows = [
+            MatrixRow(**(r | {"distortion": math.nan if r.get("distortion") is None else r["distortion"]}))
+            for r in d["rows"]
+        ]
         errors = np.array(d["errors"], dtype=np.int64).reshape(len(rows), len(d["columns"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{path}: not a blindspot transfer matrix ({exc})") from exc

@@ -150,18 +150,51 @@ def _fmt_p(p: float) -> str:
     return f"{p:.2g}" if p >= 1e-300 else "<1e-300"
 
 
+def _claim(c: Comparison) -> str:
+    if not c.significant:
+        return "units are not more coherent than random directions (no significant difference)"
+    if c.effect == "negligible":
+        side = "more" if c.favours == "units" else "less"
+        return f"units are only negligibly {side} coherent than random directions"
+    if c.favours == "units":
+        return "units are more coherent than random directions"
+    return "units are less coherent than random directions"
+
+
+def _stance(c: Comparison) -> str:
+    """What a comparison says, coarsely: units, random or neither (a negligible effect counts as neither)."""
+    return c.favours if c.significant and c.effect != "negligible" else "neither"
+
+
+def dissent(comparisons: dict[str, Comparison], primary: str) -> str:
+    """A clause for each other score whose conclusion differs from the primary score's, else ''."""
+    base = _stance(comparisons[primary])
+    parts = [
+        f"by {SCORES.get(name, (True, name))[1]}, {_claim(c)} (Cliff's δ {c.cliffs_delta:+.2f}, {c.effect}, "
+        f"p={_fmt_p(c.p_value)})"
+        for name, c in comparisons.items()
+        if name != primary and _stance(c) != base
+    ]
+    return ("Other scores disagree: " + "; ".join(parts) + ".") if parts else ""
+
+
+def brief_verdict(comparisons: dict[str, Comparison], primary: str) -> str:
+    """The verdict in a few words per score, for narrow places such as an 80-column screen."""
+
+    def brief(name: str, c: Comparison) -> str:
+        claim = _claim(c).removeprefix("units are ").replace(" than random directions", "")
+        label = SCORES.get(name, (True, name))[1]
+        return f"{claim} by {label} ({c.units_mean:.3f} vs {c.random_mean:.3f}, δ {c.cliffs_delta:+.2f}, p={_fmt_p(c.p_value)})"
+
+    base = _stance(comparisons[primary])
+    others = [brief(n, c) for n, c in comparisons.items() if n != primary and _stance(c) != base]
+    return "units vs random: " + brief(primary, comparisons[primary]) + "".join(f"; but {o}" for o in others)
+
+
 def verdict_sentence(layer: str, c: Comparison, k: int) -> str:
     """One sentence: are units more coherent than random directions at this layer, with the numbers."""
     label = SCORES.get(c.score, (True, c.score))[1]
-    if not c.significant:
-        claim = "units are not more coherent than random directions (no significant difference)"
-    elif c.effect == "negligible":
-        side = "more" if c.favours == "units" else "less"
-        claim = f"units are only negligibly {side} coherent than random directions"
-    elif c.favours == "units":
-        claim = "units are more coherent than random directions"
-    else:
-        claim = "units are less coherent than random directions"
+    claim = _claim(c)
     return (
         f"At layer {layer}, {claim}: top-{k} {label} {c.units_mean:.3f} vs {c.random_mean:.3f} "
         f"(Δ {c.mean_diff:+.3f}, 95% CI [{c.mean_diff_ci[0]:+.3f}, {c.mean_diff_ci[1]:+.3f}]), "

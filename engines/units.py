@@ -31,7 +31,7 @@ from engines.checkpoint import LoadedModel
 from engines.data import Dataset
 from engines.errors import Cancelled, InputError
 from engines.events import CancelCheck, Progress, ProgressCallback, never_cancel, no_progress
-from engines.unit_stats import SCORES, Comparison, compare_scores, verdict_sentence
+from engines.unit_stats import SCORES, Comparison, brief_verdict, compare_scores, dissent, verdict_sentence
 
 BLOCK = 256  # random directions are generated in fixed blocks, so direction i depends only on (seed, i)
 
@@ -149,6 +149,9 @@ class UnitsResult:
 
     def verdicts(self) -> dict[str, str]:
         return {name: verdict_sentence(self.layer, c, self.k) for name, c in self.comparisons.items()}
+
+    def brief(self) -> str:
+        return brief_verdict(self.comparisons, self.primary)
 
 
 def _scores_for(
@@ -313,7 +316,11 @@ def compare_units(
         shown_random=_pick_shown(rand, show_random, None),
         comparisons=comparisons,
         primary=primary,
-        verdict=verdict_sentence(acts.layer.name, comparisons[primary], k),
+        verdict=" ".join(
+            part
+            for part in (verdict_sentence(acts.layer.name, comparisons[primary], k), dissent(comparisons, primary))
+            if part
+        ),
         units_total=dim,
         units_sampled=sampled,
         activations_cached=acts.cached,

@@ -183,6 +183,8 @@ def build_model(spec: dict[str, Any]) -> nn.Sequential:
             layers["flatten"] = nn.Flatten()
             width = c * h * w
             for i, units in enumerate(spec.get("hidden", []), start=1):
+                if int(units) < 1:
+                    raise ValueError(f"layer fc{i} has {units} units")
                 layers[f"fc{i}"] = nn.Linear(width, int(units))
                 layers[f"act{i}"] = act()
                 width = int(units)
@@ -200,7 +202,7 @@ def build_model(spec: dict[str, Any]) -> nn.Sequential:
             layers["fc2"] = nn.Linear(int(spec["hidden"]), classes)
         else:
             raise ModelError(f"unknown architecture kind {kind!r}")
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ModelError(f"malformed architecture spec ({exc.__class__.__name__}: {exc}): {spec}") from exc
     return nn.Sequential(layers)
 

@@ -41,7 +41,6 @@ class BoundsScreen(WorkbenchScreen):
         self.shown_for: tuple[str, str] | None = None
         self.result: Any = None
         self.histograms: list[dict[str, Any]] = []
-        self.partial: list[dict[str, Any]] = []
         self.paper: dict[str, dict[str, Any]] = {}
 
     def compose(self) -> ComposeResult:
@@ -82,7 +81,7 @@ class BoundsScreen(WorkbenchScreen):
         ref = self.app.active_model if self.target == "active" else "alexnet"
         self.shown_for = (self.target, ref)
         device = self.app.settings.device
-        self.partial = []
+        partial: list[dict[str, Any]] = []  # this job's finished layers (a replaced job keeps its own list)
         self.query_one("#bar", Static).update(f"[b]{Path(ref).name}[/b] · computing …")
         slow = " (AlexNet: about half a minute on a CPU)" if ref == "alexnet" else ""
         self.say(f"computing frame bounds{slow} · x cancels after the current layer")
@@ -96,7 +95,7 @@ class BoundsScreen(WorkbenchScreen):
 
             def on_progress(event: Progress) -> None:
                 if "upper" in event.info:
-                    self.partial.append({"name": event.message, **event.info})
+                    partial.append({"name": event.message, **event.info})
                 job.progress(event)
 
             result = frame_bounds(
@@ -117,15 +116,29 @@ class BoundsScreen(WorkbenchScreen):
             on_progress=self.show_progress,
             on_done=self.show_result,
             on_error=lambda m: self.say(m, error=True),
-            on_cancel=self.show_partial,
+            on_cancel=lambda _: self.show_partial(ref, partial),
         )
 
     def show_progress(self, event: Progress) -> None:
         self.say(f"frame bounds: {int(event.done)}/{int(event.total or 0)} layers · {event.message} · x cancels")
 
-    def show_partial(self, _: Any) -> None:
-        rows = "; ".join(f"{p['name']}: [{fmt_num(p['lower'])}, {fmt_num(p['upper'])}]" for p in self.partial)
-        self.say(f"cancelled; finished layers: {rows or 'none'}")
+    def show_partial(self, ref: str, partial: list[dict[str, Any]]) -> None:
+        """After a cancel: the layers that finished, in the table, so that no finished work is lost."""
+        self.result, self.histograms = None, []
+        self.query_one("#bar", Static).update(f"[b]{Path(ref).name}[/b] · cancelled after {len(partial)} layers")
+        table = self.query_one("#table", DataTable)
+        table.clear(columns=True)
+        table.add_column("layer", width=30)
+        table.add_column(Text("lower", justify="right"), width=9)
+        table.add_column(Text("upper", justify="right"), width=9)
+        for p in partial:
+            table.add_row(
+                p["name"], Text(fmt_num(p["lower"]), justify="right"), Text(fmt_num(p["upper"]), justify="right")
+            )
+        self.query_one("#notes", Static).update("")
+        self.query_one("#spectrum-title", Static).update("")
+        self.query_one("#spectrum", Sparkline).data = []
+        self.say(f"cancelled: {len(partial)} finished layers kept above · r recomputes")
 
     # ------------------------------------------------------------------ render
     def show_result(self, result: Any) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -184,7 +185,7 @@ class GalleryScreen(WorkbenchScreen):
             f"{res.layer_kind} {shape} · {res.n_images} {self.split} images · top-{res.k} · "
             f"{len(res.random)} random dirs" + (f" · {degenerate} dead units" if degenerate else "")
         )
-        self.query_one("#verdict", Static).update(f"[b]verdict[/b] {res.verdict}")
+        self.query_one("#verdict", Static).update(Text.assemble(("verdict ", "bold"), res.brief()))
         self.say(f"{len(units)} units and {len(rand)} random directions shown · n/p page · Enter enlarges")
 
     def _item(self, scores: Any, row: int, kind: str) -> GridItem:

@@ -86,7 +86,9 @@ class TransferScreen(WorkbenchScreen):
 
     def _latest(self) -> str:
         runs = Path(self.app.settings.runs_dir)
-        found = sorted(runs.glob("transfer-*/matrix.json"), key=lambda p: p.stat().st_mtime) if runs.is_dir() else []
+        # `blindspot transfer` runs and the tables of `blindspot reproduce` runs, newest last
+        candidates = [*runs.glob("*/matrix.json"), *runs.glob("*/table*/matrix.json")] if runs.is_dir() else []
+        found = sorted(candidates, key=lambda p: p.stat().st_mtime)
         return str(found[-1]) if found else ""
 
     def on_mount(self) -> None:

@@ -220,7 +220,13 @@ def test_cli_attack_json_and_bad_inputs(cli, tmp_path):
     for args in (["--target", "12"], ["--n", "0"], ["--offset", "9999"], ["--distance", "l1"], ["--model", "nope"]):
         rc, _, err = cli("attack", "--model", "softmax1", "--device", "cpu", "--out", tmp_path / f"bad{args[1]}", *args)
         assert rc == 2, args
-        assert "Traceback" not in err and "error" in err
+        assert "Traceback" not in err and "error" in err and len(err.strip().splitlines()) == 1
+    # a refused run leaves nothing that blocks the same --out once the input is fixed
+    assert not (tmp_path / "bad12" / "run.json").exists()
+    rc, _, err = cli("attack", "--model", "softmax1", "--n", "2", "--c-steps", "2", "--out", tmp_path / "bad12")
+    assert rc == 0, err
+    rc, _, err = cli("attack", "--n", "abc")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "--n" in err
 
 
 @pytest.mark.slow
@@ -289,3 +295,69 @@ def test_cpu_allocator_keeps_freed_memory_on_glibc():
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
     assert keep_freed_memory() is True and keep_freed_memory() is True
+
+
+def test_progress_speaks_for_the_whole_run_and_counts_images():
+    from engines.attack_run import RunTally
+    from engines.events import Progress
+
+    tally = RunTally()
+    tally.add({"success": torch.tensor([1, 1, 0], dtype=torch.uint8), "distortion": torch.tensor([0.1, 0.3, math.nan])})
+    seen = []
+    emit = tally.progress(seen.append, finished=3, chunk=2, total=5)
+    emit(Progress("attack", 1, 10, {"success_rate": 0.5, "mean_distortion": 0.5}))
+    info = seen[-1].info
+    assert info["success_rate"] == pytest.approx(3 / 5)  # 2 of 3 finished + 1 of 2 in this chunk
+    assert info["mean_distortion"] == pytest.approx((0.1 + 0.3 + 0.5) / 3)
+    assert (info["images_done"], info["images_total"]) == (3, 5)
+    emit(Progress("attack", 2, 10, {"success_rate": 0.0, "mean_distortion": math.nan}))
+    assert seen[-1].info["mean_distortion"] == pytest.approx(0.2)  # only the finished chunks so far
+
+    # --target all: several problems per image; progress counts images, not (image, target) problems
+    lm = load_checkpoint("softmax1")
+    data = load_split("test")
+    image, tgt = expand_all_targets(data.labels[:3], 10)
+    events = []
+    res = attack_problems(
+        lm.model, data.images[:3][image], tgt, QUICK, on_progress=events.append, progress_every=0.0, groups=image
+    )
+    assert events and all((e.info["success_rate"] * 3) % 1 == pytest.approx(0) for e in events)
+    per_image = res.success.view(3, 9).any(1).float().mean()
+    assert events[-1].info["success_rate"] == pytest.approx(float(per_image))
+
+
+def test_images_the_model_already_gets_wrong_are_counted_apart_and_json_stays_strict(tmp_path):
+    lm = load_checkpoint("softmax3")
+    data = load_split("test")
+    with torch.no_grad():
+        wrong = (lm.model(data.images[:200]).argmax(1) != data.labels[:200]).nonzero().flatten()
+    first_wrong = int(wrong[0])
+    summary, folder = _run(tmp_path, "wrong", model="softmax3", n=3, offset=first_wrong - 2, target="all")
+    s = load_samples(folder)
+    trivial = s["trivial"].bool()
+    assert bool(trivial[2]) and not bool(s["success"][2])  # nothing to attack: not a success at distortion 0
+    assert torch.equal(s["x_adv"][2], s["x"][2])
+    assert summary["n_trivial"] == int(trivial.sum())
+    assert summary["success_rate"] == pytest.approx(summary["n_success"] / (3 - summary["n_trivial"]))
+    assert bool((s["distortion"][s["success"].bool()] > 0).all())
+    text = (folder / "summary.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+def test_json_text_writes_non_finite_numbers_as_null():
+    from engines.io import json_text
+
+    text = json_text({"a": math.nan, "b": torch.tensor([1.0, math.inf]), "c": [-math.inf, 2]}, indent=None)
+    assert text == '{"a": null, "b": [1.0, null], "c": [null, 2]}'
+
+
+def test_labels_beyond_the_models_classes_are_refused(cli, tmp_path):
+    import numpy as np
+
+    from tests.conftest import make_mnist_dir, write_idx
+
+    folder = make_mnist_dir(tmp_path / "mnist", compress=False)
+    labels = np.full(100, 12, dtype=np.uint8)
+    write_idx(folder / "t10k-labels-idx1-ubyte", labels)
+    rc, _, err = cli("attack", "--model", "softmax1", "--data", folder, "--n", "2", "--out", tmp_path / "r")
+    assert rc == 2 and "label 12" in err and "10 classes" in err

@@ -404,3 +404,19 @@ def test_frame_bounds_honours_cancel_between_layers_and_inside_power_iteration()
         frame_bounds(model, (1, 8, 8), power_iters=0, cancel=after_first_layer)
     with _pytest.raises(Cancelled):
         power_iteration(lambda v: 2 * v, torch.ones(4), cancel=lambda: True)
+
+
+def test_a_long_convolution_is_cancelled_between_frequency_chunks():
+    from engines.errors import Cancelled
+
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    polls = {"n": 0}
+
+    def third_poll() -> bool:
+        polls["n"] += 1
+        return polls["n"] >= 3
+
+    with pytest.raises(Cancelled):
+        polyphase_spectrum(w, (16, 16), (1, 1), chunk_elements=1, cancel=third_poll)
+    assert polls["n"] == 3  # stopped inside the layer, two chunks in, not after all 16 rows
+    assert polyphase_spectrum(w, (16, 16), (1, 1), chunk_elements=1).upper > 0

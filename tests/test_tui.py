@@ -372,6 +372,17 @@ async def test_bounds_table_spectrum_and_cancel(tmp_path, models_folder):
         await pilot.press("a", "x")  # AlexNet takes half a minute: cancel stops it between layers
         await settle(pilot, app)
         assert not screen.busy() and "cancelled" in text_of(app, "#status")
+        # cancelled after a layer has finished: that layer stays on screen
+        await pilot.press("r")
+        for _ in range(600):
+            await pilot.pause(0.05)
+            if "1/8" in text_of(app, "#status"):
+                break
+        await pilot.press("x")
+        await settle(pilot, app)
+        kept = table.row_count
+        assert kept >= 1 and f"cancelled after {kept} layers" in text_of(app, "#bar")
+        assert "features.0" in str(table.get_row_at(0)[0])
 
 
 @pytest.mark.parametrize("mode", ["sixel", "tgp", "unicode", "auto"])

@@ -16,7 +16,7 @@ from engines.checkpoint import load_checkpoint, save_checkpoint
 from engines.data import Dataset
 from engines.errors import InputError
 from engines.unit_figures import direction_grid
-from engines.unit_stats import cliffs_delta, compare_scores, verdict_sentence
+from engines.unit_stats import brief_verdict, cliffs_delta, compare_scores, dissent, verdict_sentence
 from engines.units import (
     compare_units,
     label_scores,
@@ -128,6 +128,22 @@ def test_statistics_detect_clearly_separated_distributions():
     # for entropy lower is more coherent, so the same numbers favour the random directions
     e = compare_scores(units, rand, score="entropy", higher_is_coherent=False, seed=1, n_boot=100)
     assert e.favours == "random" and "less coherent" in verdict_sentence("fc1", e, 8)
+
+
+def test_the_verdict_names_scores_that_disagree_with_the_primary_one():
+    rng = np.random.default_rng(0)
+    same = rng.uniform(size=300)
+    units, rand = rng.normal(1.0, 0.1, 100), rng.normal(0.0, 0.1, 400)
+    flat = compare_scores(same, rng.permutation(same), score="purity", seed=1, n_boot=100)
+    clear = compare_scores(units, rand, score="cosine", seed=1, n_boot=100)
+    also_flat = compare_scores(same, rng.permutation(same), score="entropy", higher_is_coherent=False, n_boot=100)
+    text = dissent({"purity": flat, "cosine": clear, "entropy": also_flat}, "purity")
+    assert text.startswith("Other scores disagree: by mean pairwise cosine, units are more coherent")
+    assert "entropy" not in text
+    assert dissent({"purity": flat, "entropy": also_flat}, "purity") == ""
+    brief = brief_verdict({"purity": flat, "cosine": clear, "entropy": also_flat}, "purity")
+    assert brief.startswith("units vs random: not more coherent") and "; but more coherent by mean pairwise" in brief
+    assert len(brief) < 240 and "entropy" not in brief
 
 
 def test_cliffs_delta_is_the_rank_biserial_of_mann_whitney():

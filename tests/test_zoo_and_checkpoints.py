@@ -106,7 +106,8 @@ def test_plain_state_dict_loads_with_weights_only(tmp_path):
     assert torch.allclose(lm.model(x), model.eval()(x))
 
 
-def _saved(tmp_path):
+def _saved(tmp_path, seed: int = 0):
+    torch.manual_seed(seed)
     model = build_model(mlp_spec([5]))
     return save_checkpoint(model, {"id": "tiny", "spec": mlp_spec([5])}, tmp_path / "tiny.safetensors")
 
@@ -131,6 +132,24 @@ def test_shapes_that_do_not_fit_the_architecture_are_refused(tmp_path):
     meta["spec"]["hidden"] = [6]
     path.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("hidden", [[-5], [10**7, 100]], ids=["negative", "huge"])
+def test_an_absurd_spec_is_refused_before_anything_is_allocated(tmp_path, hidden):
+    path = _saved(tmp_path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    meta["spec"]["hidden"] = hidden
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="malformed architecture|do not fit"):
+        load_checkpoint(path)
+
+
+def test_weights_swapped_under_a_sidecar_are_refused(tmp_path):
+    path = _saved(tmp_path)
+    other = _saved(tmp_path / "other", seed=1)
+    path.write_bytes(other.read_bytes())  # same shapes, other numbers
+    with pytest.raises(CheckpointError, match="not the ones its sidecar describes"):
         load_checkpoint(path)
 
 

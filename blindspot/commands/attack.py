@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from blindspot.console import err, print_json, progress_sink
+from blindspot.console import err, note, print_json, progress_sink, resumable
 from blindspot.options import CSteps, DataDir, Device, Json, MaxIter, Offset, Seed
 from engines.attack import AttackConfig
 from engines.attack_run import AttackRequest, resume_attack, start_attack
@@ -43,7 +43,7 @@ def attack(
         bool, typer.Option("--warm-start/--cold-start", help="Start each c from the best success so far.")
     ] = True,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", help="Problems solved at once (default: by free memory).")
+        int | None, typer.Option("--batch-size", min=1, help="Problems solved at once (default: by free memory).")
     ] = None,
     seed: Seed = 0,
     device: Device = "auto",
@@ -78,15 +78,14 @@ def attack(
             data_dir=str(data) if data else None,
         )
     folder = resume or out or default_run_dir("attack", model or "model")
-    try:
-        with progress_sink() as on_progress:
-            if resume is not None:
-                summary = resume_attack(resume, dev, on_progress=on_progress)
-            else:
-                summary = start_attack(request, folder, dev, on_progress=on_progress)
-    except KeyboardInterrupt:
-        err.print(f"interrupted: finished chunks are kept; finish with `blindspot attack --resume {folder}`")
-        raise typer.Exit(130) from None
+    with (
+        resumable(f"finished chunks are kept; finish with `blindspot attack --resume {folder}`"),
+        progress_sink() as on_progress,
+    ):
+        if resume is not None:
+            summary = resume_attack(resume, dev, on_progress=on_progress)
+        else:
+            summary = start_attack(request, folder, dev, on_progress=on_progress)
     summary["run"] = str(folder)
     if json_out:
         print_json(summary)
@@ -112,7 +111,7 @@ def print_summary(s: dict) -> None:
         s["device"],
     )
     err.print(table)
-    err.print(f"run folder: {s['run']}")
+    note(f"run folder: {s['run']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from blindspot.console import err, out, print_json, progress_sink
+from blindspot.console import note, out, print_json, progress_sink
 from blindspot.options import Device, Json, OutDir, Seed
 from engines.bounds import PAPER_TABLE5, NetworkBounds, frame_bounds, write_bounds
 from engines.bounds_models import load_bounds_model, parse_input_shape
@@ -71,15 +71,14 @@ def bounds(
             model_name=loaded.name,
             on_progress=on_progress,
         )
-    err.print(
+    note(
         f"{loaded.name}: {loaded.source}; input {'×'.join(map(str, shape))}; {precision} on {dev}; "
-        f"{result.seconds:.1f} s",
-        highlight=False,
+        f"{result.seconds:.1f} s"
     )
     result.notes.append(f"model: {loaded.source}")
     if out_dir is not None:
         paths = write_bounds(result, out_dir)
-        err.print(f"wrote {paths['json']} and {paths['spectra']}", highlight=False)
+        note(f"wrote {paths['json']} and {paths['spectra']}")
     if json_out:
         print_json(result.to_json())
     else:
@@ -140,8 +139,8 @@ def render(result: NetworkBounds) -> None:
         )
     else:
         out.print("It is a guaranteed upper Lipschitz bound of the network as it runs.", highlight=False)
-    for note in result.notes:
-        out.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    for line in result.notes:
+        out.print(f"[yellow]note:[/yellow] {line}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

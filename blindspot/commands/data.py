@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from blindspot.console import err, print_json
+from blindspot.console import note, print_json
 from blindspot.options import DataDir, Json
 from engines.data import data_fingerprint, default_mnist_dir, download_mnist, load_split
 
@@ -22,14 +22,14 @@ def check(data: DataDir = None, json_out: Json = False) -> None:
     if json_out:
         print_json(report)
     else:
-        err.print(f"MNIST in {report['folder']}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        note(f"MNIST in {report['folder']}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
 @data_app.command("download")
 def download(to: Annotated[Path, typer.Option("--to", help="Target folder.")] = Path("data")) -> None:
     """Fetch MNIST through torchvision (needs internet); offline, says where to put the files."""
     folder = download_mnist(to)
-    err.print(f"MNIST files in {folder}; use --data {to}")
+    note(f"MNIST files in {folder}; use --data {to}")
 
 
 def register(app: typer.Typer) -> None:

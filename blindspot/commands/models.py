@@ -10,6 +10,8 @@ from rich.table import Table
 
 from blindspot.console import out, print_json
 from blindspot.options import Json
+from engines.checkpoint import models_dir
+from engines.errors import InputError
 from engines.registry import model_rows
 
 
@@ -24,13 +26,16 @@ def models(
     ] = None,
 ) -> None:
     """List the models: id, architecture, parameters, λ, training set and errors (%)."""
-    rows = model_rows(folder)
+    where = folder or models_dir()
+    if not Path(where).is_dir():
+        raise InputError(f"no models folder at {where} (set BLINDSPOT_MODELS or pass --folder)")
+    rows = model_rows(where)
     if json_out:
         print_json(rows)
         return
     table = Table(title="blindspot models (errors in %)")
     for col in ("id", "architecture", "params", "λ", "trained on", "train err", "test err", "P1 err", "P2 err"):
-        table.add_column(col, justify="right" if "err" in col or col == "params" else "left")
+        table.add_column(col, justify="right" if "err" in col or col == "params" else "left", no_wrap=col == "id")
     for r in rows:
         if "error" in r:
             table.add_row(r["id"], f"[red]{r['error']}[/red]", *[""] * 7)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from blindspot.commands.attack import default_run_dir
-from blindspot.console import err, print_json, progress_sink
+from blindspot.console import note, print_json, progress_sink, resumable
 from blindspot.options import CSteps, DataDir, Device, Json, MaxIter, Seed
 from engines.attack import AttackConfig
 from engines.device import resolve_device
@@ -34,25 +34,22 @@ def reproduce_cmd(
         raise InputError("--n must be at least 1")
     folder = out or default_run_dir("reproduce", "paper")
     config = AttackConfig(c_steps=c_steps, max_iter=max_iter)
-    try:
-        with progress_sink() as on_progress:
-            result = reproduce(
-                folder,
-                quick=quick,
-                n=n,
-                seed=seed,
-                config=config,
-                device=resolve_device(device),
-                data_dir=data,
-                on_progress=on_progress,
-            )
-    except KeyboardInterrupt:
-        err.print(f"interrupted: finished adversarial sets stay cached; run the same command again to go on ({folder})")
-        raise typer.Exit(130) from None
+    hint = f"finished adversarial sets stay cached; run the same command again to go on ({folder})"
+    with resumable(hint), progress_sink() as on_progress:
+        result = reproduce(
+            folder,
+            quick=quick,
+            n=n,
+            seed=seed,
+            config=config,
+            device=resolve_device(device),
+            data_dir=data,
+            on_progress=on_progress,
+        )
     if json_out:
         print_json({"report": str(result.report), "seconds": result.seconds, **result.tables})
     else:
-        err.print(f"report: {result.report} ({result.seconds:.0f} s)")
+        note(f"report: {result.report} ({result.seconds:.0f} s)")
 
 
 def register(app: typer.Typer) -> None:

@@ -7,13 +7,15 @@ from typing import Annotated
 
 import typer
 
-from blindspot.console import err, print_json, progress_sink
+from blindspot.console import note, print_json, progress_sink
 from blindspot.options import DataDir, Device, Json, Seed
 from engines.checkpoint import models_dir
 from engines.device import resolve_device
 from engines.errors import InputError
 from engines.training import OPTIMIZERS, train_zoo_model
 from engines.zoo import ZOO
+
+DEFAULT_OUT = Path("runs/models")
 
 
 def train(
@@ -25,7 +27,11 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Adam epochs (default: the recipe's).")] = None,
     max_iter: Annotated[int | None, typer.Option(help="L-BFGS iterations (default: the recipe's).")] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Folder for the checkpoints (default: the models folder).")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for the checkpoints (default: runs/models; the shipped zoo is never overwritten unless asked).",
+        ),
     ] = None,
     data: DataDir = None,
     device: Device = "auto",
@@ -40,8 +46,11 @@ def train(
         raise InputError("say what to train: --model ID (see `blindspot models`) or --zoo paper")
     if optimizer not in OPTIMIZERS:
         raise InputError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    for name, value in (("--epochs", epochs), ("--max-iter", max_iter)):
+        if value is not None and value < 1:
+            raise InputError(f"{name} must be at least 1 (leave it out for the recipe's own)")
     dev = resolve_device(device)
-    target = out or models_dir()
+    target = out or DEFAULT_OUT
     results = []
     with progress_sink() as on_progress:
         for model_id in ids:
@@ -57,10 +66,12 @@ def train(
                 on_progress=on_progress,
             )
             m = res.meta["metrics"]
-            err.print(f"{model_id}: train {m['train_error']:.2f}% test {m['test_error']:.2f}% -> {res.path}")
+            note(f"{model_id}: train {m['train_error']:.2f}% test {m['test_error']:.2f}% -> {res.path}")
             results.append({"id": model_id, "path": str(res.path), "metrics": m, "training": res.meta["training"]})
     if json_out:
         print_json(results)
+    if target.resolve() != models_dir().resolve():
+        note(f"use them with BLINDSPOT_MODELS={target} or --model {target}/ID.safetensors")
 
 
 def register(app: typer.Typer) -> None:

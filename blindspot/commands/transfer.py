@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from blindspot.commands.attack import default_run_dir
-from blindspot.console import err, out, print_json, progress_sink
+from blindspot.console import note, out, print_json, progress_sink, resumable
 from blindspot.options import CSteps, DataDir, Device, Json, MaxIter, Offset, Seed
 from engines.attack import AttackConfig
 from engines.device import resolve_device
@@ -61,7 +61,10 @@ def transfer(
         raise InputError("--n must be at least 1")
     folder = out_dir or default_run_dir("transfer", "matrix")
     config = AttackConfig(c_steps=c_steps, max_iter=max_iter)
-    with progress_sink() as on_progress:
+    with (
+        resumable("finished adversarial sets stay cached; run the same command again to go on"),
+        progress_sink() as on_progress,
+    ):
         matrix = compute_transfer(
             src,
             tgt,
@@ -82,7 +85,7 @@ def transfer(
         print_json(matrix.to_json() | {"folder": str(folder)})
     else:
         out.print(matrix_table(matrix))
-        err.print(f"run folder: {folder} (matrix.json, matrix.csv, heatmap.png)")
+        note(f"run folder: {folder} (matrix.json, matrix.csv, heatmap.png)")
 
 
 def matrix_table(matrix: TransferMatrix) -> Table:

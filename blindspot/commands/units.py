@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from blindspot.console import err, out, print_json, progress_sink
+from blindspot.console import note, out, print_json, progress_sink
 from blindspot.options import DataDir, Device, Json, ModelRef, OutDir, Seed
 from engines.activations import POOLINGS, find_layer, list_layers
 from engines.checkpoint import load_checkpoint
@@ -81,9 +81,9 @@ def _print_result(res: UnitsResult, model_id: str, split: str, files: dict[str, 
     out.print(f"verdict: {res.verdict}", highlight=False, soft_wrap=True)
     for name, sentence in res.verdicts().items():
         if name != res.primary:
-            err.print(f"  {name}: {sentence}", highlight=False, soft_wrap=True)
+            out.print(f"  {name}: {sentence}", highlight=False, soft_wrap=True)
     for path in files.values():
-        err.print(f"wrote {path}", highlight=False, soft_wrap=True)
+        note(f"wrote {path}")
 
 
 def units(
