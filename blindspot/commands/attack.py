@@ -77,6 +77,8 @@ def attack(
             batch_size=batch_size,
             data_dir=str(data) if data else None,
         )
+    elif model is not None or out is not None:
+        note(f"--resume uses the settings {resume} was started with; --model and --out are ignored")
     folder = resume or out or default_run_dir("attack", model or "model")
     with (
         resumable(f"finished chunks are kept; finish with `blindspot attack --resume {folder}`"),
