@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -25,3 +25,19 @@ OutDir = Annotated[Path | None, typer.Option("--out", help="Run folder for resul
 CSteps = Annotated[int, typer.Option("--c-steps", help="Runs of the search over c per image (bracket, then bisect).")]
 MaxIter = Annotated[int, typer.Option("--max-iter", help="L-BFGS-B iterations per value of c.")]
 Offset = Annotated[int, typer.Option("--offset", help="Index of the first image.")]
+
+
+SETS_CACHED = "finished adversarial sets stay cached; run the same command again to go on"
+
+
+def adversarial_settings(c_steps: int, max_iter: int, seed: int, device: str, data: Path | None) -> dict[str, Any]:
+    """The keyword arguments that `transfer` and `reproduce` pass alike to their engine."""
+    from engines.attack import AttackConfig
+    from engines.device import resolve_device
+
+    return {
+        "seed": seed,
+        "config": AttackConfig(c_steps=c_steps, max_iter=max_iter),
+        "device": resolve_device(device),
+        "data_dir": data,
+    }

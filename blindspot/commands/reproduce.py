@@ -9,9 +9,7 @@ import typer
 
 from blindspot.commands.attack import default_run_dir
 from blindspot.console import note, print_json, progress_sink, resumable
-from blindspot.options import CSteps, DataDir, Device, Json, MaxIter, Seed
-from engines.attack import AttackConfig
-from engines.device import resolve_device
+from blindspot.options import SETS_CACHED, CSteps, DataDir, Device, Json, MaxIter, Seed, adversarial_settings
 from engines.errors import InputError
 from engines.reproduce import FULL_N, QUICK_N, reproduce
 
@@ -33,19 +31,9 @@ def reproduce_cmd(
     if n is not None and n < 1:
         raise InputError("--n must be at least 1")
     folder = out or default_run_dir("reproduce", "paper")
-    config = AttackConfig(c_steps=c_steps, max_iter=max_iter)
-    hint = f"finished adversarial sets stay cached; run the same command again to go on ({folder})"
-    with resumable(hint), progress_sink() as on_progress:
-        result = reproduce(
-            folder,
-            quick=quick,
-            n=n,
-            seed=seed,
-            config=config,
-            device=resolve_device(device),
-            data_dir=data,
-            on_progress=on_progress,
-        )
+    settings = adversarial_settings(c_steps, max_iter, seed, device, data)
+    with resumable(f"{SETS_CACHED} ({folder})"), progress_sink() as on_progress:
+        result = reproduce(folder, quick=quick, n=n, on_progress=on_progress, **settings)
     if json_out:
         print_json({"report": str(result.report), "seconds": result.seconds, **result.tables})
     else:

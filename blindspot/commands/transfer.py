@@ -10,9 +10,7 @@ from rich.table import Table
 
 from blindspot.commands.attack import default_run_dir
 from blindspot.console import note, out, print_json, progress_sink, resumable
-from blindspot.options import CSteps, DataDir, Device, Json, MaxIter, Offset, Seed
-from engines.attack import AttackConfig
-from engines.device import resolve_device
+from blindspot.options import SETS_CACHED, CSteps, DataDir, Device, Json, MaxIter, Offset, Seed, adversarial_settings
 from engines.errors import InputError
 from engines.transfer import TransferMatrix, compute_transfer
 
@@ -60,11 +58,8 @@ def transfer(
     if n < 1:
         raise InputError("--n must be at least 1")
     folder = out_dir or default_run_dir("transfer", "matrix")
-    config = AttackConfig(c_steps=c_steps, max_iter=max_iter)
-    with (
-        resumable("finished adversarial sets stay cached; run the same command again to go on"),
-        progress_sink() as on_progress,
-    ):
+    settings = adversarial_settings(c_steps, max_iter, seed, device, data)
+    with resumable(SETS_CACHED), progress_sink() as on_progress:
         matrix = compute_transfer(
             src,
             tgt,
@@ -75,11 +70,8 @@ def transfer(
             unclipped=_floats(unclipped, "--unclipped-noise"),
             amplify_rms=amplify,
             offset=offset,
-            seed=seed,
-            config=config,
-            device=resolve_device(device),
-            data_dir=data,
             on_progress=on_progress,
+            **settings,
         )
     if json_out:
         print_json(matrix.to_json() | {"folder": str(folder)})
