@@ -10,14 +10,11 @@ import sys
 import typer
 from rich.text import Text
 
-try:  # Typer >= 0.20 carries its own copy of click
+try:  # Typer >= 0.20 carries its own copy of click, and its own Abort
+    from typer import Abort
     from typer._click.exceptions import ClickException, UsageError
 except ImportError:  # older Typer runs on click itself
-    from click.exceptions import ClickException, UsageError  # type: ignore[no-redef]
-try:
-    from click.exceptions import Abort as ClickAbort
-except ImportError:
-    ClickAbort = typer.Abort  # type: ignore[misc,assignment]
+    from click.exceptions import Abort, ClickException, UsageError  # type: ignore[assignment,no-redef]
 
 from blindspot.commands import attack, bounds, data, models, reproduce, train, transfer, tui, units
 from blindspot.console import err
@@ -66,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ClickException, BlindspotError) as exc:
         _error_line(exc.format_message() if isinstance(exc, ClickException) else str(exc))
         return EXIT_BAD_INPUT
-    except (KeyboardInterrupt, typer.Abort, ClickAbort, Cancelled):
+    except (KeyboardInterrupt, Abort, Cancelled):
         code = EXIT_INTERRUPTED
     if code == EXIT_INTERRUPTED:  # Typer turns Ctrl-C inside a command into exit code 130
         err.print("interrupted: finished results were kept", highlight=False)

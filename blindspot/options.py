@@ -7,6 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
+from engines.attack import AttackConfig
+from engines.device import resolve_device
+
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda (auto = cuda when present).")]
 Seed = Annotated[
     int,
@@ -32,9 +35,6 @@ SETS_CACHED = "finished adversarial sets stay cached; run the same command again
 
 def adversarial_settings(c_steps: int, max_iter: int, seed: int, device: str, data: Path | None) -> dict[str, Any]:
     """The keyword arguments that `transfer` and `reproduce` pass alike to their engine."""
-    from engines.attack import AttackConfig
-    from engines.device import resolve_device
-
     return {
         "seed": seed,
         "config": AttackConfig(c_steps=c_steps, max_iter=max_iter),

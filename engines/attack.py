@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from engines.device import flush_denormals
+from engines.device import cpu_speed_settings
 from engines.errors import InputError
 from engines.events import CancelCheck, Progress, ProgressCallback, never_cancel, no_progress
 from engines.lbfgsb import SCIPY_FTOL, minimize
@@ -129,7 +129,7 @@ class _Objective:
             return self.reaches_target(self.model(xp.view(-1, *self.shape)), self.target)
 
 
-@flush_denormals()
+@cpu_speed_settings()
 def attack_problems(
     model: nn.Module,
     x: torch.Tensor,

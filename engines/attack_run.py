@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from engines.attack import AttackConfig, attack_problems, paper_distortion, validate_images
@@ -270,9 +271,12 @@ class RunTally:
 
     @classmethod
     def from_chunks(cls, out: Path) -> RunTally:
+        """Read back only the small per-image tensors of a resumed run's finished chunks, not its images."""
         tally = cls()
         for path in sorted((out / "chunks").glob("*.safetensors")):
-            tally.add(load_file(str(path)))
+            with safe_open(str(path), "pt") as chunk:
+                names = set(chunk.keys())
+                tally.add({k: chunk.get_tensor(k) for k in ("success", "distortion", "trivial") if k in names})
         return tally
 
     def add(self, part: dict[str, torch.Tensor]) -> None:

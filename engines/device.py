@@ -55,7 +55,7 @@ def keep_freed_memory() -> bool:
 
 
 @contextmanager
-def flush_denormals() -> Iterator[None]:
+def cpu_speed_settings() -> Iterator[None]:
     """CPU speed settings for the solvers: denormal floats as zero while inside (and freed memory kept).
 
     Saturated sigmoids and tiny softmax gradients produce denormals, and CPU arithmetic on them

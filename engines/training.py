@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from engines.checkpoint import save_checkpoint
 from engines.data import PAPER_SPLIT_SEED, Dataset, data_fingerprint, load_split
-from engines.device import flush_denormals
+from engines.device import cpu_speed_settings
 from engines.errors import Cancelled, InputError
 from engines.events import CancelCheck, Progress, ProgressCallback, never_cancel, no_progress
 from engines.zoo import ZooEntry, build_model, count_parameters, decay_loss, describe_spec, zoo_entry
@@ -243,7 +243,7 @@ def evaluate_splits(model: nn.Module, data_dir: str | Path | None, device: torch
     }
 
 
-@flush_denormals()
+@cpu_speed_settings()
 def train_zoo_model(
     model_id: str,
     out_dir: str | Path | None,

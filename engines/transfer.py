@@ -163,8 +163,7 @@ def compute_transfer(
         sets.append((_row(f"Gaussian noise rms {sd:g}", "noise", None, x, x_noise, everyone, sd), x_noise))
     for sd in unclipped or []:
         x_noise = unclipped_noise(x, sd, seed)
-        row = _row(f"Gaussian noise sd {sd:g}, unclipped", "noise", None, x, x_noise, everyone, sd)
-        row.clipped = False
+        row = _row(f"Gaussian noise sd {sd:g}, unclipped", "noise", None, x, x_noise, everyone, sd, clipped=False)
         sets.append((row, x_noise))
     errors = np.zeros((len(sets), len(targets)), dtype=np.int64)
     for i, (_, x_row) in enumerate(sets):
@@ -195,6 +194,7 @@ def _row(
     x_row: torch.Tensor,
     changed: torch.Tensor,
     stddev: float | None = None,
+    clipped: bool = True,
 ) -> MatrixRow:
     d = paper_distortion(x, x_row)[changed]
     slug = "".join(ch if ch.isascii() and ch.isalnum() else "-" for ch in name).strip("-")
@@ -206,6 +206,7 @@ def _row(
         n=int(x.shape[0]),
         set_file=f"sets/{slug}.safetensors",
         stddev=stddev,
+        clipped=clipped,
     )
 
 

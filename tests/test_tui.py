@@ -423,27 +423,18 @@ async def test_attack_on_cuda(tmp_path, models_folder):
 # --------------------------------------------------------------------------- snapshots (80×24, half-block)
 
 
-def test_snapshot_models(snap_compare, tmp_path, models_folder):
+@pytest.mark.parametrize(
+    ("screen", "key", "changes"),
+    [("models", None, {}), ("gallery", "2", {"units_images": 1000}), ("attack", "3", {}), ("bounds", "5", {})],
+    ids=["models", "gallery", "attack", "bounds"],
+)
+def test_snapshot(snap_compare, tmp_path, models_folder, screen, key, changes):
     async def run_before(pilot):
+        if key:
+            await pilot.press(key)
         await settle(pilot, pilot.app)
 
-    assert snap_compare(make_app(tmp_path), terminal_size=SIZE, run_before=run_before)
-
-
-def test_snapshot_gallery(snap_compare, tmp_path, models_folder):
-    async def run_before(pilot):
-        await pilot.press("2")
-        await settle(pilot, pilot.app)
-
-    assert snap_compare(make_app(tmp_path, units_images=1000), terminal_size=SIZE, run_before=run_before)
-
-
-def test_snapshot_attack(snap_compare, tmp_path, models_folder):
-    async def run_before(pilot):
-        await pilot.press("3")
-        await settle(pilot, pilot.app)
-
-    assert snap_compare(make_app(tmp_path), terminal_size=SIZE, run_before=run_before)
+    assert snap_compare(make_app(tmp_path, **changes), terminal_size=SIZE, run_before=run_before)
 
 
 def test_snapshot_transfer(snap_compare, tmp_path, models_folder, matrix_dir):
@@ -464,14 +455,6 @@ def test_snapshot_transfer_cell(snap_compare, tmp_path, models_folder, matrix_di
         await settle(pilot, pilot.app)
 
     assert snap_compare(make_app(tmp_path, matrix=matrix_dir), terminal_size=SIZE, run_before=run_before)
-
-
-def test_snapshot_bounds(snap_compare, tmp_path, models_folder):
-    async def run_before(pilot):
-        await pilot.press("5")
-        await settle(pilot, pilot.app)
-
-    assert snap_compare(make_app(tmp_path), terminal_size=SIZE, run_before=run_before)
 
 
 def test_snapshot_enlarged_image(snap_compare, tmp_path, models_folder):
