@@ -14,11 +14,11 @@ import time
 
 import torch
 
-from engines.attack import AttackConfig, attack_problems, paper_distortion
-from engines.checkpoint import load_checkpoint
-from engines.data import load_split
-from engines.device import resolve_device
-from engines.targets import choose_targets
+from engines.attack.problems import AttackConfig, attack_problems, paper_distortion
+from engines.core.checkpoint import load_checkpoint
+from engines.core.data import load_split
+from engines.core.device import resolve_device
+from engines.attack.targets import choose_targets
 
 
 def _advertorch():

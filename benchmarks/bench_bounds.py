@@ -1,7 +1,7 @@
 """Benchmark (run by hand): the eight AlexNet layers at 224 px, three ways of getting a layer's norm.
 
 1. ours: the exact operator norm (and lower bound and full spectrum) of the circular layer, Fourier /
-   polyphase for convolutions, SVD for linear layers (`engines.bounds_conv`);
+   polyphase for convolutions, SVD for linear layers (`engines.bounds.conv`);
 2. plain power iteration through the real (zero-padded) layer from a random start: a lower estimate;
 3. `torch.nn.utils.parametrizations.spectral_norm`: power iteration on the kernel reshaped to F × C·kh·kw
    (15 iterations at registration + 1 per forward). That is the norm of a different matrix, not the
@@ -21,8 +21,8 @@ import torchvision
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from engines.bounds_conv import conv_spectrum, linear_singular_values, pair, power_iteration
-from engines.bounds_trace import trace_layers
+from engines.bounds.conv import conv_spectrum, linear_singular_values, pair, power_iteration
+from engines.bounds.trace import trace_layers
 
 
 def _timed(fn):

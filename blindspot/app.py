@@ -6,17 +6,15 @@ terminal), then builds and runs the app. Screens are thin: every engine call run
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
 from screens import graphics
+from screens.state import Settings, WorkbenchState
 
 SCREENS = (
     ("models", "1", "Models", "the model zoo and loaded checkpoints; pick the active model, train"),
@@ -25,23 +23,6 @@ SCREENS = (
     ("transfer", "4", "Transfer", "cross-model generalisation of adversarial examples (Table 2)"),
     ("bounds", "5", "Bounds", "per-layer frame bounds and singular-value spectra (Table 5)"),
 )
-
-
-@dataclass
-class Settings:
-    """Where things are and how jobs run; tests shrink these to keep the app fast."""
-
-    device: str = "auto"
-    model: str = "n100-100-10"
-    runs_dir: Path = Path("runs")
-    data_dir: str | None = None
-    models_folder: Path | None = None
-    train_epochs: int | None = None
-    train_max_iter: int | None = None
-    attack: dict[str, Any] = field(default_factory=lambda: {"n": 64, "c_steps": 9, "max_iter": 100})
-    matrix: Path | None = None
-    units_random: int | None = None
-    units_images: int | None = None
 
 
 class BlindspotApp(App):
@@ -74,11 +55,7 @@ class BlindspotApp(App):
         super().__init__()
         if graphics_mode is not None or not graphics.configured():
             graphics.configure(graphics_mode or "halfblock")  # before App.run: textual-image must not ask later
-        self.settings = settings or Settings()
-        self.active_model = self.settings.model
-        self.extra_models: list[dict[str, Any]] = []
-        self._models: dict[tuple[str, str], Any] = {}
-        self._lock = threading.Lock()
+        self.state = WorkbenchState(settings or Settings(), on_change=self.update_subtitle)
 
     def on_mount(self) -> None:
         self.switch_mode("models")
@@ -86,35 +63,11 @@ class BlindspotApp(App):
 
     def update_subtitle(self) -> None:
         """Show the active model and device (window title and the screens' top line)."""
-        self.sub_title = f"model {Path(self.active_model).name} · device {self.settings.device}"
+        self.sub_title = f"model {Path(self.state.active_model).name} · device {self.state.settings.device}"
         from screens.widgets import NavBar
 
         for nav in self.screen.query(NavBar):
             nav.refresh()
-
-    # -------------------------------------------------------------- models
-    def set_active_model(self, ref: str) -> None:
-        """Make `ref` (zoo id or checkpoint path) the model the other screens use."""
-        self.active_model = ref
-        self.update_subtitle()
-
-    def load_model(self, ref: str | None = None, device: str | None = None) -> Any:
-        """Load (once) a checkpoint on a device. Call from a worker thread only."""
-        from engines.checkpoint import load_checkpoint
-        from engines.device import resolve_device
-
-        ref = ref or self.active_model
-        dev = resolve_device(device or self.settings.device)
-        key = (ref, str(dev))
-        with self._lock:
-            if key not in self._models:
-                self._models[key] = load_checkpoint(ref, dev)
-            return self._models[key]
-
-    def forget_models(self) -> None:
-        """Drop cached models (after training rewrote a checkpoint)."""
-        with self._lock:
-            self._models.clear()
 
     # ------------------------------------------------------------- palette
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
@@ -144,9 +97,14 @@ class BlindspotApp(App):
         self.exit()
 
 
+def create_app(settings: Settings | None = None, graphics_mode: str | None = None) -> BlindspotApp:
+    """The one way to build the workbench: used by `blindspot tui`, the tests and the screenshot script."""
+    return BlindspotApp(settings, graphics_mode)
+
+
 def run_app(graphics: str = "auto", settings: Settings | None = None) -> None:
     """Entry point of `blindspot tui`: detect the terminal's graphics, then run the workbench."""
     from screens import graphics as gfx
 
     gfx.configure(graphics)  # imports textual-image while the terminal can still answer its queries
-    BlindspotApp(settings).run()
+    create_app(settings).run()

@@ -18,7 +18,7 @@ except ImportError:  # older Typer runs on click itself
 
 from blindspot.commands import attack, bounds, data, models, reproduce, train, transfer, tui, units
 from blindspot.console import err
-from engines.errors import BlindspotError, Cancelled
+from engines.core.errors import BlindspotError, Cancelled
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
 

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from engines.events import Progress as EngineProgress
-from engines.events import ProgressCallback
-from engines.io import json_text
+from engines.core.context import RunContext
+from engines.core.errors import Cancelled
+from engines.core.events import Event, EventSink, Throttle
+from engines.core.io import json_text
 
 # Piped or logged tables are read and copied from, not fitted to a screen: give them room unless COLUMNS says
 PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
@@ -28,61 +32,33 @@ def note(text: str) -> None:
     err.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-@contextmanager
-def resumable(hint: str) -> Iterator[None]:
-    """On Ctrl-C, say how to go on from what was kept, then exit 130."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        note(f"interrupted: {hint}")
-        raise typer.Exit(130) from None
-
-
 def print_json(obj: Any) -> None:
     """Plain, strict JSON on stdout (no Rich markup; NaN as null), for scripts."""
     sys.stdout.write(json_text(obj) + "\n")
     sys.stdout.flush()
 
 
-def _format_info(info: dict[str, Any]) -> str:
-    parts = []
-    for key, value in info.items():
-        if isinstance(value, float):
-            parts.append(f"{key}={value:.4g}")
-        elif isinstance(value, (int, str)):
-            parts.append(f"{key}={value}")
-    return " ".join(parts)
-
-
-def _count(event: EngineProgress) -> str:
+def _count(event: Event) -> str:
     return f"{event.done:g}/{event.total:g}" if event.total is not None else f"{event.done:g}"
 
 
 @contextmanager
-def progress_log(min_interval: float = 10.0) -> Iterator[ProgressCallback]:
+def progress_log(min_interval: float = 10.0) -> Iterator[EventSink]:
     """Plain progress lines for logs and pipes, where live bars would print nothing until the end."""
-    last: dict[str, float] = {}
 
-    def on_progress(event: EngineProgress) -> None:
-        now = time.monotonic()
-        first = event.task not in last
-        final = event.total is not None and event.done >= event.total
-        if not (first or final) and now - last[event.task] < min_interval:
-            return
-        last[event.task] = now
-        info = event.message or _format_info(event.info)
-        sys.stderr.write(f"{time.strftime('%H:%M:%S')} {event.task}: {_count(event)} {info}".rstrip() + "\n")
+    def write(event: Event) -> None:
+        sys.stderr.write(f"{time.strftime('%H:%M:%S')} {event.task}: {_count(event)} {event.line()}".rstrip() + "\n")
         sys.stderr.flush()
 
-    yield on_progress
+    yield Throttle(write, min_interval, clock=lambda: time.monotonic())
 
 
 @contextmanager
-def progress_sink(min_interval: float = 0.1) -> Iterator[ProgressCallback]:
-    """Engine progress on stderr: live Rich bars in a terminal, timestamped lines otherwise."""
+def progress_sink(min_interval: float = 0.1) -> Iterator[EventSink]:
+    """Operation events on stderr: live Rich bars in a terminal, timestamped lines otherwise."""
     if not err.is_terminal:
-        with progress_log() as on_progress:
-            yield on_progress
+        with progress_log() as on_event:
+            yield on_event
         return
     bars = Progress(
         TextColumn("[bold]{task.description}"),
@@ -95,18 +71,61 @@ def progress_sink(min_interval: float = 0.1) -> Iterator[ProgressCallback]:
         transient=False,
     )
     tasks: dict[str, Any] = {}
-    last = [0.0]
 
-    def on_progress(event: EngineProgress) -> None:
+    def draw(event: Event) -> None:
         task_id = tasks.get(event.task)
         if task_id is None:
             task_id = tasks[event.task] = bars.add_task(event.task, total=event.total, info="")
-        final = event.total is not None and event.done >= event.total
-        now = time.monotonic()
-        if not final and now - last[0] < min_interval:
-            return
-        last[0] = now
-        bars.update(task_id, completed=event.done, total=event.total, info=event.message or _format_info(event.info))
+        bars.update(task_id, completed=event.done, total=event.total, info=event.line())
 
     with bars:
-        yield on_progress
+        yield Throttle(draw, min_interval)
+
+
+class CtrlC:
+    """First Ctrl-C asks the running operation to stop (it keeps finished work); a second one aborts."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._previous: Any = None
+
+    def __enter__(self) -> CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, _sig: int, _frame: Any) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+        note("stopping after the current step (Ctrl-C again aborts at once)")
+
+    def __call__(self) -> bool:
+        return self.pressed
+
+
+@contextmanager
+def cli_context(
+    device: str, *, out: Path | None = None, overwrite: bool = False, hint: str = "finished results were kept"
+) -> Iterator[RunContext]:
+    """The run context of a CLI command: progress on stderr, Ctrl-C cancels; an interruption says
+    how to go on (`hint`) and exits 130."""
+    try:
+        with progress_sink() as on_event, CtrlC() as ctrl_c:
+            yield RunContext(device=device, out=out, overwrite=overwrite, on_event=on_event, cancelled=ctrl_c)
+    except (Cancelled, KeyboardInterrupt):
+        note(f"interrupted: {hint}")
+        raise typer.Exit(130) from None
+
+
+@contextmanager
+def resumable(hint: str) -> Iterator[None]:  # TEMPORARY: removed once every command uses cli_context
+    try:
+        yield
+    except KeyboardInterrupt:
+        note(f"interrupted: {hint}")
+        raise typer.Exit(130) from None

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from engines.attack import AttackConfig
-from engines.device import resolve_device
+from engines.attack.problems import AttackConfig
+from engines.core.device import resolve_device
 
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda (auto = cuda when present).")]
 Seed = Annotated[

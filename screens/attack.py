@@ -12,14 +12,11 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, ProgressBar, Select, Sparkline, Static
 
-from engines.events import Progress
+from engines.core.choices import DEVICES, SPLITS, TARGETS
 from screens.image_view import ImageView
 from screens.jobs import Job, WorkbenchScreen
 from screens.widgets import GridItem, ImageGrid, NavBar
 
-SPLITS = ("test", "train", "p1", "p2")
-TARGETS = ("random", "next", "least-likely", "all")
-DEVICES = ("auto", "cpu", "cuda")
 KEEP_TRIPLETS = 24
 HISTORY = 240
 
@@ -33,7 +30,7 @@ def read_triplets(folder: Path, images: Any, labels: Any, seen: set[str]) -> lis
     """Successful examples of chunk files not seen yet, as original | difference ×10 | adversarial."""
     from safetensors.torch import load_file
 
-    from engines.figures import magnified_difference, to_uint8
+    from engines.report.figures import magnified_difference, to_uint8
 
     out = []
     for path in sorted((folder / "chunks").glob("*.safetensors")):
@@ -92,7 +89,7 @@ class AttackScreen(WorkbenchScreen):
         self.chunk, self.c_steps = 8, 9
 
     def compose(self) -> ComposeResult:
-        defaults = self.app.settings.attack
+        defaults = self.state.settings.attack
         yield NavBar("attack")
         with Horizontal(id="main"):
             with Vertical(id="form") as form:
@@ -117,7 +114,7 @@ class AttackScreen(WorkbenchScreen):
                     "device",
                     Select(
                         [(d, d) for d in DEVICES],
-                        value=self.app.settings.device,
+                        value=self.state.settings.device,
                         allow_blank=False,
                         compact=True,
                         id="device",
@@ -155,7 +152,7 @@ class AttackScreen(WorkbenchScreen):
             self.query_one("#stats", Static).update(self._intro())
 
     def _intro(self) -> str:
-        return f"model [b]{Path(self.app.active_model).name}[/b] · press s to start; progress streams here"
+        return f"model [b]{Path(self.state.active_model).name}[/b] · press s to start; progress streams here"
 
     def focus_main(self) -> None:
         self.query_one("#triplets", ImageGrid).focus()
@@ -165,11 +162,6 @@ class AttackScreen(WorkbenchScreen):
 
     def action_focus_form(self) -> None:
         self.query_one("#n", Input).focus()
-
-    def say(self, text: str, error: bool = False) -> None:
-        status = self.query_one("#status", Static)
-        status.set_class(error, "error")
-        status.update(text)
 
     # -------------------------------------------------------------------- start
     def on_input_submitted(self, _: Input.Submitted) -> None:
@@ -190,14 +182,14 @@ class AttackScreen(WorkbenchScreen):
         except ValueError as exc:
             self.say(str(exc), error=True)
             return
-        from engines.attack import AttackConfig
-        from engines.attack_run import AttackRequest
+        from engines.attack.problems import AttackConfig
+        from engines.attack.run import AttackRequest
 
-        settings = self.app.settings
+        settings = self.state.settings
         split = str(self.query_one("#split", Select).value)
         target = str(self.query_one("#target", Select).value)
         device = str(self.query_one("#device", Select).value)
-        model = self.app.active_model
+        model = self.state.active_model
         self.chunk, self.c_steps = chunk_images(n), c_steps
         request = AttackRequest(
             model=model,
@@ -227,9 +219,9 @@ class AttackScreen(WorkbenchScreen):
         data: dict[str, Any] = {}
 
         def work(job: Job) -> Any:
-            from engines.attack_run import load_samples, start_attack
-            from engines.data import load_split
-            from engines.device import resolve_device
+            from engines.attack.run import load_samples, start_attack
+            from engines.core.data import load_split
+            from engines.core.device import resolve_device
 
             dev = resolve_device(device)
             subset = load_split(split, settings.data_dir).subset(0, n)

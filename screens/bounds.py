@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Sparkline, Static
 
-from engines.events import Progress
+from engines.core.events import Progress
 from screens.jobs import Job, WorkbenchScreen
 from screens.widgets import NavBar, fmt_num, log_range_bar
 
@@ -57,17 +57,12 @@ class BoundsScreen(WorkbenchScreen):
         yield Footer(compact=True)
 
     def on_screen_resume(self) -> None:
-        want = (self.target, self.app.active_model if self.target == "active" else "alexnet")
+        want = (self.target, self.state.active_model if self.target == "active" else "alexnet")
         if want != self.shown_for and not self.busy():
             self.compute()
 
     def focus_main(self) -> None:
         self.query_one("#table", DataTable).focus()
-
-    def say(self, text: str, error: bool = False) -> None:
-        status = self.query_one("#status", Static)
-        status.set_class(error, "error")
-        status.update(text)
 
     def action_use(self, target: str) -> None:
         self.target = target
@@ -78,18 +73,18 @@ class BoundsScreen(WorkbenchScreen):
 
     # ------------------------------------------------------------------ compute
     def compute(self) -> None:
-        ref = self.app.active_model if self.target == "active" else "alexnet"
+        ref = self.state.active_model if self.target == "active" else "alexnet"
         self.shown_for = (self.target, ref)
-        device = self.app.settings.device
+        device = self.state.settings.device
         partial: list[dict[str, Any]] = []  # this job's finished layers (a replaced job keeps its own list)
         self.query_one("#bar", Static).update(f"[b]{Path(ref).name}[/b] · computing …")
         slow = " (AlexNet: about half a minute on a CPU)" if ref == "alexnet" else ""
         self.say(f"computing frame bounds{slow} · x cancels after the current layer")
 
         def work(job: Job) -> Any:
-            from engines.bounds import frame_bounds, spectrum_histogram
-            from engines.bounds_models import load_bounds_model
-            from engines.device import resolve_device
+            from engines.bounds.network import frame_bounds, spectrum_histogram
+            from engines.bounds.models import load_bounds_model
+            from engines.core.device import resolve_device
 
             loaded = load_bounds_model(ref)
 
@@ -144,7 +139,7 @@ class BoundsScreen(WorkbenchScreen):
     def show_result(self, result: Any) -> None:
         bounds, self.histograms, source = result
         self.result = bounds
-        from engines.bounds import PAPER_TABLE5
+        from engines.bounds.network import PAPER_TABLE5
 
         self.paper = {row["layer"]: row for row in PAPER_TABLE5} if bounds.model == "alexnet" else {}
         shape = "×".join(map(str, bounds.input_shape))

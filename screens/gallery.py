@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Footer, Select, Static
 
-from engines.events import Progress
+from engines.core.events import Progress
 from screens.image_view import ImageView
 from screens.jobs import Job, WorkbenchScreen
 from screens.widgets import GridItem, ImageGrid, NavBar
@@ -33,7 +33,7 @@ def default_layer(layers: list[Any]) -> str:
 
 def thumbnails(images: Any, indices: set[int]) -> dict[int, np.ndarray]:
     """uint8 pictures of the images the grids will show (built in the worker, not on the UI thread)."""
-    from engines.figures import to_uint8
+    from engines.report.figures import to_uint8
 
     return {i: to_uint8(images[i]) for i in sorted(indices)}
 
@@ -81,17 +81,12 @@ class GalleryScreen(WorkbenchScreen):
         yield Footer(compact=True)
 
     def on_screen_resume(self) -> None:
-        if self.model_ref != self.app.active_model:
-            self.model_ref = self.app.active_model
+        if self.model_ref != self.state.active_model:
+            self.model_ref = self.state.active_model
             self.load_layers()
 
     def focus_main(self) -> None:
         self.query_one("#units", ImageGrid).focus()
-
-    def say(self, text: str, error: bool = False) -> None:
-        status = self.query_one("#status", Static)
-        status.set_class(error, "error")
-        status.update(text)
 
     # ----------------------------------------------------------------- layers
     def load_layers(self) -> None:
@@ -99,9 +94,9 @@ class GalleryScreen(WorkbenchScreen):
         self.say(f"reading the layers of {Path(ref or '').name} …")
 
         def work(job: Job) -> Any:
-            from engines.activations import list_layers
+            from engines.units.activations import list_layers
 
-            lm = self.app.load_model(ref)
+            lm = self.state.load_model(ref)
             shape = tuple(int(s) for s in lm.meta.get("spec", {}).get("input", (1, 28, 28)))
             return list_layers(lm.model, shape, next(lm.model.parameters()).device)
 
@@ -127,7 +122,7 @@ class GalleryScreen(WorkbenchScreen):
     # ------------------------------------------------------------------ units
     def compute(self, layer: str) -> None:
         self.computing = layer
-        settings = self.app.settings
+        settings = self.state.settings
         ref = self.model_ref
         for gid in ("#units", "#random"):
             grid = self.query_one(gid, ImageGrid)
@@ -137,10 +132,10 @@ class GalleryScreen(WorkbenchScreen):
         self.say(f"scoring every unit of {layer} and random directions … (x cancels)")
 
         def work(job: Job) -> Any:
-            from engines.data import load_split
-            from engines.units import run_units
+            from engines.core.data import load_split
+            from engines.units.directions import run_units
 
-            lm = self.app.load_model(ref)
+            lm = self.state.load_model(ref)
             data = load_split(self.split, settings.data_dir)
             if settings.units_images:
                 data = data.subset(0, min(settings.units_images, len(data)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-GRAPHICS = ("auto", "sixel", "tgp", "halfblock", "unicode")
+from engines.core.choices import GRAPHICS_MODES as GRAPHICS
 
 _state: dict[str, Any] = {"mode": "halfblock", "resolved": "halfblock", "configured": False}
 
@@ -20,7 +20,7 @@ def configure(mode: str = "auto") -> str:
     """Import textual-image (runs its terminal detection) and remember the mode; returns what `auto` chose."""
     mode = (mode or "auto").lower()
     if mode not in GRAPHICS:
-        from engines.errors import InputError
+        from engines.core.errors import InputError
 
         raise InputError(f"unknown --graphics {mode!r}: use {', '.join(GRAPHICS)}")
     import textual_image.renderable as renderable

@@ -1,36 +1,45 @@
-"""Engine calls in thread workers: throttled progress messages, one-key cancel, errors as text.
+"""Engine operations in thread workers: typed events as messages, one-key cancel, errors as text.
 
-An engine function never runs on the UI thread. A `Job` hands it `on_progress` and `cancel`
-callbacks; progress is posted at most `interval` seconds apart and queued progress messages of
-the same job merge (`can_replace`), so a fast engine cannot flood the UI. Cancelling sets an event
-that the engine checks between iterations; it then raises `Cancelled` and keeps what finished.
+An operation never runs on the UI thread. A `Job` builds the operation's `RunContext`: its event
+sink posts each event to the screen through the one `Throttle` (ticks at most every `interval`
+seconds, milestones such as finished chunks always), and queued ticks of the same job merge
+(`can_replace`), so a fast engine cannot flood the UI. Cancelling sets an event that the
+operation checks between units of work; it then raises `Cancelled` and keeps what finished.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
+from textual.widgets import Static
 
-from engines.errors import BlindspotError, Cancelled
-from engines.events import Progress
+from engines.core.errors import BlindspotError, Cancelled
+from engines.core.context import RunContext
+from engines.core.events import Event, Throttle
+from screens.state import HasState, WorkbenchState
 from screens.widgets import NAV, NavBar
 
 
-class JobProgress(Message):
-    """Latest progress of a job; a newer one replaces an older one still in the queue."""
+class JobEvent(Message):
+    """An operation's event for the screen that runs it; a newer tick replaces an older queued tick."""
 
-    def __init__(self, job: Job, event: Progress) -> None:
+    def __init__(self, job: Job, event: Event) -> None:
         super().__init__()
         self.job, self.event = job, event
 
     def can_replace(self, message: Message) -> bool:
-        return isinstance(message, JobProgress) and message.job is self.job
+        return (
+            not self.event.milestone
+            and isinstance(message, JobEvent)
+            and message.job is self.job
+            and not message.event.milestone
+        )
 
 
 class JobUpdate(Message):
@@ -58,17 +67,17 @@ class Job:
         name: str,
         *,
         on_done: Callable[[Any], None] | None = None,
-        on_progress: Callable[[Progress], None] | None = None,
+        on_event: Callable[[Event], None] | None = None,
         on_update: Callable[[Any], None] | None = None,
         on_error: Callable[[str], None] | None = None,
         on_cancel: Callable[[Any], None] | None = None,
         interval: float = 0.2,
     ) -> None:
         self.owner, self.name, self.interval = owner, name, interval
-        self.on_done, self.on_progress_ui, self.on_update = on_done, on_progress, on_update
+        self.on_done, self.on_event_ui, self.on_update = on_done, on_event, on_update
         self.on_error, self.on_cancel = on_error, on_cancel
         self._cancel = threading.Event()
-        self._last = 0.0
+        self._throttle = Throttle(self._post, interval)
         self.running = True
         self.progress_posts = 0
 
@@ -77,14 +86,17 @@ class Job:
         """The engine's cancel check."""
         return self._cancel.is_set()
 
-    def progress(self, event: Progress) -> None:
-        """The engine's progress callback: posts at most every `interval` seconds (always the last one)."""
-        now = time.monotonic()
-        final = event.total is not None and event.done >= event.total
-        if final or now - self._last >= self.interval:
-            self._last = now
-            self.progress_posts += 1
-            self.owner.post_message(JobProgress(self, event))
+    def emit(self, event: Event) -> None:
+        """The operation's event sink (thread-safe), behind the job's throttle."""
+        self._throttle(event)
+
+    def _post(self, event: Event) -> None:
+        self.progress_posts += 1
+        self.owner.post_message(JobEvent(self, event))
+
+    def context(self, device: str, runs_root: Path, out: Path | None = None) -> RunContext:
+        """The run context every screen hands to its operation: this job's events and cancel check."""
+        return RunContext(device=device, runs_root=runs_root, out=out, on_event=self.emit, cancelled=self.cancelled)
 
     def update(self, payload: Any) -> None:
         """Send intermediate results to the screen (thread-safe)."""
@@ -148,6 +160,21 @@ class WorkbenchScreen(Screen):
         super().__init__()
         self.jobs: dict[str, Job] = {}
 
+    @property
+    def state(self) -> WorkbenchState:
+        """The workbench's shared settings and active model (declared in `screens.state`)."""
+        return cast(HasState, self.app).state
+
+    def say(self, text: str, error: bool = False) -> None:
+        """Show `text` on the screen's status line (`#status`), in the error colour if `error`."""
+        status = self.query_one("#status", Static)
+        status.set_class(error, "error")
+        status.update(text)
+
+    def job_context(self, job: Job, out: Path | None = None, device: str | None = None) -> RunContext:
+        """The run context for an operation started from this screen: the workbench's device and runs folder."""
+        return job.context(device or self.state.settings.device, Path(self.state.settings.runs_dir), out)
+
     def start(self, name: str, work: Callable[[Job], Any], replace: bool = False, **kw: Any) -> Job | None:
         """Run a job unless one of the same name is still running (then say so, or cancel it if `replace`)."""
         if name in self.jobs and self.jobs[name].running:
@@ -192,10 +219,10 @@ class WorkbenchScreen(Screen):
             return True if self.busy() else None
         return True
 
-    def on_job_progress(self, message: JobProgress) -> None:
+    def on_job_event(self, message: JobEvent) -> None:
         message.stop()
-        if message.job.running and message.job.on_progress_ui:
-            message.job.on_progress_ui(message.event)
+        if message.job.running and message.job.on_event_ui:
+            message.job.on_event_ui(message.event)
 
     def on_job_update(self, message: JobUpdate) -> None:
         message.stop()

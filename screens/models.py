@@ -10,11 +10,11 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Input, ProgressBar, Static
 
-from engines.events import Progress
+from engines.core.events import Progress
+from engines.core.choices import DEVICES
 from screens.jobs import Job, WorkbenchScreen
 from screens.widgets import NavBar, fmt_num
 
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def _pct(v: Any) -> str:
@@ -79,17 +79,17 @@ class ModelsScreen(WorkbenchScreen):
 
     # ---------------------------------------------------------------- listing
     def action_refresh(self) -> None:
-        folder = self.app.settings.models_folder
+        folder = self.state.settings.models_folder
 
         def work(job: Job) -> list[dict[str, Any]]:
-            from engines.registry import model_rows
+            from engines.core.model_rows import model_rows
 
             return model_rows(folder)
 
         self.start("list models", work, on_done=self.show_rows)
 
     def show_rows(self, rows: list[dict[str, Any]]) -> None:
-        self.rows = rows + [r for r in self.app.extra_models if r["path"] not in {x["path"] for x in rows}]
+        self.rows = rows + [r for r in self.state.extra_models if r["path"] not in {x["path"] for x in rows}]
         table = self.query_one("#models", DataTable)
         current = table.cursor_row
         table.clear()
@@ -117,7 +117,7 @@ class ModelsScreen(WorkbenchScreen):
         table.focus()
 
     def is_active(self, row: dict[str, Any]) -> bool:
-        return self.app.active_model in (row["id"], row["path"])
+        return self.state.active_model in (row["id"], row["path"])
 
     def highlighted(self) -> dict[str, Any] | None:
         table = self.query_one("#models", DataTable)
@@ -153,7 +153,7 @@ class ModelsScreen(WorkbenchScreen):
             f"trained on {row.get('train_split', '?')} with {row.get('optimizer') or '?'}"
             + (f" · decay {', '.join(fmt_num(d) for d in decay)}" if decay else ""),
             f"error train {_pct(row.get('train_error'))}% · test {_pct(row.get('test_error'))}%{ref}{p12}",
-            f"file {Path(row['path']).name} · device {self.app.settings.device}",
+            f"file {Path(row['path']).name} · device {self.state.settings.device}",
         ]
         details.update("\n".join(lines))
 
@@ -163,7 +163,7 @@ class ModelsScreen(WorkbenchScreen):
         if row is None:
             return
         ref = row["path"] if row.get("loaded") else row["id"]
-        self.app.set_active_model(ref)
+        self.state.set_active_model(ref)
         self.say(f"active model: {row['id']}")
         self.show_rows([r for r in self.rows if not r.get("loaded")])
 
@@ -174,31 +174,25 @@ class ModelsScreen(WorkbenchScreen):
         self.query_one("#path", Input).focus()
 
     def action_device(self) -> None:
-        settings = self.app.settings
-        settings.device = DEVICES[(DEVICES.index(settings.device) + 1) % len(DEVICES)]
-        self.app.update_subtitle()
+        settings = self.state.settings
+        self.state.set_device(DEVICES[(DEVICES.index(settings.device) + 1) % len(DEVICES)])
         self.show_details()
         self.say(f"device: {settings.device} (used by attacks, the gallery and training)")
-
-    def say(self, text: str, error: bool = False) -> None:
-        status = self.query_one("#status", Static)
-        status.set_class(error, "error")
-        status.update(text)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         path = event.value.strip()
         if not path:
             return
         self.say(f"loading {path} …")
-        device = self.app.settings.device
+        device = self.state.settings.device
 
         def work(job: Job) -> Any:
-            return self.app.load_model(path, device)
+            return self.state.load_model(path, device)
 
         self.start("load checkpoint", work, on_done=self.loaded, on_error=self.load_failed)
 
     def loaded(self, lm: Any) -> None:
-        from engines.zoo import count_parameters
+        from engines.core.zoo import count_parameters
 
         meta = lm.meta
         metrics = meta.get("metrics", {})
@@ -215,9 +209,9 @@ class ModelsScreen(WorkbenchScreen):
             "path": str(lm.path),
             "loaded": True,
         }
-        self.app.extra_models = [r for r in self.app.extra_models if r["path"] != row["path"]] + [row]
-        self.app.set_active_model(str(lm.path))
-        self.say(f"loaded {lm.path.name} (sha256 {lm.sha256[:12]}) on {self.app.settings.device}; it is now active")
+        self.state.extra_models = [r for r in self.state.extra_models if r["path"] != row["path"]] + [row]
+        self.state.set_active_model(str(lm.path))
+        self.say(f"loaded {lm.path.name} (sha256 {lm.sha256[:12]}) on {self.state.settings.device}; it is now active")
         self.show_rows([r for r in self.rows if not r.get("loaded")])
 
     def load_failed(self, message: str) -> None:
@@ -226,12 +220,12 @@ class ModelsScreen(WorkbenchScreen):
     # ----------------------------------------------------------------- training
     def action_train(self) -> None:
         row = self.highlighted()
-        from engines.zoo import ZOO
+        from engines.core.zoo import ZOO
 
         if row is None or row["id"] not in ZOO:
             self.say("training needs a zoo model: highlight one of the paper's models", error=True)
             return
-        settings = self.app.settings
+        settings = self.state.settings
         model_id = row["id"]
         out = settings.models_folder or Path(row["path"]).parent
         bar = self.query_one("#train-bar", ProgressBar)
@@ -240,8 +234,8 @@ class ModelsScreen(WorkbenchScreen):
         self.say(f"training {model_id} on {settings.device} … (x cancels; the old checkpoint stays until it ends)")
 
         def work(job: Job) -> Any:
-            from engines.device import resolve_device
-            from engines.training import train_zoo_model
+            from engines.core.device import resolve_device
+            from engines.train.fit import train_zoo_model
 
             return train_zoo_model(
                 model_id,
@@ -272,7 +266,7 @@ class ModelsScreen(WorkbenchScreen):
     def trained(self, result: Any) -> None:
         self.query_one("#train-bar", ProgressBar).add_class("-hidden")
         m = result.meta["metrics"]
-        self.app.forget_models()
+        self.state.forget_models()
         self.say(
             f"trained {result.meta['id']}: train {m['train_error']:.2f}% test {m['test_error']:.2f}% → {result.path}"
         )

@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Input, Static
 
-from engines.events import Progress
+from engines.core.events import Progress
 from screens.image_view import GridView
 from screens.jobs import Job, WorkbenchScreen
 from screens.widgets import GridItem, NavBar, fmt_num, heat_style
@@ -70,7 +70,7 @@ class TransferScreen(WorkbenchScreen):
             yield Input(self._latest(), placeholder="path to a matrix.json or its run folder", id="path", compact=True)
         with Horizontal(classes="row"):
             yield Static("compute: sources ")
-            yield Input(Path(self.app.active_model).stem, id="sources", compact=True)
+            yield Input(Path(self.state.active_model).stem, id="sources", compact=True)
             yield Static(" targets ")
             yield Input("", placeholder="default: the sources", id="targets", compact=True)
             yield Static(" N ")
@@ -85,23 +85,18 @@ class TransferScreen(WorkbenchScreen):
         yield Footer(compact=True)
 
     def _latest(self) -> str:
-        runs = Path(self.app.settings.runs_dir)
+        runs = Path(self.state.settings.runs_dir)
         # `blindspot transfer` runs and the tables of `blindspot reproduce` runs, newest last
         candidates = [*runs.glob("*/matrix.json"), *runs.glob("*/table*/matrix.json")] if runs.is_dir() else []
         found = sorted(candidates, key=lambda p: p.stat().st_mtime)
         return str(found[-1]) if found else ""
 
     def on_mount(self) -> None:
-        if self.app.settings.matrix:
-            self.open(str(self.app.settings.matrix))
+        if self.state.settings.matrix_path:
+            self.open(str(self.state.settings.matrix_path))
 
     def focus_main(self) -> None:
         self.query_one("#matrix", DataTable).focus()
-
-    def say(self, text: str, error: bool = False) -> None:
-        status = self.query_one("#status", Static)
-        status.set_class(error, "error")
-        status.update(text)
 
     # ------------------------------------------------------------------- open
     def action_focus_open(self) -> None:
@@ -119,14 +114,14 @@ class TransferScreen(WorkbenchScreen):
             return
 
         def work(job: Job) -> Any:
-            from engines.transfer import load_matrix
+            from engines.attack.transfer import load_matrix
 
             return load_matrix(path)
 
         self.start("open matrix", work, on_done=self.show_matrix, on_error=lambda m: self.say(m, error=True))
 
     def action_compute(self) -> None:
-        from engines.attack import AttackConfig
+        from engines.attack.problems import AttackConfig
 
         def items(wid: str) -> list[str]:
             return [t.strip() for t in self.query_one(wid, Input).value.split(",") if t.strip()]
@@ -139,7 +134,7 @@ class TransferScreen(WorkbenchScreen):
         except ValueError:
             self.say("N must be a whole number and noise comma-separated numbers", error=True)
             return
-        settings = self.app.settings
+        settings = self.state.settings
         out = Path(settings.runs_dir) / f"transfer-matrix-{time.strftime('%Y%m%d-%H%M%S')}"
         attack = settings.attack
         config = AttackConfig(c_steps=int(attack.get("c_steps", 9)), max_iter=int(attack.get("max_iter", 100)))
@@ -147,8 +142,8 @@ class TransferScreen(WorkbenchScreen):
         self.focus_main()
 
         def work(job: Job) -> Any:
-            from engines.device import resolve_device
-            from engines.transfer import compute_transfer
+            from engines.core.device import resolve_device
+            from engines.attack.transfer import compute_transfer
 
             return compute_transfer(
                 sources,
@@ -267,13 +262,13 @@ class TransferScreen(WorkbenchScreen):
         if row is None or col is None:
             self.say("move the cursor onto a model's column of a set's row", error=True)
             return
-        matrix, device = self.matrix, self.app.settings.device
+        matrix, device = self.matrix, self.state.settings.device
         self.say(f"finding examples of {matrix.rows[row].name} that fool {matrix.columns[col]} …")
 
         def work(job: Job) -> Any:
-            from engines.device import resolve_device
-            from engines.figures import magnified_difference, to_uint8
-            from engines.transfer import cell_examples
+            from engines.core.device import resolve_device
+            from engines.report.figures import magnified_difference, to_uint8
+            from engines.attack.transfer import cell_examples
 
             found = cell_examples(matrix, row, col, k=12, device=resolve_device(device))
             return [
@@ -317,7 +312,7 @@ class TransferScreen(WorkbenchScreen):
         matrix, path = self.matrix, Path(self.matrix.folder) / "matrix-export.csv"
 
         def work(job: Job) -> Any:
-            from engines.transfer import export_csv
+            from engines.attack.transfer import export_csv
 
             return export_csv(matrix, path)
 

@@ -30,8 +30,8 @@ async def settle(pilot, rounds: int = 3) -> None:
 
 async def shoot(size: tuple[int, int], out: Path, work: Path) -> list[Path]:
     from blindspot.app import BlindspotApp, Settings
-    from engines.attack import AttackConfig
-    from engines.transfer import compute_transfer
+    from engines.attack.problems import AttackConfig
+    from engines.attack.transfer import compute_transfer
 
     matrix = work / "transfer-matrix"
     compute_transfer(

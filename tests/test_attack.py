@@ -7,13 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engines.attack import AttackConfig, _Objective, attack_problems, paper_distortion, validate_images
-from engines.attack_run import AttackRequest, load_samples, resume_attack, start_attack
-from engines.checkpoint import check_classifier, load_checkpoint
-from engines.data import load_split
-from engines.errors import Cancelled, InputError, ModelError
-from engines.lbfgsb import minimize
-from engines.targets import choose_targets, expand_all_targets, parse_target
+from engines.attack.problems import AttackConfig, _Objective, attack_problems, paper_distortion, validate_images
+from engines.attack.run import AttackRequest, load_samples, resume_attack, start_attack
+from engines.core.checkpoint import check_classifier, load_checkpoint
+from engines.core.data import load_split
+from engines.core.errors import Cancelled, InputError, ModelError
+from engines.attack.lbfgsb import minimize
+from engines.attack.targets import choose_targets, expand_all_targets, parse_target
 
 CPU = torch.device("cpu")
 QUICK = AttackConfig(c_steps=4, max_iter=40)
@@ -269,7 +269,7 @@ def test_cuda_attack_matches_the_cpu_attack():
 
 
 def test_out_of_memory_halves_the_chunk_and_goes_on(tmp_path, monkeypatch):
-    import engines.attack_run as ar
+    import engines.attack.run as ar
 
     real = ar.attack_problems
     sizes = []
@@ -290,7 +290,7 @@ def test_cpu_allocator_keeps_freed_memory_on_glibc():
     import platform
     import sys
 
-    from engines.device import keep_freed_memory
+    from engines.core.device import keep_freed_memory
 
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
@@ -298,8 +298,8 @@ def test_cpu_allocator_keeps_freed_memory_on_glibc():
 
 
 def test_progress_speaks_for_the_whole_run_and_counts_images():
-    from engines.attack_run import RunTally
-    from engines.events import Progress
+    from engines.attack.run import RunTally
+    from engines.core.events import Progress
 
     tally = RunTally()
     tally.add({"success": torch.tensor([1, 1, 0], dtype=torch.uint8), "distortion": torch.tensor([0.1, 0.3, math.nan])})
@@ -345,7 +345,7 @@ def test_images_the_model_already_gets_wrong_are_counted_apart_and_json_stays_st
 
 
 def test_json_text_writes_non_finite_numbers_as_null():
-    from engines.io import json_text
+    from engines.core.io import json_text
 
     text = json_text({"a": math.nan, "b": torch.tensor([1.0, math.inf]), "c": [-math.inf, 2]}, indent=None)
     assert text == '{"a": null, "b": [1.0, null], "c": [null, 2]}'

@@ -12,13 +12,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from blindspot.cli import main
-from engines.bounds import PAPER_TABLE5, frame_bounds
-from engines.bounds_conv import aliased_symbol_matrices, conv_spectrum, linear_singular_values, polyphase_spectrum
-from engines.bounds_factors import max_pool_multiplicity
-from engines.bounds_models import parse_input_shape
-from engines.checkpoint import save_checkpoint
-from engines.errors import InputError
-from engines.zoo import ZOO, build_model
+from engines.bounds.network import PAPER_TABLE5, frame_bounds
+from engines.bounds.conv import aliased_symbol_matrices, conv_spectrum, linear_singular_values, polyphase_spectrum
+from engines.bounds.factors import max_pool_multiplicity
+from engines.bounds.models import parse_input_shape
+from engines.core.checkpoint import save_checkpoint
+from engines.core.errors import InputError
+from engines.core.zoo import ZOO, build_model
 
 RTOL = 1e-5
 
@@ -389,9 +389,9 @@ def test_cuda_matches_cpu():
 def test_frame_bounds_honours_cancel_between_layers_and_inside_power_iteration():
     import pytest as _pytest
 
-    from engines.bounds import frame_bounds
-    from engines.bounds_conv import power_iteration
-    from engines.errors import Cancelled
+    from engines.bounds.network import frame_bounds
+    from engines.bounds.conv import power_iteration
+    from engines.core.errors import Cancelled
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 6 * 6, 3))
     calls = {"n": 0}
@@ -407,7 +407,7 @@ def test_frame_bounds_honours_cancel_between_layers_and_inside_power_iteration()
 
 
 def test_a_long_convolution_is_cancelled_between_frequency_chunks():
-    from engines.errors import Cancelled
+    from engines.core.errors import Cancelled
 
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
     polls = {"n": 0}

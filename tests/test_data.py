@@ -3,8 +3,8 @@ import gzip
 import numpy as np
 import pytest
 
-from engines.data import load_split, mnist_files, paper_split, read_idx
-from engines.errors import DataError
+from engines.core.data import load_split, mnist_files, paper_split, read_idx
+from engines.core.errors import DataError
 from tests.conftest import make_mnist_dir, write_idx
 
 

@@ -68,7 +68,7 @@ def test_console_script_exit_code_in_a_subprocess(tmp_path):
 
 def test_progress_in_a_log_is_plain_throttled_lines(capsys, monkeypatch):
     import blindspot.console as console
-    from engines.events import Progress
+    from engines.core.events import Progress
 
     clock = iter([0.0, 1.0, 2.0, 11.0, 12.0, 12.5])
     monkeypatch.setattr(console.time, "monotonic", lambda: next(clock))

@@ -6,7 +6,7 @@ import scipy.optimize as so
 import torch
 from torch.nn import functional as F
 
-from engines.lbfgsb import minimize, projected_gradient
+from engines.attack.lbfgsb import minimize, projected_gradient
 
 D = torch.float64
 
@@ -135,7 +135,7 @@ def _dense_lbfgs_direction(pairs, g, free, m):
 
 
 def test_two_loop_direction_equals_the_dense_bfgs_matrix():
-    from engines.lbfgsb import _History
+    from engines.attack.lbfgsb import _History
 
     gen = torch.Generator().manual_seed(3)
     batch, n, m = 4, 7, 3

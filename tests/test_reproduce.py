@@ -2,8 +2,8 @@
 
 import json
 
-from engines import paper
-from engines.reproduce import noise_readings
+from engines.core import paper
+from engines.reproduce.tables import noise_readings
 
 
 def test_reproduce_writes_all_four_tables_beside_the_papers(cli, tmp_path):

@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engines.advsets import adversarial_set
-from engines.attack import AttackConfig, paper_distortion
-from engines.perturb import amplify, gaussian_noise, unclipped_noise
-from engines.transfer import cell_examples, compute_transfer, load_matrix, wilson_interval
+from engines.attack.adversarial_sets import adversarial_set
+from engines.attack.problems import AttackConfig, paper_distortion
+from engines.attack.perturb import amplify, gaussian_noise, unclipped_noise
+from engines.attack.transfer import cell_examples, compute_transfer, load_matrix, wilson_interval
 
 QUICK = AttackConfig(c_steps=3, max_iter=30)
 
@@ -33,7 +33,7 @@ def test_adversarial_sets_are_cached_and_invalidated_by_any_setting(isolated_cac
 
 
 def test_an_interrupted_set_resumes_from_its_chunks(isolated_cache):
-    from engines.errors import Cancelled
+    from engines.core.errors import Cancelled
 
     calls = {"n": 0}
 

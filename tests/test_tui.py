@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from textual.widgets import DataTable, Input, Static
 
 from blindspot.app import BlindspotApp, Settings
-from engines.data import sample_data_dir
-from engines.events import Progress
+from engines.core.data import sample_data_dir
+from engines.core.events import Progress
 from screens.attack import AttackScreen
 from screens.bounds import BoundsScreen
 from screens.gallery import GalleryScreen
@@ -85,8 +85,8 @@ def text_of(app: BlindspotApp, selector: str) -> str:
 @pytest.fixture(scope="module")
 def matrix_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny transfer matrix (two sources, two targets, one noise row), computed once."""
-    from engines.attack import AttackConfig
-    from engines.transfer import compute_transfer
+    from engines.attack.problems import AttackConfig
+    from engines.attack.transfer import compute_transfer
 
     out = tmp_path_factory.mktemp("transfer") / "matrix"
     mp = pytest.MonkeyPatch()
@@ -212,16 +212,16 @@ async def test_train_a_zoo_model_with_progress(tmp_path, models_folder, tiny_mni
 
 @run_async
 async def test_attack_runs_in_a_worker_and_streams_results(tmp_path, models_folder, monkeypatch):
-    import engines.attack_run
+    import engines.attack.run
 
     threads = []
-    real = engines.attack_run.start_attack
+    real = engines.attack.run.start_attack
 
     def spy(*args, **kwargs):
         threads.append(threading.current_thread())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engines.attack_run, "start_attack", spy)
+    monkeypatch.setattr(engines.attack.run, "start_attack", spy)
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("3")

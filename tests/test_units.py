@@ -11,20 +11,20 @@ import torch
 from PIL import Image
 
 from blindspot.cli import main
-from engines.activations import Activations, LayerInfo, layer_activations, list_layers
-from engines.checkpoint import load_checkpoint, save_checkpoint
-from engines.data import Dataset
-from engines.errors import InputError
-from engines.unit_figures import direction_grid
-from engines.unit_stats import brief_verdict, cliffs_delta, compare_scores, dissent, verdict_sentence
-from engines.units import (
+from engines.units.activations import Activations, LayerInfo, layer_activations, list_layers
+from engines.core.checkpoint import load_checkpoint, save_checkpoint
+from engines.core.data import Dataset
+from engines.core.errors import InputError
+from engines.report.unit_figures import direction_grid
+from engines.units.stats import brief_verdict, cliffs_delta, compare_scores, dissent, verdict_sentence
+from engines.units.directions import (
     compare_units,
     label_scores,
     mean_pairwise_cosine,
     random_directions,
     top_k,
 )
-from engines.zoo import build_model, mlp_spec
+from engines.core.zoo import build_model, mlp_spec
 
 torch.set_num_threads(1)
 

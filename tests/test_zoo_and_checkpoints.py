@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engines.checkpoint import load_checkpoint, models_dir, save_checkpoint
-from engines.data import load_split
-from engines.errors import CheckpointError, ModelError
-from engines.training import error_rate, train_zoo_model
-from engines.zoo import ZOO, build_model, decay_loss, mlp_spec
+from engines.core.checkpoint import load_checkpoint, models_dir, save_checkpoint
+from engines.core.data import load_split
+from engines.core.errors import CheckpointError, ModelError
+from engines.train.fit import error_rate, train_zoo_model
+from engines.core.zoo import ZOO, build_model, decay_loss, mlp_spec
 from tests.conftest import PAPER_IDS
 
 SHIPPED = sorted(p.stem for p in models_dir().glob("*.safetensors"))

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from blindspot.console import err, note, print_json, progress_sink, resumable
+from blindspot.console import cli_context, note, print_json
+from blindspot.console import out as stdout_console
 from blindspot.options import CSteps, DataDir, Device, Json, MaxIter, Offset, Seed
-from engines.attack import AttackConfig
-from engines.attack_run import AttackRequest, resume_attack, start_attack
-from engines.device import resolve_device
-from engines.errors import InputError
-
-
-def default_run_dir(kind: str, model: str) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{kind}-{Path(model).stem}-{stamp}"
+from engines.attack.problems import AttackConfig
+from engines.attack.run import AttackRequest, AttackResult, resume_attack, run_attack
+from engines.core.errors import InputError
+from engines.core.runs import new_run_folder
 
 
 def attack(
@@ -57,15 +52,9 @@ def attack(
     Minimises c·D(r) + loss(x + r, target) over x + r in [0, 1] with box-constrained L-BFGS for each image,
     keeping the LARGEST c whose minimiser reaches the target (c multiplies the distance here, as in the paper).
     """
-    dev = resolve_device(device)
     if resume is None:
         if model is None:
             raise InputError("say which model to attack: --model ID|PATH (or --resume DIR)")
-        if n < 1:
-            raise InputError("--n must be at least 1")
-        config = AttackConfig(
-            c_steps=c_steps, max_iter=max_iter, distance=distance, c_init=c_init, warm_start=warm_start
-        )
         request = AttackRequest(
             model=model,
             split=split,
@@ -73,33 +62,31 @@ def attack(
             offset=offset,
             target=target,
             seed=seed,
-            config=config,
+            config=AttackConfig(
+                c_steps=c_steps, max_iter=max_iter, distance=distance, c_init=c_init, warm_start=warm_start
+            ),
             batch_size=batch_size,
             data_dir=str(data) if data else None,
         )
     elif model is not None or out is not None:
         note(f"--resume uses the settings {resume} was started with; --model and --out are ignored")
-    folder = resume or out or default_run_dir("attack", model or "model")
-    with (
-        resumable(f"finished chunks are kept; finish with `blindspot attack --resume {folder}`"),
-        progress_sink() as on_progress,
-    ):
-        if resume is not None:
-            summary = resume_attack(resume, dev, on_progress=on_progress)
-        else:
-            summary = start_attack(request, folder, dev, on_progress=on_progress)
-    summary["run"] = str(folder)
+    folder = resume or out or new_run_folder(Path("runs"), "attack", model or "model")
+    with cli_context(
+        device, out=folder, hint=f"finished chunks are kept; finish with `blindspot attack --resume {folder}`"
+    ) as ctx:
+        result = resume_attack(resume, ctx) if resume is not None else run_attack(request, ctx)
     if json_out:
-        print_json(summary)
+        print_json(result.to_json())
     else:
-        print_summary(summary)
+        print_summary(result)
 
 
 def _fmt(v: float | None, spec: str = ".4f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def print_summary(s: dict) -> None:
+def print_summary(r: AttackResult) -> None:
+    s = r.to_json()
     table = Table(title=f"attack on {s['model']} ({s['split']}, n={s['n']}, target={s['target']})")
     for col in ("success", "mean distortion", "median", "mean L2", "mean L∞", "seconds", "device"):
         table.add_column(col, justify="right")
@@ -112,7 +99,7 @@ def print_summary(s: dict) -> None:
         f"{s['seconds']:.1f}",
         s["device"],
     )
-    err.print(table)
+    stdout_console.print(table)
     note(f"run folder: {s['run']}")
 
 

@@ -13,10 +13,10 @@ from rich.table import Table
 
 from blindspot.console import note, out, print_json, progress_sink
 from blindspot.options import Device, Json, OutDir, Seed
-from engines.bounds import PAPER_TABLE5, NetworkBounds, frame_bounds, write_bounds
-from engines.bounds_models import load_bounds_model, parse_input_shape
-from engines.device import resolve_device
-from engines.errors import InputError
+from engines.bounds.network import PAPER_TABLE5, NetworkBounds, frame_bounds, write_bounds
+from engines.bounds.models import load_bounds_model, parse_input_shape
+from engines.core.device import resolve_device
+from engines.core.errors import InputError
 
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 

@@ -9,7 +9,7 @@ import typer
 
 from blindspot.console import note, print_json
 from blindspot.options import DataDir, Json
-from engines.data import data_fingerprint, default_mnist_dir, download_mnist, load_split
+from engines.core.data import data_fingerprint, default_mnist_dir, download_mnist, load_split
 
 data_app = typer.Typer(help="Check or fetch the MNIST data.", no_args_is_help=True)
 

@@ -10,9 +10,9 @@ from rich.table import Table
 
 from blindspot.console import out, print_json
 from blindspot.options import Json
-from engines.checkpoint import models_dir
-from engines.errors import InputError
-from engines.registry import model_rows
+from engines.core.checkpoint import models_dir
+from engines.core.errors import InputError
+from engines.core.model_rows import model_rows
 
 
 def _pct(v: float | None) -> str:

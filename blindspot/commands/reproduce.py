@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from blindspot.commands.attack import default_run_dir
+from engines.core.runs import new_run_folder
 from blindspot.console import note, print_json, progress_sink, resumable
 from blindspot.options import SETS_CACHED, CSteps, DataDir, Device, Json, MaxIter, Seed, adversarial_settings
-from engines.errors import InputError
-from engines.reproduce import FULL_N, QUICK_N, reproduce
+from engines.core.errors import InputError
+from engines.reproduce.tables import FULL_N, QUICK_N, reproduce
 
 
 def reproduce_cmd(
@@ -30,7 +30,7 @@ def reproduce_cmd(
     """Recompute Tables 1–5 with the shipped zoo and write report.md beside the paper's numbers."""
     if n is not None and n < 1:
         raise InputError("--n must be at least 1")
-    folder = out or default_run_dir("reproduce", "paper")
+    folder = out or new_run_folder(Path("runs"), "reproduce", "paper")
     settings = adversarial_settings(c_steps, max_iter, seed, device, data)
     with resumable(f"{SETS_CACHED} ({folder})"), progress_sink() as on_progress:
         result = reproduce(folder, quick=quick, n=n, on_progress=on_progress, **settings)

@@ -9,11 +9,11 @@ import typer
 
 from blindspot.console import note, print_json, progress_sink
 from blindspot.options import DataDir, Device, Json, Seed
-from engines.checkpoint import models_dir
-from engines.device import resolve_device
-from engines.errors import InputError
-from engines.training import OPTIMIZERS, train_zoo_model
-from engines.zoo import ZOO
+from engines.core.checkpoint import models_dir
+from engines.core.device import resolve_device
+from engines.core.errors import InputError
+from engines.train.fit import OPTIMIZERS, train_zoo_model
+from engines.core.zoo import ZOO
 
 DEFAULT_OUT = Path("runs/models")
 

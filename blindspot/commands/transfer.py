@@ -8,11 +8,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from blindspot.commands.attack import default_run_dir
+from engines.core.runs import new_run_folder
 from blindspot.console import note, out, print_json, progress_sink, resumable
 from blindspot.options import SETS_CACHED, CSteps, DataDir, Device, Json, MaxIter, Offset, Seed, adversarial_settings
-from engines.errors import InputError
-from engines.transfer import TransferMatrix, compute_transfer
+from engines.core.errors import InputError
+from engines.attack.transfer import TransferMatrix, compute_transfer
 
 
 def _csv_list(text: str | None) -> list[str]:
@@ -57,7 +57,7 @@ def transfer(
     src, tgt = _csv_list(sources), _csv_list(targets) or _csv_list(sources)
     if n < 1:
         raise InputError("--n must be at least 1")
-    folder = out_dir or default_run_dir("transfer", "matrix")
+    folder = out_dir or new_run_folder(Path("runs"), "transfer", "matrix")
     settings = adversarial_settings(c_steps, max_iter, seed, device, data)
     with resumable(SETS_CACHED), progress_sink() as on_progress:
         matrix = compute_transfer(

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-GRAPHICS = ("auto", "sixel", "tgp", "halfblock", "unicode")
+from engines.core.choices import GRAPHICS_MODES as GRAPHICS
 
 
 def run_tui(graphics: str = "auto") -> None:

@@ -11,14 +11,14 @@ from rich.table import Table
 
 from blindspot.console import note, out, print_json, progress_sink
 from blindspot.options import DataDir, Device, Json, ModelRef, OutDir, Seed
-from engines.activations import POOLINGS, find_layer, list_layers
-from engines.checkpoint import load_checkpoint
-from engines.data import SPLITS, load_split
-from engines.device import resolve_device
-from engines.errors import InputError
-from engines.io import write_json_atomic
-from engines.unit_figures import save_unit_figures
-from engines.units import UnitsResult, result_to_dict, run_units
+from engines.units.activations import POOLINGS, find_layer, list_layers
+from engines.core.checkpoint import load_checkpoint
+from engines.core.data import SPLITS, load_split
+from engines.core.device import resolve_device
+from engines.core.errors import InputError
+from engines.core.io import write_json_atomic
+from engines.report.unit_figures import save_unit_figures
+from engines.units.directions import UnitsResult, result_to_dict, run_units
 
 
 def _input_shape(meta: dict[str, Any]) -> tuple[int, ...]:

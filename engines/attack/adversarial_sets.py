@@ -1,0 +1,85 @@
+"""Adversarial sets for the transfer tables, cached by everything that determines them.
+
+A set is an attack run (see `attack_run`) with `--target all` (Table 1's minimum distortion)
+stored in the cache under a key made of the source checkpoint's hash, the data files' md5s,
+split, offset, N, seed and every attack setting. A second request is served from the cache; a
+changed setting gets another key, so it is never served stale; an interrupted computation
+resumes from its finished chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engines.attack.problems import AttackConfig
+from engines.attack.run import SUMMARY_FILE, AttackRequest, load_samples, resume_attack, run_attack
+from engines.core.cache import cache_dir, cache_key
+from engines.core.checkpoint import load_checkpoint
+from engines.core.context import RunContext
+from engines.core.data import data_fingerprint
+from engines.core.errors import InputError
+from engines.core.io import read_json
+from engines.core.runs import RUN_FILE
+
+ADVSET_VERSION = 2  # bump when the attack's results change for the same settings (2: trivial images apart)
+
+
+@dataclass
+class AdversarialSet:
+    source: str
+    folder: Path
+    samples: dict[str, torch.Tensor]
+    summary: dict[str, Any]
+    cached: bool
+
+
+def advset_key(
+    model_sha256: str, split: str, n: int, offset: int, seed: int, config: AttackConfig, data_md5: dict[str, str]
+) -> str:
+    return cache_key(
+        kind="advset",
+        version=ADVSET_VERSION,
+        model=model_sha256,
+        split=split,
+        n=n,
+        offset=offset,
+        seed=seed,
+        config=config.as_dict(),
+        target="all",
+        data=data_md5,
+    )
+
+
+def adversarial_set(request: AttackRequest, ctx: RunContext) -> AdversarialSet:
+    """The minimum-distortion adversarial set (`--target all`) of `request.model` on its images.
+
+    Kept in the cache under a key of everything that fixes it; an interrupted set resumes from its
+    finished chunks. The context's output folder does not apply: the cache decides where it lives.
+    """
+    if request.target != "all":
+        raise InputError("adversarial sets use --target all (the closest wrong label of each image)")
+    lm = load_checkpoint(request.model, "cpu")
+    key = advset_key(
+        lm.sha256,
+        request.split,
+        request.n,
+        request.offset,
+        request.seed,
+        request.config,
+        data_fingerprint(request.data_dir),
+    )
+    folder = cache_dir() / "advsets" / key
+    cached = (folder / SUMMARY_FILE).is_file()
+    inner = replace(ctx, out=folder, overwrite=False)
+    if not cached:
+        if (folder / RUN_FILE).is_file():
+            resume_attack(folder, inner)
+        else:
+            run_attack(replace(request, model=str(lm.path)), inner)
+    summary = read_json(folder / SUMMARY_FILE)
+    summary["model"] = lm.id
+    return AdversarialSet(source=lm.id, folder=folder, samples=load_samples(folder), summary=summary, cached=cached)

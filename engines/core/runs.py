@@ -1,0 +1,232 @@
+"""Run folders: one naming rule, one layout record, one lock, for every operation.
+
+A run folder holds `run.json` (format version, kind, the request, status, timings) beside the
+operation's own results. Every operation opens its folder through `open_run`, which
+- names it (`runs/<kind>-<model>-<YYYYmmdd-HHMMSS>[-k]`) when the context gives no `out`,
+- refuses a folder that already holds results unless the context says `overwrite`,
+- proves the folder writable before any work starts (a probe file is created and removed),
+- takes an exclusive lock held for the run (a second process on the same folder is refused;
+  a lock left by a dead process on this host is taken over).
+So a CLI command and a screen cannot name, check or lock folders differently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engines.core.context import RunContext
+from engines.core.errors import InputError
+from engines.core.io import read_json, write_json_atomic
+
+RUN_FILE, LOCK_FILE = "run.json", ".lock"
+RUN_FORMAT = 1
+
+
+def run_folder_name(kind: str, model: str, stamp: str | None = None) -> str:
+    """`<kind>-<model stem>-<YYYYmmdd-HHMMSS>`: sortable by time, readable by eye."""
+    stamp = stamp or time.strftime("%Y%m%d-%H%M%S")
+    return f"{kind}-{Path(model).stem}-{stamp}"
+
+
+def new_run_folder(root: Path, kind: str, model: str) -> Path:
+    """A folder name under `root` that no run uses yet (`-2`, `-3` … within the same second)."""
+    base = root / run_folder_name(kind, model)
+    folder, k = base, 1
+    while folder.exists():
+        k += 1
+        folder = base.with_name(f"{base.name}-{k}")
+    return folder
+
+
+def holds_results(folder: Path) -> bool:
+    return folder.is_dir() and any(p.name != LOCK_FILE for p in folder.iterdir())
+
+
+def check_writable(folder: Path) -> None:
+    """Create the folder and a probe file in it, then remove the probe: fail now, not after the work."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder} is a file, not a folder: choose another --out")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+
+
+@dataclass
+class RunLock:
+    """An exclusive lock file (`.lock`, holding host and pid) for the life of a run."""
+
+    path: Path
+
+    @classmethod
+    def take(cls, folder: Path) -> RunLock:
+        path = folder / LOCK_FILE
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(path)
+                if holder is not None and not _is_stale(holder):
+                    raise InputError(
+                        f"{folder} is in use by process {holder.get('pid')} on {holder.get('host')}: "
+                        "wait for it or choose another --out"
+                    ) from None
+                path.unlink(missing_ok=True)  # a dead process's lock: take it over
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            return cls(path)
+        raise InputError(f"{folder} is in use by another process: choose another --out")
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _read_lock(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # half-written or garbage: treated as stale below only if old enough
+
+
+def _is_stale(holder: dict[str, Any]) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return False  # another machine's process: we cannot tell, so we respect it
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except OSError as exc:
+        return exc.errno == errno.ESRCH
+    return False
+
+
+@dataclass
+class RunFolder:
+    """An open run: its folder, its run.json record, its lock."""
+
+    path: Path
+    kind: str
+    lock: RunLock | None = None
+    started: float = field(default_factory=time.time)  # when this process opened it
+    base_seconds: float = 0.0  # seconds spent in earlier sessions of a resumed run
+
+    def seconds(self) -> float:
+        """Working time of the run over all its sessions."""
+        return round(self.base_seconds + time.time() - self.started, 3)
+
+    @property
+    def record_path(self) -> Path:
+        return self.path / RUN_FILE
+
+    def record(self) -> dict[str, Any]:
+        return read_run_record(self.path)
+
+    def update(self, **changes: Any) -> None:
+        run = self.record()
+        run.update(changes)
+        write_json_atomic(self.record_path, run)
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def read_run_record(folder: Path) -> dict[str, Any]:
+    """run.json of a folder, checked for what every operation relies on."""
+    path = folder / RUN_FILE
+    if not path.is_file():
+        raise InputError(f"{folder} holds no run ({RUN_FILE} missing)")
+    try:
+        run = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path} is damaged ({exc}); start a new run") from None
+    if not isinstance(run, dict) or not isinstance(run.get("request"), dict):
+        raise InputError(f"{path} is damaged (no request recorded); start a new run")
+    version = run.get("format", 1)
+    if not isinstance(version, int) or version > RUN_FORMAT:
+        raise InputError(f"{path} has run format {version!r}; this blindspot reads up to {RUN_FORMAT}")
+    return run
+
+
+def folder_for(ctx: RunContext, kind: str, model: str) -> Path:
+    """The folder a new run of `kind` on `model` writes to under this context."""
+    return ctx.out if ctx.out is not None else new_run_folder(ctx.runs_root, kind, model)
+
+
+@contextlib.contextmanager
+def open_run(ctx: RunContext, kind: str, model: str, request: dict[str, Any], **record: Any) -> Iterator[RunFolder]:
+    """Create, check, lock and record a new run folder; mark it finished or interrupted on exit.
+
+    A run refused before it produced anything (bad input found while loading) leaves no folder
+    behind that would block the same --out.
+    """
+    folder = folder_for(ctx, kind, model)
+    existed = folder.exists()
+    if holds_results(folder) and not ctx.overwrite:
+        hint = " or --resume it" if (folder / RUN_FILE).is_file() and kind == "attack" else ""
+        raise InputError(f"{folder} already holds results: choose another --out, pass --overwrite{hint}")
+    check_writable(folder)
+    run = RunFolder(folder, kind, RunLock.take(folder))
+    try:
+        write_json_atomic(
+            run.record_path,
+            {"format": RUN_FORMAT, "kind": kind, "status": "running", "request": request, "started": run.started, **record},
+        )
+        yield run
+    except BaseException as exc:
+        produced = [p for p in folder.iterdir() if p.name not in (RUN_FILE, LOCK_FILE)]
+        run.close()
+        if not produced and not existed and not isinstance(exc, KeyboardInterrupt):
+            _remove_empty_run(folder)
+        elif (folder / RUN_FILE).is_file():
+            with contextlib.suppress(OSError, InputError):
+                RunFolder(folder, kind).update(status="interrupted", seconds=run.seconds())
+        raise
+    else:
+        run.update(status="done", seconds=run.seconds())
+        run.close()
+
+
+@contextlib.contextmanager
+def reopen_run(folder: Path, kind: str) -> Iterator[RunFolder]:
+    """Lock an existing run folder of `kind` to carry it on (`--resume`)."""
+    run_record = read_run_record(folder)
+    if run_record.get("kind", kind) != kind:
+        raise InputError(f"{folder} holds a {run_record.get('kind')} run, not a {kind} run")
+    check_writable(folder)
+    base = run_record.get("seconds")
+    run = RunFolder(folder, kind, RunLock.take(folder), base_seconds=float(base) if isinstance(base, (int, float)) else 0.0)
+    try:
+        run.update(status="running")
+        yield run
+    except BaseException:
+        with contextlib.suppress(OSError, InputError):
+            run.update(status="interrupted", seconds=run.seconds())
+        run.close()
+        raise
+    else:
+        run.update(status="done", seconds=run.seconds())
+        run.close()
+
+
+def _remove_empty_run(folder: Path) -> None:
+    for name in (RUN_FILE, LOCK_FILE):
+        (folder / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()

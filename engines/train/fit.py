@@ -1,0 +1,291 @@
+"""Training the zoo: full-batch L-BFGS (the paper's choice) or minibatch Adam, with the paper's decay.
+
+Objective = mean cross-entropy + Σ_layers λ Σ w² / k (see `zoo.decay_loss`). Deterministic for a
+seed on the CPU. Progress goes out as typed events (`EpochDone`); cancellation is checked between steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from engines.core.checkpoint import save_checkpoint
+from engines.core.data import PAPER_SPLIT_SEED, Dataset, data_fingerprint, load_split
+from engines.core.device import cpu_speed_settings
+from engines.core.errors import Cancelled, InputError
+from engines.core.choices import OPTIMIZERS
+from engines.core.events import CancelCheck, EpochDone, EventSink, ignore_events, never_cancel
+from engines.core.zoo import ZooEntry, build_model, count_parameters, decay_loss, describe_spec, zoo_entry
+
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    meta: dict[str, Any]
+    path: Path | None
+
+
+def error_rate(model: nn.Module, data: Dataset, device: torch.device | str = "cpu", batch: int = 4096) -> float:
+    """Percent of `data` that `model` misclassifies."""
+    model.eval()
+    wrong = 0
+    with torch.no_grad():
+        for i in range(0, len(data), batch):
+            x = data.images[i : i + batch].to(device)
+            y = data.labels[i : i + batch].to(device)
+            wrong += int((model(x).argmax(1) != y).sum())
+    return 100.0 * wrong / max(len(data), 1)
+
+
+def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lambdas: list[float]) -> torch.Tensor:
+    return F.cross_entropy(model(x), y) + decay_loss(model, lambdas)
+
+
+def train_lbfgs(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lambdas: list[float],
+    max_iter: int,
+    on_event: EventSink,
+    cancel: CancelCheck,
+    task: str,
+    chunk: int = 10,
+) -> dict[str, Any]:
+    """Full-batch L-BFGS with a strong-Wolfe line search until convergence or `max_iter`."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.LBFGS(
+        params,
+        lr=1.0,
+        max_iter=chunk,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+    )
+    last = math.inf
+    done = 0
+    loss_value = math.nan
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = objective(model, x, y, lambdas)
+        loss.backward()
+        return loss
+
+    model.train()
+    while done < max_iter:
+        if cancel():
+            raise Cancelled(task)
+        opt.step(closure)
+        done += chunk
+        with torch.no_grad():
+            loss_value = float(objective(model, x, y, lambdas))
+        on_event(EpochDone(task=task, done=min(done, max_iter), total=max_iter, stage="L-BFGS", loss=loss_value))
+        if abs(last - loss_value) <= 1e-10 * max(1.0, abs(loss_value)):
+            break
+        last = loss_value
+    model.eval()
+    return {"optimizer": "lbfgs", "iterations": min(done, max_iter), "final_loss": loss_value}
+
+
+def train_adam(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lambdas: list[float],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    on_event: EventSink,
+    cancel: CancelCheck,
+    task: str,
+) -> dict[str, Any]:
+    """Minibatch Adam with a cosine learning-rate decay; the decay term is added per batch."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    steps_per_epoch = math.ceil(len(y) / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    loss_value = math.nan
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(y), generator=gen).to(x.device)
+        for i in range(0, len(y), batch_size):
+            if cancel():  # per batch: an epoch of a large net takes longer than a user should wait
+                raise Cancelled(task)
+            idx = perm[i : i + batch_size]
+            opt.zero_grad()
+            loss = objective(model, x[idx], y[idx], lambdas)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_value = float(loss.detach())
+        if cancel():
+            raise Cancelled(task)
+        on_event(EpochDone(task=task, done=epoch + 1, total=epochs, stage="Adam", loss=loss_value))
+    model.eval()
+    return {"optimizer": "adam", "epochs": epochs, "batch_size": batch_size, "lr": lr, "final_loss": loss_value}
+
+
+def pretrain_sparse_autoencoder(
+    encoder: nn.Linear,
+    x: torch.Tensor,
+    recipe: dict[str, Any],
+    seed: int,
+    on_event: EventSink,
+    cancel: CancelCheck,
+    task: str,
+) -> dict[str, Any]:
+    """Unsupervised sparse autoencoder (sigmoid, KL sparsity penalty), trained then frozen."""
+    hidden, visible = encoder.out_features, encoder.in_features
+    decoder = nn.Linear(hidden, visible).to(x.device)
+    rho, beta, lam = recipe["sparsity"], recipe["sparsity_weight"], recipe["ae_decay"]
+    gen = torch.Generator().manual_seed(seed + 1)
+    params = list(encoder.parameters()) + list(decoder.parameters())
+    opt = torch.optim.Adam(params, lr=recipe["lr"])
+    flat = x.flatten(1)
+    epochs, bs = recipe["ae_epochs"], recipe["batch_size"]
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(len(flat) / bs))
+    loss_value = math.nan
+    for epoch in range(epochs):
+        perm = torch.randperm(len(flat), generator=gen).to(x.device)
+        for i in range(0, len(flat), bs):
+            v = flat[perm[i : i + bs]]
+            h = torch.sigmoid(encoder(v))
+            recon = torch.sigmoid(decoder(h))
+            rho_hat = h.mean(0).clamp(1e-6, 1 - 1e-6)
+            kl = (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum()
+            loss = 0.5 * (recon - v).pow(2).sum(1).mean() + beta * kl
+            loss = loss + lam / 2 * (encoder.weight.pow(2).sum() + decoder.weight.pow(2).sum())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_value = float(loss.detach())
+        if cancel():
+            raise Cancelled(task)
+        on_event(EpochDone(task=task, done=epoch + 1, total=epochs, stage="autoencoder", loss=loss_value))
+    return {
+        "autoencoder_epochs": epochs,
+        "sparsity": rho,
+        "sparsity_weight": beta,
+        "ae_decay": lam,
+        "ae_final_loss": loss_value,
+    }
+
+
+def _fit(
+    entry: ZooEntry,
+    model: nn.Module,
+    data: Dataset,
+    optimizer: str,
+    seed: int,
+    device: torch.device,
+    on_event: EventSink,
+    cancel: CancelCheck,
+    max_iter: int | None,
+    epochs: int | None,
+) -> dict[str, Any]:
+    recipe = dict(entry.recipe)
+    x, y = data.images.to(device), data.labels.to(device)
+    task = f"train {entry.id}"
+    if optimizer == "recipe":
+        optimizer = recipe["optimizer"]
+    if optimizer == "autoencoder":
+        encoder = model.fc1
+        info = pretrain_sparse_autoencoder(encoder, x, recipe, seed, on_event, cancel, task)
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        with torch.no_grad():  # the encoder is frozen: compute its features once
+            features = torch.sigmoid(encoder(x.flatten(1)))
+        head = nn.Sequential(model.fc2)  # shares its parameters with the model
+        iters = max_iter or recipe["softmax_max_iter"]
+        info |= train_lbfgs(head, features, y, entry.decay[1:], iters, on_event, cancel, task)
+        info["optimizer"] = "sparse autoencoder (adam), frozen; softmax by full-batch lbfgs"
+        info["frozen"] = ["fc1"]
+        return info
+    if optimizer == "lbfgs":
+        return train_lbfgs(model, x, y, entry.decay, max_iter or recipe.get("max_iter", 500), on_event, cancel, task)
+    if optimizer == "adam":
+        info = train_adam(
+            model,
+            x,
+            y,
+            entry.decay,
+            epochs or recipe.get("epochs", 20),
+            recipe.get("batch_size", 128),
+            recipe.get("lr", 1e-3),
+            seed,
+            on_event,
+            cancel,
+            task,
+        )
+        polish = recipe.get("polish_lbfgs", 0) if max_iter is None else max_iter
+        if polish:
+            info |= {"polish": train_lbfgs(model, x, y, entry.decay, polish, on_event, cancel, task)}
+            info["optimizer"] = "adam, then full-batch lbfgs"
+        return info
+    raise InputError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+
+
+def evaluate_splits(model: nn.Module, data_dir: str | Path | None, device: torch.device) -> dict[str, float]:
+    """Error (%) on train, test, P1 and P2."""
+    return {
+        f"{s}_error": round(error_rate(model, load_split(s, data_dir), device), 4)
+        for s in ("train", "test", "p1", "p2")
+    }
+
+
+@cpu_speed_settings()
+def train_zoo_model(
+    model_id: str,
+    out_dir: str | Path | None,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    optimizer: str = "recipe",
+    data_dir: str | Path | None = None,
+    max_iter: int | None = None,
+    epochs: int | None = None,
+    on_event: EventSink = ignore_events,
+    cancel: CancelCheck = never_cancel,
+) -> TrainResult:
+    """Train one zoo model from scratch and (if `out_dir`) save it as `out_dir/<id>.safetensors`."""
+    entry = zoo_entry(model_id)
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model = build_model(entry.spec).to(device)
+    data = load_split(entry.train_split, data_dir)
+    start = time.perf_counter()
+    info = _fit(entry, model, data, optimizer, seed, device, on_event, cancel, max_iter, epochs)
+    seconds = time.perf_counter() - start
+    model.eval()
+    metrics = evaluate_splits(model, data_dir, device)
+    meta = {
+        "id": entry.id,
+        "description": entry.description,
+        "architecture": describe_spec(entry.spec),
+        "spec": entry.spec,
+        "parameters": count_parameters(model),
+        "weight_decay": entry.decay,
+        "weight_decay_formula": "mean cross-entropy + sum_layers lambda * sum(w^2) / k, k = units in the layer",
+        "train_split": entry.train_split,
+        "split_seed": PAPER_SPLIT_SEED,
+        "seed": seed,
+        "training": info | {"seconds": round(seconds, 1), "device": str(device)},
+        "metrics": metrics,
+        "paper": entry.paper,
+        "data_md5": data_fingerprint(data_dir),
+        "torch": torch.__version__,
+    }
+    path = save_checkpoint(model.to("cpu"), meta, Path(out_dir) / f"{entry.id}.safetensors") if out_dir else None
+    return TrainResult(model, meta, path)

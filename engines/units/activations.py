@@ -1,0 +1,212 @@
+"""Activations φ(x) of a named layer over an image set: captured once with a forward hook, cached on disk.
+
+A layer is any named module of the model (``model.named_modules()``), e.g. ``fc1`` or ``pool1``.
+φ(x) is the layer's output flattened per image, so for a conv layer it is the C×H×W activation read
+as one vector (the paper's φ). ``pool="max"`` or ``"mean"`` instead reduces each channel over its
+spatial positions, giving one value per channel; it does not apply to layers without spatial axes.
+The cache key holds the checkpoint hash, the layer, the pooling and a hash of the images, so a
+changed model, layer or image set can never be served a stale entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from engines.core.cache import cache_key, cache_load, cache_store
+from engines.core.checkpoint import LoadedModel
+from engines.core.data import Dataset
+from engines.core.errors import Cancelled, InputError, ModelError
+from engines.core.events import CancelCheck, EventSink, Step, ignore_events, never_cancel
+
+POOLINGS = ("none", "max", "mean")
+CACHE_KIND = "activations"
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One addressable layer: its name, module class and per-image output shape."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        """Length of φ(x) for this layer (the flattened output)."""
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "shape": list(self.shape), "size": self.size}
+
+
+@dataclass
+class Activations:
+    """φ(x) for every image of a set: ``features`` is (N, D) float32 on the CPU."""
+
+    features: torch.Tensor
+    layer: LayerInfo
+    pool: str
+    key: str
+    cached: bool
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+
+def list_layers(
+    model: nn.Module, input_shape: tuple[int, ...] | list[int] = (1, 28, 28), device: torch.device | str = "cpu"
+) -> list[LayerInfo]:
+    """Every named submodule with the shape of its output for one dummy image, in forward order."""
+    shapes: dict[str, tuple[str, tuple[int, ...]]] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def hook(mod: nn.Module, _inp: Any, out: Any, name: str = name) -> None:
+            if isinstance(out, torch.Tensor) and name not in shapes:
+                shapes[name] = (type(mod).__name__, tuple(int(s) for s in out.shape[1:]))
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=device))
+    except Exception as exc:  # a user model may reject the input in many ways
+        raise ModelError(f"the model rejects inputs of shape {tuple(input_shape)}: {str(exc)[:200]}") from exc
+    finally:
+        for h in handles:
+            h.remove()
+    return [LayerInfo(name, kind, shape) for name, (kind, shape) in shapes.items()]
+
+
+def find_layer(
+    model: nn.Module,
+    layer: str,
+    input_shape: tuple[int, ...] | list[int] = (1, 28, 28),
+    device: torch.device | str = "cpu",
+) -> LayerInfo:
+    """The named layer, or an InputError that lists the names there are."""
+    layers = list_layers(model, input_shape, device)
+    for info in layers:
+        if info.name == layer:
+            return info
+    raise InputError(f"unknown layer {layer!r}: this model has {', '.join(i.name for i in layers)}")
+
+
+def _reduce(out: torch.Tensor, pool: str) -> torch.Tensor:
+    if pool == "none" or out.ndim <= 2:
+        return out.flatten(1)
+    spatial = out.flatten(2)
+    return spatial.amax(2) if pool == "max" else spatial.mean(2)
+
+
+def images_digest(images: torch.Tensor) -> str:
+    """sha256 of the image tensor's bytes: identifies the image set in cache keys."""
+    data = images.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def capture(
+    model: nn.Module,
+    layer: str,
+    images: torch.Tensor,
+    *,
+    pool: str = "none",
+    device: torch.device | str = "cpu",
+    batch_size: int = 1000,
+    on_event: EventSink = ignore_events,
+    cancel: CancelCheck = never_cancel,
+) -> torch.Tensor:
+    """Run `images` through `model` in batches and keep the output of `layer` as (N, D) float32 (CPU)."""
+    if pool not in POOLINGS:
+        raise InputError(f"unknown pooling {pool!r}: choose one of {', '.join(POOLINGS)}")
+    modules = dict(model.named_modules())
+    if not layer or layer not in modules:
+        names = [n for n in modules if n]
+        raise InputError(f"unknown layer {layer!r}: this model has {', '.join(names)}")
+    grabbed: list[torch.Tensor] = []
+
+    def hook(_mod: nn.Module, _inp: Any, out: Any) -> None:
+        if not isinstance(out, torch.Tensor):
+            raise ModelError(f"layer {layer!r} does not output a tensor")
+        grabbed.append(_reduce(out.detach(), pool).to("cpu", torch.float32))
+
+    handle = modules[layer].register_forward_hook(hook)
+    chunks: list[torch.Tensor] = []
+    task = f"activations {layer}"
+    n = int(images.shape[0])
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                if cancel():
+                    raise Cancelled(task)
+                grabbed.clear()
+                model(images[start : start + batch_size].to(device))
+                if not grabbed:
+                    raise ModelError(f"layer {layer!r} was not reached by the forward pass")
+                chunks.append(grabbed[0])
+                on_event(Step(task=task, done=min(start + batch_size, n), total=n))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return torch.cat(chunks) if chunks else torch.zeros(0, 0)
+
+
+def layer_activations(
+    loaded: LoadedModel,
+    layer: str,
+    data: Dataset,
+    *,
+    pool: str = "none",
+    device: torch.device | str = "cpu",
+    batch_size: int = 1000,
+    use_cache: bool = True,
+    on_event: EventSink = ignore_events,
+    cancel: CancelCheck = never_cancel,
+) -> Activations:
+    """φ(x) of `layer` for every image of `data`, from the cache when the same model/layer/images were seen."""
+    if pool not in POOLINGS:
+        raise InputError(f"unknown pooling {pool!r}: choose one of {', '.join(POOLINGS)}")
+    input_shape = tuple(int(s) for s in data.images.shape[1:])
+    info = find_layer(loaded.model, layer, input_shape, device)
+    effective_pool = pool if len(info.shape) >= 2 else "none"
+    parts = {
+        "version": CACHE_VERSION,
+        "checkpoint_sha256": loaded.sha256,
+        "layer": layer,
+        "pool": effective_pool,
+        "data": {"name": data.name, "n": len(data), "images_sha256": images_digest(data.images)},
+    }
+    key = cache_key(**parts)
+    if use_cache:
+        hit = cache_load(CACHE_KIND, key)
+        if hit is not None and "features" in hit[0]:
+            feats = hit[0]["features"]
+            if feats.shape[0] == len(data):
+                on_event(Step(task=f"activations {layer}", done=len(data), total=len(data), message="from cache"))
+                return Activations(feats.float(), info, effective_pool, key, cached=True)
+    feats = capture(
+        loaded.model,
+        layer,
+        data.images,
+        pool=effective_pool,
+        device=device,
+        batch_size=batch_size,
+        on_event=on_event,
+        cancel=cancel,
+    )
+    if use_cache:
+        cache_store(CACHE_KIND, key, {"features": feats}, parts | {"shape": list(info.shape)})
+    return Activations(feats, info, effective_pool, key, cached=False)
