@@ -1,0 +1,51 @@
+"""Workbench: snapshots."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.tui.conftest import SIZE, make_app, run_async, settle, text_of, wait_for  # noqa: F401
+
+
+@pytest.mark.parametrize(
+    ("screen", "key", "changes"),
+    [("models", None, {}), ("gallery", "2", {"units_images": 1000}), ("attack", "3", {}), ("bounds", "5", {})],
+    ids=["models", "gallery", "attack", "bounds"],
+)
+def test_snapshot(snap_compare, tmp_path, models_folder, screen, key, changes):
+    async def run_before(pilot):
+        if key:
+            await pilot.press(key)
+        await settle(pilot, pilot.app)
+
+    assert snap_compare(make_app(tmp_path, **changes), terminal_size=SIZE, run_before=run_before)
+
+
+def test_snapshot_transfer(snap_compare, tmp_path, models_folder, matrix_dir):
+    async def run_before(pilot):
+        await pilot.press("4")
+        await settle(pilot, pilot.app)
+
+    assert snap_compare(make_app(tmp_path, matrix_path=matrix_dir), terminal_size=SIZE, run_before=run_before)
+
+
+def test_snapshot_transfer_cell(snap_compare, tmp_path, models_folder, matrix_dir, monkeypatch):
+    monkeypatch.setenv("BLINDSPOT_CACHE", str(matrix_dir.parent / "cache"))
+
+    async def run_before(pilot):
+        await pilot.press("4")
+        await settle(pilot, pilot.app)
+        await pilot.press("enter")
+        await settle(pilot, pilot.app)
+
+    assert snap_compare(make_app(tmp_path, matrix_path=matrix_dir), terminal_size=SIZE, run_before=run_before)
+
+
+def test_snapshot_enlarged_image(snap_compare, tmp_path, models_folder):
+    async def run_before(pilot):
+        await pilot.press("2")
+        await settle(pilot, pilot.app)
+        await pilot.press("enter")
+        await pilot.pause()
+
+    assert snap_compare(make_app(tmp_path, units_images=1000), terminal_size=SIZE, run_before=run_before)
