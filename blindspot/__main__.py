@@ -1,5 +1,3 @@
-import sys
+from blindspot.entry import run
 
-from blindspot.cli import main
-
-sys.exit(main())
+run()

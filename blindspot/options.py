@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-
-from engines.attack.problems import AttackConfig
-from engines.core.device import resolve_device
 
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda (auto = cuda when present).")]
 Seed = Annotated[
@@ -31,13 +28,3 @@ Offset = Annotated[int, typer.Option("--offset", help="Index of the first image.
 
 
 SETS_CACHED = "finished adversarial sets stay cached; run the same command again to go on"
-
-
-def adversarial_settings(c_steps: int, max_iter: int, seed: int, device: str, data: Path | None) -> dict[str, Any]:
-    """The keyword arguments that `transfer` and `reproduce` pass alike to their engine."""
-    return {
-        "seed": seed,
-        "config": AttackConfig(c_steps=c_steps, max_iter=max_iter),
-        "device": resolve_device(device),
-        "data_dir": data,
-    }

@@ -1,9 +1,13 @@
-"""Screen 3, Attack console: the box-constrained L-BFGS attack (§4.1) streamed live, saved as a run folder."""
+"""Screen 3, Attack console: the box-constrained L-BFGS attack (§4.1) streamed live, saved as a run folder.
+
+The screen builds an `AttackRequest` from its form and hands it to `run_attack`, the same operation
+`blindspot attack` calls. It draws what the operation announces: `SolverStep` events move the bar
+and the sparklines, `ChunkDone` events carry each finished chunk's images and results.
+"""
 
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, ProgressBar, Select, Sparkline, Static
 
 from engines.core.choices import DEVICES, SPLITS, TARGETS
+from engines.core.events import ChunkDone, Event, SolverStep
 from screens.image_view import ImageView
 from screens.jobs import Job, WorkbenchScreen
 from screens.widgets import GridItem, ImageGrid, NavBar
@@ -26,33 +31,23 @@ def chunk_images(n: int) -> int:
     return max(8, math.ceil(n / 8))
 
 
-def read_triplets(folder: Path, images: Any, labels: Any, seen: set[str]) -> list[dict[str, Any]]:
-    """Successful examples of chunk files not seen yet, as original | difference ×10 | adversarial."""
-    from safetensors.torch import load_file
-
+def finished_examples(event: ChunkDone) -> list[dict[str, Any]]:
+    """The successes of a finished chunk as original | difference ×10 | adversarial, from the event alone."""
     from engines.report.figures import magnified_difference, to_uint8
 
+    res = event.results
     out = []
-    for path in sorted((folder / "chunks").glob("*.safetensors")):
-        if path.name in seen:
-            continue
-        try:
-            part = load_file(str(path))
-        except Exception:  # a chunk still being renamed into place: read it next time
-            continue
-        seen.add(path.name)
-        start = int(path.stem.split("-")[0])
-        for i in part["success"].nonzero().flatten().tolist():
-            x, adv = images[start + i], part["x_adv"][i]
-            out.append(
-                {
-                    "index": start + i,
-                    "label": int(labels[start + i]),
-                    "target": int(part["target"][i]),
-                    "distortion": float(part["distortion"][i]),
-                    "images": [to_uint8(x), to_uint8(magnified_difference(x, adv)), to_uint8(adv)],
-                }
-            )
+    for i in res["success"].nonzero().flatten().tolist():
+        x, adv = event.x[i], res["x_adv"][i]
+        out.append(
+            {
+                "index": int(event.index[i]),
+                "label": int(event.label[i]),
+                "target": int(res["target"][i]),
+                "distortion": float(res["distortion"][i]),
+                "images": [to_uint8(x), to_uint8(magnified_difference(x, adv)), to_uint8(adv)],
+            }
+        )
     return out
 
 
@@ -85,8 +80,9 @@ class AttackScreen(WorkbenchScreen):
         self.success_history: list[float] = []
         self.distortion_history: list[float] = []
         self.run_dir: Path | None = None
-        self.summary: dict[str, Any] | None = None
-        self.chunk, self.c_steps = 8, 9
+        self.result: Any = None  # the finished run's AttackResult
+        self.chunks_done = 0  # ChunkDone events of the current run
+        self.split = "test"
 
     def compose(self) -> ComposeResult:
         defaults = self.state.settings.attack
@@ -177,36 +173,32 @@ class AttackScreen(WorkbenchScreen):
         if self.busy("attack"):
             self.say("an attack is running: x cancels it", error=True)
             return
-        try:
-            n, c_steps, max_iter = self._int("n", "N"), self._int("c_steps", "c-steps"), self._int("max_iter", "iters")
-        except ValueError as exc:
-            self.say(str(exc), error=True)
-            return
         from engines.attack.problems import AttackConfig
         from engines.attack.run import AttackRequest
+        from engines.core.errors import InputError
+        from engines.core.runs import new_run_folder
 
         settings = self.state.settings
         split = str(self.query_one("#split", Select).value)
         target = str(self.query_one("#target", Select).value)
         device = str(self.query_one("#device", Select).value)
         model = self.state.active_model
-        self.chunk, self.c_steps = chunk_images(n), c_steps
-        request = AttackRequest(
-            model=model,
-            split=split,
-            n=n,
-            target=target,
-            config=AttackConfig(c_steps=c_steps, max_iter=max_iter),
-            batch_size=self.chunk * (9 if target == "all" else 1),
-            data_dir=settings.data_dir,
-        )
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = Path(settings.runs_dir) / f"attack-{Path(model).stem}-{stamp}"
-        k = 1
-        while out.exists():
-            k += 1
-            out = Path(settings.runs_dir) / f"attack-{Path(model).stem}-{stamp}-{k}"
-        self.run_dir, self.summary = out, None
+        try:
+            n, c_steps, max_iter = self._int("n", "N"), self._int("c_steps", "c-steps"), self._int("max_iter", "iters")
+            request = AttackRequest(
+                model=model,
+                split=split,
+                n=n,
+                target=target,
+                config=AttackConfig(c_steps=c_steps, max_iter=max_iter),
+                data_dir=settings.data_dir,
+                chunk_images=chunk_images(n),
+            )
+        except (ValueError, InputError) as exc:
+            self.say(str(exc), error=True)
+            return
+        out = new_run_folder(Path(settings.runs_dir), "attack", model)
+        self.run_dir, self.result, self.split, self.chunks_done = out, None, split, 0
         self.triplets, self.success_history, self.distortion_history = [], [], []
         self.query_one("#triplets", ImageGrid).set_items([])
         self.query_one("#bar", ProgressBar).update(total=n, progress=0)
@@ -215,68 +207,48 @@ class AttackScreen(WorkbenchScreen):
         self.query_one("#stats", Static).update(f"attacking {n} {split} images of {Path(model).name} on {device} …")
         self.say(f"run folder {out} · x cancels (finished chunks are kept)")
         self.query_one("#triplets", ImageGrid).focus()
-        seen: set[str] = set()
-        data: dict[str, Any] = {}
 
         def work(job: Job) -> Any:
-            from engines.attack.run import load_samples, start_attack
-            from engines.core.data import load_split
-            from engines.core.device import resolve_device
+            from engines.attack.run import run_attack
 
-            dev = resolve_device(device)
-            subset = load_split(split, settings.data_dir).subset(0, n)
-            data.update(images=subset.images, labels=subset.labels)
-            state = {"done": 0}
-
-            def on_progress(event: Progress) -> None:
-                done = int(event.info.get("images_done", 0))
-                if done > state["done"]:
-                    state["done"] = done
-                    job.update(read_triplets(out, subset.images, subset.labels, seen))
-                job.progress(event)
-
-            summary = start_attack(request, out, dev, on_progress=on_progress, cancel=job.cancelled)
-            job.update(read_triplets(out, subset.images, subset.labels, seen))
-            return summary, load_samples(out)
-
-        def gather(job: Job) -> Any:
-            if "images" not in data:
-                return 0
-            job.update(read_triplets(out, data["images"], data["labels"], seen))
-            return len(seen)
+            return run_attack(request, self.job_context(job, out=out, device=device))
 
         self.start(
             "attack",
             work,
-            on_cancelled=gather,
-            on_progress=self.show_progress,
-            on_update=self.add_triplets,
+            on_event=self.show_event,
             on_done=self.finished,
             on_error=self.failed,
             on_cancel=self.cancelled,
         )
 
     # ------------------------------------------------------------------ stream
-    def show_progress(self, event: Progress) -> None:
-        info = event.info
-        total_images = int(info.get("images_total", 0)) or 1
-        done_images = int(info.get("images_done", 0))
-        in_chunk = min(self.chunk, total_images - done_images)
+    def show_event(self, event: Event) -> None:
+        if isinstance(event, SolverStep):
+            self.show_progress(event)
+        elif isinstance(event, ChunkDone):
+            self.chunks_done += 1
+            self.add_triplets(finished_examples(event))
+            self.query_one("#bar", ProgressBar).update(total=event.total or 1, progress=event.done)
+
+    def show_progress(self, event: SolverStep) -> None:
+        total_images = event.images_total or 1
+        done_images = event.images_done
         frac = event.done / event.total if event.total else 0.0
-        self.query_one("#bar", ProgressBar).update(total=total_images, progress=done_images + in_chunk * frac)
-        c_steps = self.c_steps
-        succ, dist = info.get("success_rate"), info.get("mean_distortion")
-        dist_text = f"{dist:.4f}" if isinstance(dist, float) and math.isfinite(dist) else "—"
+        self.query_one("#bar", ProgressBar).update(total=total_images, progress=done_images + event.chunk_images * frac)
+        succ, dist = event.success_rate, event.mean_distortion
+        finite = dist is not None and math.isfinite(dist)
+        dist_text = f"{dist:.4f}" if finite else "—"
         self.query_one("#stats", Static).update(
-            f"c-step {info.get('c_step', '?')}/{c_steps} · iteration {info.get('iteration', '?')} · "
-            f"objective {info.get('objective', float('nan')):.4g} · running {info.get('running', '?')}\n"
+            f"c-step {event.c_step}/{event.c_steps} · iteration {event.iteration} · "
+            f"objective {event.objective:.4g} · running {event.running}\n"
             f"success {100 * (succ or 0):.1f}% · mean distortion {dist_text} · images {done_images}/{total_images}"
         )
         if succ is not None:
             self.success_history = (self.success_history + [float(succ)])[-HISTORY:]
             self.query_one("#spark-success", Sparkline).data = self.success_history
             self.query_one("#success-label", Static).update(f"success {100 * succ:3.0f}%")
-        if isinstance(dist, float) and math.isfinite(dist):
+        if finite:
             self.distortion_history = (self.distortion_history + [dist])[-HISTORY:]
             self.query_one("#spark-dist", Sparkline).data = self.distortion_history
             self.query_one("#dist-label", Static).update(f"dist {dist:.4f}")
@@ -296,30 +268,29 @@ class AttackScreen(WorkbenchScreen):
         self.query_one("#triplets", ImageGrid).set_items(items)
 
     def finished(self, result: Any) -> None:
-        summary, _samples = result
-        self.summary = summary
-        self.query_one("#bar", ProgressBar).update(total=summary["n"], progress=summary["n"])
-        dist = summary.get("mean_distortion")
+        self.result = result
+        self.query_one("#bar", ProgressBar).update(total=result.n, progress=result.n)
+        dist = result.mean_distortion
         self.query_one("#stats", Static).update(
-            f"[b]done[/b]: {summary['n']} images · success {100 * summary['success_rate']:.1f}% · "
-            f"mean distortion {dist if dist is None else f'{dist:.4f}'} · {summary['seconds']:.1f} s on "
-            f"{summary['device']}"
+            f"[b]done[/b]: {result.n} images · success {100 * result.success_rate:.1f}% · "
+            f"mean distortion {dist if dist is None else f'{dist:.4f}'} · {result.seconds:.1f} s on "
+            f"{result.device}"
         )
-        self.say(f"saved run folder {self.run_dir} (samples, summary.json, figure.png)")
+        self.say(f"saved run folder {result.run} (samples, summary.json, figure.png)")
 
     def failed(self, message: str) -> None:
         self.query_one("#stats", Static).update("the attack stopped with an error")
         self.say(message, error=True)
 
-    def cancelled(self, chunks: Any) -> None:
-        self.query_one("#stats", Static).update(f"[b]cancelled[/b]: {chunks or 0} finished chunk(s) kept")
+    def cancelled(self, _: Any) -> None:
+        self.query_one("#stats", Static).update(f"[b]cancelled[/b]: {self.chunks_done} finished chunk(s) kept")
         self.say(f"kept in {self.run_dir}; finish it with `blindspot attack --resume {self.run_dir}`")
 
     def on_image_grid_opened(self, event: ImageGrid.Opened) -> None:
         t = self.triplets[event.item]
         names = ["original", "difference ×10", "adversarial"]
         caption = (
-            f"{names[event.index]} · {self.query_one('#split', Select).value} #{t['index']} · "
+            f"{names[event.index]} · {self.split} #{t['index']} · "
             f"label {t['label']} → target {t['target']} · distortion {t['distortion']:.4f}"
         )
         self.app.push_screen(ImageView(t["images"], caption, start=event.index, names=names))

@@ -11,7 +11,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Sparkline, Static
 
-from engines.core.events import Progress
+from engines.bounds.results import PAPER_TABLE5, SOURCE_NOTE, LayerBound, NetworkBounds
+from engines.core.events import Event, LayerBounded
 from screens.jobs import Job, WorkbenchScreen
 from screens.widgets import NavBar, fmt_num, log_range_bar
 
@@ -42,6 +43,8 @@ class BoundsScreen(WorkbenchScreen):
         self.result: Any = None
         self.histograms: list[dict[str, Any]] = []
         self.paper: dict[str, dict[str, Any]] = {}
+        self.generation = 0  # bumped by each computation: events of a replaced job are dropped
+        self.finished_layers = 0
 
     def compose(self) -> ComposeResult:
         yield NavBar("bounds")
@@ -57,6 +60,7 @@ class BoundsScreen(WorkbenchScreen):
         yield Footer(compact=True)
 
     def on_screen_resume(self) -> None:
+        super().on_screen_resume()
         want = (self.target, self.state.active_model if self.target == "active" else "alexnet")
         if want != self.shown_for and not self.busy():
             self.compute()
@@ -73,77 +77,89 @@ class BoundsScreen(WorkbenchScreen):
 
     # ------------------------------------------------------------------ compute
     def compute(self) -> None:
+        """Run the bounds operation (the request `blindspot bounds --model REF` builds) into a new run folder."""
         ref = self.state.active_model if self.target == "active" else "alexnet"
         self.shown_for = (self.target, ref)
         device = self.state.settings.device
-        partial: list[dict[str, Any]] = []  # this job's finished layers (a replaced job keeps its own list)
+        self.generation += 1
+        generation = self.generation
+        self.result, self.histograms, self.finished_layers = None, [], 0
         self.query_one("#bar", Static).update(f"[b]{Path(ref).name}[/b] · computing …")
+        self.start_layer_table()
         slow = " (AlexNet: about half a minute on a CPU)" if ref == "alexnet" else ""
         self.say(f"computing frame bounds{slow} · x cancels after the current layer")
 
         def work(job: Job) -> Any:
-            from engines.bounds.network import frame_bounds, spectrum_histogram
-            from engines.bounds.models import load_bounds_model
-            from engines.core.device import resolve_device
+            from engines.bounds.operation import BoundsRequest, run_bounds
 
-            loaded = load_bounds_model(ref)
+            result = run_bounds(BoundsRequest(model=ref), self.job_context(job, device=device))
+            return result, [layer.histogram() for layer in result.layers]
 
-            def on_progress(event: Progress) -> None:
-                if "upper" in event.info:
-                    partial.append({"name": event.message, **event.info})
-                job.progress(event)
-
-            result = frame_bounds(
-                loaded.model,
-                loaded.input_shape,
-                device=resolve_device(device),
-                model_name=loaded.name,
-                on_progress=on_progress,
-                cancel=job.cancelled,
-            )
-            hists = [spectrum_histogram(x.spectrum) if x.spectrum is not None else {} for x in result.layers]
-            return result, hists, loaded.source
+        def on_event(event: Event) -> None:
+            if generation == self.generation:
+                self.show_event(event)
 
         self.start(
             "bounds",
             work,
             replace=True,
-            on_progress=self.show_progress,
+            on_event=on_event,
             on_done=self.show_result,
-            on_error=lambda m: self.say(m, error=True),
-            on_cancel=lambda _: self.show_partial(ref, partial),
+            on_error=lambda m: self.failed(ref, m),
+            on_cancel=lambda _: self.show_cancelled(ref),
         )
 
-    def show_progress(self, event: Progress) -> None:
-        self.say(f"frame bounds: {int(event.done)}/{int(event.total or 0)} layers · {event.message} · x cancels")
-
-    def show_partial(self, ref: str, partial: list[dict[str, Any]]) -> None:
-        """After a cancel: the layers that finished, in the table, so that no finished work is lost."""
-        self.result, self.histograms = None, []
-        self.query_one("#bar", Static).update(f"[b]{Path(ref).name}[/b] · cancelled after {len(partial)} layers")
+    def start_layer_table(self) -> None:
+        """An empty table (the previous model's rows go) that fills as layers finish."""
         table = self.query_one("#table", DataTable)
         table.clear(columns=True)
-        table.add_column("layer", width=30)
+        table.add_column("layer", width=14)
+        table.add_column("size", width=16)
         table.add_column(Text("lower", justify="right"), width=9)
         table.add_column(Text("upper", justify="right"), width=9)
-        for p in partial:
-            table.add_row(
-                p["name"], Text(fmt_num(p["lower"]), justify="right"), Text(fmt_num(p["upper"]), justify="right")
-            )
-        self.query_one("#notes", Static).update("")
-        self.query_one("#spectrum-title", Static).update("")
+        if self.size.width >= WIDE:
+            table.add_column(Text("power", justify="right"), width=9)
+            table.add_column("method", width=16)
+        for sid in ("#notes", "#spectrum-title", "#axis"):
+            self.query_one(sid, Static).update("")
         self.query_one("#spectrum", Sparkline).data = []
-        self.say(f"cancelled: {len(partial)} finished layers kept above · r recomputes")
+
+    def show_event(self, event: Event) -> None:
+        if isinstance(event, LayerBounded):
+            self.add_layer_row(event.bound)
+        self.say(f"frame bounds: {int(event.done)}/{int(event.total or 0)} layers · {event.line()} · x cancels")
+
+    def add_layer_row(self, layer: LayerBound) -> None:
+        """A finished layer's row, straight from its `LayerBounded` event."""
+        table = self.query_one("#table", DataTable)
+        row: list[Any] = [
+            f"{layer.label} {layer.name}",
+            layer.size,
+            Text(fmt_num(layer.lower) + ("†" if layer.wide else ""), justify="right"),
+            Text(fmt_num(layer.upper), justify="right"),
+        ]
+        if len(table.columns) > len(row):
+            row += [Text(fmt_num(layer.power["sigma"]) if layer.power else "—", justify="right"), layer.short_method]
+        table.add_row(*row)
+        self.finished_layers += 1
+
+    def show_cancelled(self, ref: str) -> None:
+        """After a cancel: the finished layers stay in the table, so that no finished work is lost from view."""
+        kept = self.finished_layers
+        self.query_one("#bar", Static).update(f"[b]{Path(ref).name}[/b] · cancelled after {kept} layers")
+        self.say(f"cancelled: {kept} finished layers kept above · r recomputes")
+
+    def failed(self, ref: str, message: str) -> None:
+        self.query_one("#bar", Static).update(f"[b]{Path(ref).name}[/b] · failed")
+        self.say(message, error=True)
 
     # ------------------------------------------------------------------ render
-    def show_result(self, result: Any) -> None:
-        bounds, self.histograms, source = result
+    def show_result(self, result: tuple[NetworkBounds, list[dict[str, Any]]]) -> None:
+        bounds, self.histograms = result
         self.result = bounds
-        from engines.bounds.network import PAPER_TABLE5
-
         self.paper = {row["layer"]: row for row in PAPER_TABLE5} if bounds.model == "alexnet" else {}
         shape = "×".join(map(str, bounds.input_shape))
-        origin = source.split(" (")[0]
+        origin = bounds.source.split(" (")[0]
         if origin.startswith("checkpoint "):
             origin = "checkpoint " + Path(origin.removeprefix("checkpoint ")).name
         self.query_one("#bar", Static).update(f"[b]{bounds.model}[/b] at {shape} · {origin}")
@@ -182,7 +198,7 @@ class BoundsScreen(WorkbenchScreen):
             f"product of upper bounds {fmt_num(bounds.product_table)} · Lipschitz bound as it runs "
             f"{fmt_num(lip) if lip is not None else 'n/a'}"
             + (" · † wide layer: true lower bound 0" if any(x.wide for x in bounds.layers) else "")
-        ] + [f"[yellow]note[/yellow] {n}" for n in bounds.notes]
+        ] + [f"[yellow]note[/yellow] {n}" for n in bounds.notes if not n.startswith(SOURCE_NOTE)]  # the bar says it
         self.query_one("#notes", Static).update("\n".join(notes))
         self.say(f"{len(bounds.layers)} weight layers · ↑/↓ picks the layer whose spectrum is drawn")
         table.move_cursor(row=0)

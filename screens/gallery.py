@@ -12,7 +12,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Footer, Select, Static
 
-from engines.core.events import Progress
+from engines.core.errors import BlindspotError
+from engines.core.events import Event, Step
 from screens.image_view import ImageView
 from screens.jobs import Job, WorkbenchScreen
 from screens.widgets import GridItem, ImageGrid, NavBar
@@ -61,7 +62,8 @@ class GalleryScreen(WorkbenchScreen):
         super().__init__()
         self.model_ref: str | None = None
         self.layer_infos: list[Any] = []
-        self.result: Any = None
+        self.result: Any = None  # the UnitsComparison shown
+        self.run_result: Any = None  # the UnitsResult it came from (run folder, notes)
         self.labels: np.ndarray | None = None
         self.thumbs: dict[int, np.ndarray] = {}
         self.split = "test"
@@ -94,11 +96,9 @@ class GalleryScreen(WorkbenchScreen):
         self.say(f"reading the layers of {Path(ref or '').name} …")
 
         def work(job: Job) -> Any:
-            from engines.units.activations import list_layers
+            from engines.units.operation import LayersRequest, run_layers
 
-            lm = self.state.load_model(ref)
-            shape = tuple(int(s) for s in lm.meta.get("spec", {}).get("input", (1, 28, 28)))
-            return list_layers(lm.model, shape, next(lm.model.parameters()).device)
+            return run_layers(LayersRequest(model=str(ref)), self.job_context(job)).layers
 
         self.start("layers", work, on_done=self.show_layers, on_error=lambda m: self.say(m, error=True))
 
@@ -120,10 +120,29 @@ class GalleryScreen(WorkbenchScreen):
             self.focus_main()
 
     # ------------------------------------------------------------------ units
-    def compute(self, layer: str) -> None:
-        self.computing = layer
+    def request_for(self, layer: str) -> Any:
+        """The request `blindspot units --model M --layer L` builds, with the workbench's sizes."""
+        from engines.units.operation import UnitsRequest
+
         settings = self.state.settings
-        ref = self.model_ref
+        return UnitsRequest(
+            model=str(self.model_ref),
+            layer=layer,
+            split=self.split,
+            n=settings.units_images or None,
+            k=K,
+            n_random=settings.units_random,
+            seed=0,
+            data_dir=settings.data_dir,
+        )
+
+    def compute(self, layer: str) -> None:
+        try:
+            request = self.request_for(layer)
+        except BlindspotError as exc:
+            self.say(str(exc), error=True)
+            return
+        self.computing = layer
         for gid in ("#units", "#random"):
             grid = self.query_one(gid, ImageGrid)
             grid.empty = f"computing the top-{K} images of {layer} …"
@@ -132,46 +151,33 @@ class GalleryScreen(WorkbenchScreen):
         self.say(f"scoring every unit of {layer} and random directions … (x cancels)")
 
         def work(job: Job) -> Any:
-            from engines.core.data import load_split
-            from engines.units.directions import run_units
+            from engines.units.operation import run_units
 
-            lm = self.state.load_model(ref)
-            data = load_split(self.split, settings.data_dir)
-            if settings.units_images:
-                data = data.subset(0, min(settings.units_images, len(data)))
-            res = run_units(
-                lm,
-                layer,
-                data,
-                k=K,
-                seed=0,
-                n_random=settings.units_random,
-                device=next(lm.model.parameters()).device,
-                on_progress=job.progress,
-                cancel=job.cancelled,
-            )
-            units, rand = _rows(res.units), _rows(res.random)
+            res = run_units(request, self.job_context(job))
+            units, rand = _rows(res.comparison.units), _rows(res.comparison.random)
             rand = rand[: max(len(units), MIN_RANDOM_ROWS)]
-            used = {int(i) for r in units for i in res.units.top[r]} | {int(i) for r in rand for i in res.random.top[r]}
-            return res, units, rand, thumbnails(data.images, used), data.labels.numpy()
+            top_u, top_r = res.comparison.units.top, res.comparison.random.top
+            used = {int(i) for r in units for i in top_u[r]} | {int(i) for r in rand for i in top_r[r]}
+            return res, units, rand, thumbnails(res.data.images, used)
 
         self.start(
             "units",
             work,
             replace=True,
-            on_progress=self.show_progress,
+            on_event=self.show_event,
             on_done=self.show_result,
             on_error=lambda m: self.say(m, error=True),
             on_cancel=lambda _: self.say("cancelled: nothing was scored for this layer"),
         )
 
-    def show_progress(self, event: Progress) -> None:
-        stage = event.info.get("stage", event.message or "")
-        self.say(f"{event.task}: {int(event.done)}/{int(event.total or 0)} {stage} · x cancels")
+    def show_event(self, event: Event) -> None:
+        if isinstance(event, Step):
+            self.say(f"{event.task}: {int(event.done)}/{int(event.total or 0)} {event.message} · x cancels".strip())
 
     def show_result(self, result: Any) -> None:
-        res, units, rand, self.thumbs, self.labels = result
-        self.result = res
+        full, units, rand, self.thumbs = result
+        res = full.comparison
+        self.run_result, self.result, self.labels = full, res, full.data.labels.numpy()
         self.query_one("#units", ImageGrid).set_items([self._item(res.units, r, "unit") for r in units])
         self.query_one("#random", ImageGrid).set_items([self._item(res.random, r, "dir") for r in rand])
         shape = "×".join(map(str, res.layer_shape))
@@ -181,7 +187,8 @@ class GalleryScreen(WorkbenchScreen):
             f"{len(res.random)} random dirs" + (f" · {degenerate} dead units" if degenerate else "")
         )
         self.query_one("#verdict", Static).update(Text.assemble(("verdict ", "bold"), res.brief()))
-        self.say(f"{len(units)} units and {len(rand)} random directions shown · n/p page · Enter enlarges")
+        notes = "".join(f" · {n}" for n in full.notes)  # e.g. an unusable cache; none in a normal run
+        self.say(f"{len(units)} units and {len(rand)} random directions shown · n/p page · Enter enlarges{notes}")
 
     def _item(self, scores: Any, row: int, kind: str) -> GridItem:
         top = [int(i) for i in scores.top[row]]

@@ -1,4 +1,10 @@
-"""Screen 1, Models: the shipped zoo and loaded checkpoints; pick the active model; train a zoo model."""
+"""Screen 1, Models: the shipped zoo and loaded checkpoints; pick the active model; train a zoo model.
+
+Rows come from `engines.core.model_rows`, as in `blindspot models`. `t` builds the `TrainRequest` that
+`blindspot train --model ID` would build and hands it to `run_training`, so the checkpoint lands where
+the CLI's would (`<runs dir>/models`), never in the shipped zoo; the trained checkpoint is then
+offered as a loaded model next to the zoo one.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,10 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Input, ProgressBar, Static
 
-from engines.core.events import Progress
 from engines.core.choices import DEVICES
+from engines.core.events import EpochDone, Event, ModelTrained
 from screens.jobs import Job, WorkbenchScreen
 from screens.widgets import NavBar, fmt_num
-
 
 
 def _pct(v: Any) -> str:
@@ -95,7 +100,7 @@ class ModelsScreen(WorkbenchScreen):
         table.clear()
         for row in self.rows:
             active = "●" if self.is_active(row) else ""
-            source = "file" if row.get("loaded") else "zoo"
+            source = row.get("source", "zoo")
             if "error" in row:
                 table.add_row(active, row["id"], row["error"], "", "", "", source, key=row["path"])
                 continue
@@ -186,91 +191,100 @@ class ModelsScreen(WorkbenchScreen):
         self.say(f"loading {path} …")
         device = self.state.settings.device
 
-        def work(job: Job) -> Any:
-            return self.state.load_model(path, device)
+        def work(job: Job) -> tuple[Any, dict[str, Any]]:
+            from engines.core.model_rows import loaded_model_row
+
+            lm = self.state.load_model(path, device)
+            return lm, loaded_model_row(lm)
 
         self.start("load checkpoint", work, on_done=self.loaded, on_error=self.load_failed)
 
-    def loaded(self, lm: Any) -> None:
-        from engines.core.zoo import count_parameters
-
-        meta = lm.meta
-        metrics = meta.get("metrics", {})
-        row = {
-            "id": lm.id,
-            "architecture": meta.get("architecture") or meta.get("spec", {}).get("kind", ""),
-            "parameters": count_parameters(lm.model),
-            "weight_decay": meta.get("weight_decay"),
-            "train_split": meta.get("train_split", "?"),
-            "train_error": metrics.get("train_error"),
-            "test_error": metrics.get("test_error"),
-            "optimizer": meta.get("training", {}).get("optimizer"),
-            "paper": meta.get("paper", {}),
-            "path": str(lm.path),
-            "loaded": True,
-        }
-        self.state.extra_models = [r for r in self.state.extra_models if r["path"] != row["path"]] + [row]
+    def loaded(self, outcome: tuple[Any, dict[str, Any]]) -> None:
+        lm, row = outcome
+        self.offer(row, "file")
         self.state.set_active_model(str(lm.path))
         self.say(f"loaded {lm.path.name} (sha256 {lm.sha256[:12]}) on {self.state.settings.device}; it is now active")
         self.show_rows([r for r in self.rows if not r.get("loaded")])
+
+    def offer(self, row: dict[str, Any], source: str) -> None:
+        """List a checkpoint from outside the models folder (a user's file, a freshly trained one)."""
+        row = {**row, "loaded": True, "source": source}
+        self.state.extra_models = [r for r in self.state.extra_models if r["path"] != row["path"]] + [row]
 
     def load_failed(self, message: str) -> None:
         self.say(f"cannot load: {message}", error=True)
 
     # ----------------------------------------------------------------- training
+    def train_request(self, model_id: str) -> Any:
+        """The request `blindspot train --model ID` builds, with the workbench's data and budget."""
+        from engines.train.operation import TrainRequest
+
+        settings = self.state.settings
+        return TrainRequest(
+            models=(model_id,),
+            epochs=settings.train_epochs,
+            max_iter=settings.train_max_iter,
+            data_dir=None if settings.data_dir is None else str(settings.data_dir),
+        )
+
     def action_train(self) -> None:
-        row = self.highlighted()
+        from engines.core.errors import BlindspotError
         from engines.core.zoo import ZOO
 
+        row = self.highlighted()
         if row is None or row["id"] not in ZOO:
             self.say("training needs a zoo model: highlight one of the paper's models", error=True)
             return
-        settings = self.state.settings
-        model_id = row["id"]
-        out = settings.models_folder or Path(row["path"]).parent
+        try:
+            request = self.train_request(row["id"])
+        except BlindspotError as exc:
+            self.say(f"cannot train: {exc}", error=True)
+            return
         bar = self.query_one("#train-bar", ProgressBar)
         bar.remove_class("-hidden")
         bar.update(total=None, progress=0)
-        self.say(f"training {model_id} on {settings.device} … (x cancels; the old checkpoint stays until it ends)")
+        self.say(f"training {row['id']} on {self.state.settings.device} into the runs folder … (x cancels)")
 
-        def work(job: Job) -> Any:
-            from engines.core.device import resolve_device
-            from engines.train.fit import train_zoo_model
+        def work(job: Job) -> tuple[Any, list[dict[str, Any]]]:
+            from engines.core.model_rows import checkpoint_row
+            from engines.train.operation import run_training
 
-            return train_zoo_model(
-                model_id,
-                out,
-                device=resolve_device(settings.device),
-                data_dir=settings.data_dir,
-                epochs=settings.train_epochs,
-                max_iter=settings.train_max_iter,
-                on_progress=job.progress,
-                cancel=job.cancelled,
-            )
+            result = run_training(request, self.job_context(job))
+            return result, [checkpoint_row(m.path) for m in result.models]
 
         self.start(
             "train",
             work,
-            on_progress=self.train_progress,
+            on_event=self.train_event,
             on_done=self.trained,
             on_error=self.train_failed,
             on_cancel=self.train_cancelled,
         )
 
-    def train_progress(self, event: Progress) -> None:
-        bar = self.query_one("#train-bar", ProgressBar)
-        bar.update(total=event.total, progress=event.done)
-        info = " ".join(f"{k} {fmt_num(v, 4) if isinstance(v, float) else v}" for k, v in event.info.items())
-        self.say(f"{event.task}: {int(event.done)}/{int(event.total or 0)} {info}")
+    def train_event(self, event: Event) -> None:
+        if isinstance(event, EpochDone):
+            self.query_one("#train-bar", ProgressBar).update(total=event.total, progress=event.done)
+            self.say(
+                f"{event.task}: {int(event.done)}/{int(event.total or 0)} {event.stage} loss {fmt_num(event.loss, 4)}"
+            )
+        elif isinstance(event, ModelTrained):
+            self.say(event.line())
 
-    def trained(self, result: Any) -> None:
+    def trained(self, outcome: tuple[Any, list[dict[str, Any]]]) -> None:
+        result, rows = outcome
         self.query_one("#train-bar", ProgressBar).add_class("-hidden")
-        m = result.meta["metrics"]
-        self.state.forget_models()
+        self.state.forget_models()  # a checkpoint loaded before may just have been written again
+        for row in rows:
+            self.offer(row, "trained")
+        self.show_rows([r for r in self.rows if not r.get("loaded")])
+        if rows:
+            table = self.query_one("#models", DataTable)
+            table.move_cursor(row=next(i for i, r in enumerate(self.rows) if r["path"] == rows[-1]["path"]))
+        m = result.models[-1]
         self.say(
-            f"trained {result.meta['id']}: train {m['train_error']:.2f}% test {m['test_error']:.2f}% → {result.path}"
+            f"trained {m.id}: train {m.metrics['train_error']:.2f}% test {m.metrics['test_error']:.2f}% "
+            f"→ {m.path} · Enter uses it"
         )
-        self.action_refresh()
 
     def train_failed(self, message: str) -> None:
         self.query_one("#train-bar", ProgressBar).add_class("-hidden")
@@ -278,4 +292,4 @@ class ModelsScreen(WorkbenchScreen):
 
     def train_cancelled(self, _: Any) -> None:
         self.query_one("#train-bar", ProgressBar).add_class("-hidden")
-        self.say("training cancelled: the checkpoint on disk is unchanged")
+        self.say("training cancelled: no checkpoint was written")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Input, Static
 
-from engines.core.events import Progress
+from engines.core.events import Event, SetReady, Step
 from screens.image_view import GridView
 from screens.jobs import Job, WorkbenchScreen
 from screens.widgets import GridItem, NavBar, fmt_num, heat_style
@@ -122,58 +121,56 @@ class TransferScreen(WorkbenchScreen):
 
     def action_compute(self) -> None:
         from engines.attack.problems import AttackConfig
+        from engines.attack.transfer import TransferRequest
+        from engines.core.errors import InputError
 
         def items(wid: str) -> list[str]:
             return [t.strip() for t in self.query_one(wid, Input).value.split(",") if t.strip()]
 
-        sources, targets = items("#sources"), items("#targets")
-        targets = targets or sources
+        settings = self.state.settings
+        attack = settings.attack
         try:
-            n = int(self.query_one("#n", Input).value)
-            noise = [float(v) for v in items("#noise")]
+            request = TransferRequest(
+                sources=tuple(items("#sources")),
+                targets=tuple(items("#targets")),
+                split="test",
+                n=int(self.query_one("#n", Input).value),
+                config=AttackConfig(c_steps=int(attack.get("c_steps", 9)), max_iter=int(attack.get("max_iter", 100))),
+                data_dir=settings.data_dir,
+                noise=tuple(float(v) for v in items("#noise")),
+            )
         except ValueError:
             self.say("N must be a whole number and noise comma-separated numbers", error=True)
             return
-        settings = self.state.settings
-        out = Path(settings.runs_dir) / f"transfer-matrix-{time.strftime('%Y%m%d-%H%M%S')}"
-        attack = settings.attack
-        config = AttackConfig(c_steps=int(attack.get("c_steps", 9)), max_iter=int(attack.get("max_iter", 100)))
-        self.say(f"computing the matrix into {out} … (x cancels; finished adversarial sets stay cached)")
+        except InputError as exc:
+            self.say(str(exc), error=True)
+            return
+        self.say("computing the matrix … (x cancels; finished adversarial sets stay cached)")
         self.focus_main()
 
         def work(job: Job) -> Any:
-            from engines.core.device import resolve_device
-            from engines.attack.transfer import compute_transfer
+            from engines.attack.transfer import run_transfer
 
-            return compute_transfer(
-                sources,
-                targets,
-                "test",
-                n,
-                out,
-                noise=noise,
-                config=config,
-                device=resolve_device(settings.device),
-                data_dir=settings.data_dir,
-                on_progress=job.progress,
-                cancel=job.cancelled,
-            )
+            return run_transfer(request, self.job_context(job))
 
         self.start(
             "transfer",
             work,
-            on_progress=self.show_progress,
+            on_event=self.show_event,
             on_done=self.show_matrix,
             on_error=lambda m: self.say(m, error=True),
             on_cancel=lambda _: self.say("cancelled: finished adversarial sets stay in the cache for the next try"),
         )
 
-    def show_progress(self, event: Progress) -> None:
-        info = event.info
-        extra = (
-            f" · c-step {info['c_step']} success {100 * info.get('success_rate', 0):.0f}%" if "c_step" in info else ""
-        )
-        self.say(f"{event.task}: {int(event.done)}/{int(event.total or 0)} {event.message}{extra} · x cancels")
+    def show_event(self, event: Event) -> None:
+        """One status line per event: which set is being made, the attack's c search, the evaluation."""
+        if isinstance(event, SetReady):
+            text = f"adversarial sets: {int(event.done)}/{int(event.total or 0)} · {event.line()}"
+        elif isinstance(event, Step):
+            text = f"{event.task}: {int(event.done)}/{int(event.total or 0)} {event.message}".rstrip()
+        else:  # the attack making a set: its c search, its finished chunks
+            text = f"{event.task}: {event.line()}"
+        self.say(f"{text} · x cancels")
 
     # ------------------------------------------------------------------ table
     def show_matrix(self, matrix: Any) -> None:
@@ -266,9 +263,9 @@ class TransferScreen(WorkbenchScreen):
         self.say(f"finding examples of {matrix.rows[row].name} that fool {matrix.columns[col]} …")
 
         def work(job: Job) -> Any:
+            from engines.attack.transfer import cell_examples
             from engines.core.device import resolve_device
             from engines.report.figures import magnified_difference, to_uint8
-            from engines.attack.transfer import cell_examples
 
             found = cell_examples(matrix, row, col, k=12, device=resolve_device(device))
             return [

@@ -3,19 +3,22 @@
 import json
 import math
 
+import numpy as np
 import pytest
+import scipy.optimize as so
 import torch
 from safetensors.torch import load_file
 
+from engines.attack.lbfgsb import minimize
 from engines.attack.problems import AttackConfig, _Objective, attack_problems, paper_distortion, validate_images
-from engines.attack.run import AttackRequest, load_samples, resume_attack, start_attack
+from engines.attack.run import AttackRequest, AttackResult, load_samples, resume_attack, run_attack
+from engines.attack.targets import choose_targets, expand_all_targets, parse_target
 from engines.core.checkpoint import check_classifier, load_checkpoint
+from engines.core.context import RunContext
 from engines.core.data import load_split
 from engines.core.errors import Cancelled, InputError, ModelError
-from engines.attack.lbfgsb import minimize
-from engines.attack.targets import choose_targets, expand_all_targets, parse_target
+from engines.core.events import SolverStep, never_cancel
 
-CPU = torch.device("cpu")
 QUICK = AttackConfig(c_steps=4, max_iter=40)
 
 
@@ -108,7 +111,11 @@ def test_value_and_gradient_come_from_one_objective():
     lm.model.float()
 
 
-def _run(tmp_path, name, **kw):
+def _ctx(out=None, cancelled=never_cancel, **kw) -> RunContext:
+    return RunContext(device="cpu", out=out, cancelled=cancelled, **kw)
+
+
+def _run(tmp_path, name, cancelled=never_cancel, **kw) -> tuple[AttackResult, object]:
     req = AttackRequest(
         model=kw.pop("model", "n100-100-10"),
         n=kw.pop("n", 12),
@@ -117,34 +124,30 @@ def _run(tmp_path, name, **kw):
         config=kw.pop("config", QUICK),
         **kw,
     )
-    return start_attack(req, tmp_path / name, CPU), tmp_path / name
+    return run_attack(req, _ctx(tmp_path / name, cancelled)), tmp_path / name
 
 
 def test_attack_succeeds_inside_the_box_and_reaches_its_targets(tmp_path):
     summary, folder = _run(tmp_path, "run")
     s = load_samples(folder)
     ok = s["success"].bool()
-    assert summary["success_rate"] == pytest.approx(ok.float().mean().item()) and ok.float().mean() >= 0.9
+    assert summary.success_rate == pytest.approx(ok.float().mean().item()) and ok.float().mean() >= 0.9
     assert float(s["x_adv"].min()) >= 0.0 and float(s["x_adv"].max()) <= 1.0
     pred = load_checkpoint("n100-100-10").model(s["x_adv"]).argmax(1)
     assert torch.equal(pred[ok], s["target"][ok])
     assert not bool((s["target"] == s["label"]).any())
     assert torch.allclose(s["distortion"][ok], paper_distortion(s["x"], s["x_adv"])[ok])
-    assert summary["mean_distortion"] == pytest.approx(s["distortion"][ok].mean().item(), rel=1e-6)
+    assert summary.mean_distortion == pytest.approx(s["distortion"][ok].mean().item(), rel=1e-6)
     assert (folder / "figure.png").stat().st_size > 1000
-    for key in (
-        "model",
-        "n",
-        "target",
-        "success_rate",
-        "mean_distortion",
-        "median_distortion",
-        "mean_l2",
-        "mean_linf",
-        "seconds",
-        "device",
-    ):
-        assert key in summary
+    # every figure of the result is the statistic it names, and summary.json holds exactly to_json()
+    diff = (s["x_adv"] - s["x"]).flatten(1)[ok]
+    assert summary.median_distortion == pytest.approx(s["distortion"][ok].median().item(), rel=1e-6)
+    assert summary.mean_l2 == pytest.approx(diff.norm(dim=1).mean().item(), rel=1e-5)
+    assert summary.mean_linf == pytest.approx(diff.abs().amax(1).mean().item(), rel=1e-5)
+    assert (summary.model, summary.n, summary.target, summary.device) == ("n100-100-10", 12, "random", "cpu")
+    assert summary.n_success == int(ok.sum()) and summary.seconds > 0 and summary.run == str(folder)
+    assert json.loads((folder / "summary.json").read_text()) == json.loads(json.dumps(summary.to_json()))
+    assert AttackResult.from_json(summary.to_json()) == summary
 
 
 def test_all_targets_keep_the_closest_success(tmp_path):
@@ -154,7 +157,7 @@ def test_all_targets_keep_the_closest_success(tmp_path):
     assert bool(a["success"].all())
     both = a["success"].bool() & b["success"].bool()
     assert bool((a["distortion"][both] <= b["distortion"][both] + 1e-6).all())
-    assert all_summary["mean_distortion"] <= nxt_summary["mean_distortion"] + 1e-6
+    assert all_summary.mean_distortion <= nxt_summary.mean_distortion + 1e-6
     pred = load_checkpoint("n100-100-10").model(a["x_adv"]).argmax(1)
     assert torch.equal(pred, a["target"]) and not bool((a["target"] == a["label"]).any())
 
@@ -183,17 +186,20 @@ def test_interrupted_run_keeps_chunks_and_resumes_to_the_same_result(tmp_path):
 
     req = AttackRequest(model="n100-100-10", n=6, target="random", seed=1, config=QUICK, batch_size=2)
     with pytest.raises(Cancelled):
-        start_attack(req, tmp_path / "cut", CPU, cancel=cancel_after_first_chunk)
+        run_attack(req, _ctx(tmp_path / "cut", cancel_after_first_chunk))
     run = json.loads((tmp_path / "cut" / "run.json").read_text())
     assert run["status"] == "interrupted"
     assert [p.name for p in (tmp_path / "cut" / "chunks").glob("*")] == ["000000-000002.safetensors"]
     kept = load_file(str(tmp_path / "cut" / "chunks" / "000000-000002.safetensors"))
-    resumed = resume_attack(tmp_path / "cut", CPU)
+    resumed = resume_attack(tmp_path / "cut", _ctx())
     a, b = load_samples(full_dir), load_samples(tmp_path / "cut")
     assert torch.equal(a["x_adv"], b["x_adv"]) and torch.equal(a["target"], b["target"])
     assert torch.equal(kept["x_adv"], b["x_adv"][:2])
-    assert resumed["success_rate"] == full["success_rate"]
+    assert resumed.success_rate == full.success_rate and resumed.run == str(tmp_path / "cut")
     assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "done"
+    # a finished run is left alone: resuming again reads its result back
+    again = resume_attack(tmp_path / "cut", _ctx())
+    assert again.to_json() == json.loads((tmp_path / "cut" / "summary.json").read_text())
 
 
 def test_cli_attack_json_and_bad_inputs(cli, tmp_path):
@@ -227,6 +233,33 @@ def test_cli_attack_json_and_bad_inputs(cli, tmp_path):
     assert rc == 0, err
     rc, _, err = cli("attack", "--n", "abc")
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "--n" in err
+
+
+def test_cli_ctrl_c_keeps_finished_chunks_and_resume_finishes_the_run(cli, tmp_path, monkeypatch):
+    import blindspot.console
+
+    folder = tmp_path / "r"
+    # the first Ctrl-C, as the CLI's cancel check sees it, arrives once the first chunk is saved
+    monkeypatch.setattr(blindspot.console.CtrlC, "__call__", lambda self: any((folder / "chunks").glob("*")))
+    args = ("--model", "softmax1", "--n", "4", "--batch-size", "2", "--c-steps", "2", "--max-iter", "20")
+    rc, out, err = cli("attack", *args, "--device", "cpu", "--out", folder)
+    assert rc == 130 and out == ""
+    assert f"blindspot attack --resume {folder}" in " ".join(err.split())
+    assert json.loads((folder / "run.json").read_text())["status"] == "interrupted"
+    assert [p.name for p in (folder / "chunks").iterdir()] == ["000000-000002.safetensors"]
+    monkeypatch.undo()
+    rc, out, err = cli("attack", "--resume", folder, "--model", "softmax1", "--json")
+    assert rc == 0, err
+    assert "--model and --out are ignored" in err
+    resumed = json.loads(out)
+    assert resumed == json.loads((folder / "summary.json").read_text())
+    assert resumed["n"] == 4 and resumed["run"] == str(folder)
+    # the table goes to stdout, the log line with the run folder to stderr
+    rc, out, err = cli("attack", "--resume", folder)
+    assert rc == 0 and "attack on softmax1" in out and f"{100 * resumed['success_rate']:.1f}%" in out
+    assert f"run folder: {folder}" in err
+    rc, _, err = cli("attack", "--resume", tmp_path / "nothing")
+    assert rc == 2 and "holds no run" in err
 
 
 @pytest.mark.slow
@@ -282,7 +315,7 @@ def test_out_of_memory_halves_the_chunk_and_goes_on(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ar, "attack_problems", flaky)
     summary, folder = _run(tmp_path, "oom", n=6, batch_size=8)
-    assert sizes == [6, 3, 1, 1, 1, 1, 1, 1] and summary["n"] == 6
+    assert sizes == [6, 3, 1, 1, 1, 1, 1, 1] and summary.n == 6
     assert len(list((folder / "chunks").glob("*.safetensors"))) == 6
 
 
@@ -299,19 +332,32 @@ def test_cpu_allocator_keeps_freed_memory_on_glibc():
 
 def test_progress_speaks_for_the_whole_run_and_counts_images():
     from engines.attack.run import RunTally
-    from engines.core.events import Progress
+
+    def step(done: int, rate: float, dist: float) -> SolverStep:
+        return SolverStep(
+            task="attack",
+            done=done,
+            total=10,
+            c_step=1,
+            c_steps=2,
+            iteration=done,
+            objective=1.0,
+            running=2,
+            success_rate=rate,
+            mean_distortion=dist,
+        )
 
     tally = RunTally()
     tally.add({"success": torch.tensor([1, 1, 0], dtype=torch.uint8), "distortion": torch.tensor([0.1, 0.3, math.nan])})
     seen = []
     emit = tally.progress(seen.append, finished=3, chunk=2, total=5)
-    emit(Progress("attack", 1, 10, {"success_rate": 0.5, "mean_distortion": 0.5}))
-    info = seen[-1].info
-    assert info["success_rate"] == pytest.approx(3 / 5)  # 2 of 3 finished + 1 of 2 in this chunk
-    assert info["mean_distortion"] == pytest.approx((0.1 + 0.3 + 0.5) / 3)
-    assert (info["images_done"], info["images_total"]) == (3, 5)
-    emit(Progress("attack", 2, 10, {"success_rate": 0.0, "mean_distortion": math.nan}))
-    assert seen[-1].info["mean_distortion"] == pytest.approx(0.2)  # only the finished chunks so far
+    emit(step(1, 0.5, 0.5))
+    last = seen[-1]
+    assert last.success_rate == pytest.approx(3 / 5)  # 2 of 3 finished + 1 of 2 in this chunk
+    assert last.mean_distortion == pytest.approx((0.1 + 0.3 + 0.5) / 3)
+    assert (last.images_done, last.images_total, last.chunk_images) == (3, 5, 2)
+    emit(step(2, 0.0, math.nan))
+    assert seen[-1].mean_distortion == pytest.approx(0.2)  # only the finished chunks so far
 
     # --target all: several problems per image; progress counts images, not (image, target) problems
     lm = load_checkpoint("softmax1")
@@ -319,11 +365,12 @@ def test_progress_speaks_for_the_whole_run_and_counts_images():
     image, tgt = expand_all_targets(data.labels[:3], 10)
     events = []
     res = attack_problems(
-        lm.model, data.images[:3][image], tgt, QUICK, on_progress=events.append, progress_every=0.0, groups=image
+        lm.model, data.images[:3][image], tgt, QUICK, on_event=events.append, progress_every=0.0, groups=image
     )
-    assert events and all((e.info["success_rate"] * 3) % 1 == pytest.approx(0) for e in events)
+    assert events and all(isinstance(e, SolverStep) for e in events)
+    assert all((e.success_rate * 3) % 1 == pytest.approx(0) for e in events)
     per_image = res.success.view(3, 9).any(1).float().mean()
-    assert events[-1].info["success_rate"] == pytest.approx(float(per_image))
+    assert events[-1].success_rate == pytest.approx(float(per_image))
 
 
 def test_images_the_model_already_gets_wrong_are_counted_apart_and_json_stays_strict(tmp_path):
@@ -337,8 +384,8 @@ def test_images_the_model_already_gets_wrong_are_counted_apart_and_json_stays_st
     trivial = s["trivial"].bool()
     assert bool(trivial[2]) and not bool(s["success"][2])  # nothing to attack: not a success at distortion 0
     assert torch.equal(s["x_adv"][2], s["x"][2])
-    assert summary["n_trivial"] == int(trivial.sum())
-    assert summary["success_rate"] == pytest.approx(summary["n_success"] / (3 - summary["n_trivial"]))
+    assert summary.n_trivial == int(trivial.sum())
+    assert summary.success_rate == pytest.approx(summary.n_success / (3 - summary.n_trivial))
     assert bool((s["distortion"][s["success"].bool()] > 0).all())
     text = (folder / "summary.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
@@ -361,3 +408,64 @@ def test_labels_beyond_the_models_classes_are_refused(cli, tmp_path):
     write_idx(folder / "t10k-labels-idx1-ubyte", labels)
     rc, _, err = cli("attack", "--model", "softmax1", "--data", folder, "--n", "2", "--out", tmp_path / "r")
     assert rc == 2 and "label 12" in err and "10 classes" in err
+
+
+def test_c_search_matches_a_brute_force_grid_of_c_on_a_linear_softmax_model():
+    """Oracle: for each problem, scipy's L-BFGS-B at every c of a fine grid (40 per decade), keeping the
+    closest minimiser that reaches the target. Our c search must agree on which problems succeed and be
+    as close (it also keeps trial points, and bisects c finer than the grid) but not implausibly closer."""
+    gen = torch.Generator().manual_seed(3)
+    n, k, b = 16, 5, 8
+    model = torch.nn.Linear(n, k).double()
+    x = torch.rand(b, n, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(k, n, generator=gen, dtype=torch.float64) * 2)
+        model.bias.copy_(-model.weight @ x.mean(0))
+        # the last class loses to class 0 everywhere in the box: a target no search can reach
+        model.weight[k - 1] = model.weight[0] - 1.0
+        model.bias[k - 1] = model.bias[0] - 1.0
+        pred = model(x).argmax(1)
+    target = (pred + 1 + torch.arange(b) % (k - 2)) % (k - 1)
+    target[target == pred] = (target[target == pred] + 1) % (k - 1)
+    target[-2:] = k - 1
+    assert not bool((target == pred).any())
+    config = AttackConfig(c_steps=12, max_iter=500)
+    ours = attack_problems(model, x, target, config)
+
+    w, bias = model.weight.detach().numpy(), model.bias.detach().numpy()
+
+    def reaches(z: np.ndarray, t: int) -> bool:
+        logits = w @ z + bias
+        return bool(logits[t] > np.delete(logits, t).max() + config.margin)
+
+    grid = np.logspace(-2, 3, 201)
+    for i in range(b):
+        xi, t = x[i].numpy(), int(target[i])
+        best_sq, best_c = math.inf, math.nan
+        for c in grid:
+
+            def fun(z: np.ndarray, c: float = c, xi: np.ndarray = xi, t: int = t) -> tuple[float, np.ndarray]:
+                """c‖z − x‖² + cross-entropy of the linear softmax model, and its gradient, in numpy."""
+                logits = w @ z + bias
+                top = logits.max()
+                p = np.exp(logits - top)
+                p /= p.sum()
+                ce = top + math.log(np.exp(logits - top).sum()) - logits[t]
+                p[t] -= 1.0
+                return float(c * ((z - xi) ** 2).sum() + ce), 2 * c * (z - xi) + w.T @ p
+
+            ref = so.minimize(fun, xi.copy(), jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * n)
+            if reaches(ref.x, t):
+                best_sq, best_c = min(best_sq, float(((ref.x - xi) ** 2).sum())), c
+        assert bool(ours.success[i]) == math.isfinite(best_sq), i
+        if not math.isfinite(best_sq):
+            assert torch.equal(ours.x_adv[i], x[i]) and math.isnan(float(ours.c[i]))
+            continue
+        adv = ours.x_adv[i]
+        assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0 and reaches(adv.numpy(), t)
+        assert float(ours.sq_dist[i]) == pytest.approx(float((adv - x[i]).pow(2).sum()), rel=1e-9)
+        ours_d, brute_d = math.sqrt(float(ours.sq_dist[i])), math.sqrt(best_sq)
+        assert 0.9 * brute_d <= ours_d <= brute_d * (1 + 1e-3), (i, ours_d, brute_d)
+        # the largest successful c: ours is bracketed finer than the grid's step (a factor 10^(1/40))
+        assert best_c / 1.2 <= float(ours.c[i]) <= best_c * 1.2, (i, float(ours.c[i]), best_c)
+    assert int(ours.success.sum()) == b - 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,12 +14,17 @@ from safetensors.torch import load_file
 from torch import nn
 
 from blindspot.cli import main
-from engines.bounds.network import PAPER_TABLE5, frame_bounds
 from engines.bounds.conv import aliased_symbol_matrices, conv_spectrum, linear_singular_values, polyphase_spectrum
 from engines.bounds.factors import max_pool_multiplicity
 from engines.bounds.models import parse_input_shape
+from engines.bounds.network import frame_bounds
+from engines.bounds.operation import BoundsRequest, run_bounds
+from engines.bounds.results import PAPER_TABLE5, LayerBound
 from engines.core.checkpoint import save_checkpoint
-from engines.core.errors import InputError
+from engines.core.context import RunContext
+from engines.core.errors import Cancelled, InputError
+from engines.core.events import Event, LayerBounded, Step
+from engines.core.runs import read_run_record
 from engines.core.zoo import ZOO, build_model
 
 RTOL = 1e-5
@@ -314,6 +321,10 @@ def test_cli_zoo_checkpoint_table_and_out(tmp_path, capsys):
     spectra = load_file(str(tmp_path / "run" / "spectra.safetensors"))
     assert spectra["conv1"].numel() == saved["layers"][0]["histogram"]["count"] == 28 * 28 * 1
     assert float(spectra["fc1"][0]) == pytest.approx(saved["layers"][1]["upper"], rel=1e-6)
+    record = read_run_record(tmp_path / "run")
+    assert (record["kind"], record["status"], record["request"]["model"]) == ("bounds", "done", str(path))
+    assert f"wrote {tmp_path / 'run' / 'bounds.json'} and {tmp_path / 'run' / 'spectra.safetensors'}" in captured.err
+    assert saved["notes"][-1].startswith("model: checkpoint ")
 
 
 def test_cli_torchvision_model_with_groups_and_branches(capsys):
@@ -364,6 +375,10 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     torch.save({"weight": torch.zeros(1), "obj": _Opaque()}, pickled)
     assert "refused" in _bad(["--model", "alexnet", "--weights", str(pickled)], capsys)
     assert "precision" in _bad(["--model", "alexnet", "--precision", "float16"], capsys)
+    assert "--power-iters" in _bad(["--model", "alexnet", "--power-iters", "-1"], capsys)
+    refused = tmp_path / "refused"
+    assert "unknown model" in _bad(["--model", "nosuchnet", "--out", str(refused)], capsys)
+    assert not refused.exists()  # a run refused before it produced anything leaves no folder behind
 
 
 class _Opaque:
@@ -389,9 +404,7 @@ def test_cuda_matches_cpu():
 def test_frame_bounds_honours_cancel_between_layers_and_inside_power_iteration():
     import pytest as _pytest
 
-    from engines.bounds.network import frame_bounds
     from engines.bounds.conv import power_iteration
-    from engines.core.errors import Cancelled
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 6 * 6, 3))
     calls = {"n": 0}
@@ -407,8 +420,6 @@ def test_frame_bounds_honours_cancel_between_layers_and_inside_power_iteration()
 
 
 def test_a_long_convolution_is_cancelled_between_frequency_chunks():
-    from engines.core.errors import Cancelled
-
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
     polls = {"n": 0}
 
@@ -420,3 +431,96 @@ def test_a_long_convolution_is_cancelled_between_frequency_chunks():
         polyphase_spectrum(w, (16, 16), (1, 1), chunk_elements=1, cancel=third_poll)
     assert polls["n"] == 3  # stopped inside the layer, two chunks in, not after all 16 rows
     assert polyphase_spectrum(w, (16, 16), (1, 1), chunk_elements=1).upper > 0
+
+
+def comparable(bounds_json: Any) -> Any:
+    """A bounds.json without what differs between two runs of the same request: timings, device, run folder."""
+    if isinstance(bounds_json, dict):
+        return {k: comparable(v) for k, v in bounds_json.items() if k not in ("seconds", "device", "run")}
+    if isinstance(bounds_json, list):
+        return [comparable(v) for v in bounds_json]
+    return bounds_json
+
+
+# --- the operation -----------------------------------------------------------------------------------------
+
+
+def test_request_validates_and_round_trips_through_json():
+    request = BoundsRequest(model="conv", input_shape=(1, 28, 28), power_iters=3, precision="float32", seed=4)
+    stored = json.loads(json.dumps(request.to_json()))
+    assert BoundsRequest.from_json(stored) == request
+    assert stored["input_shape"] == [1, 28, 28] and request.dtype == torch.float32
+    assert BoundsRequest.from_json(BoundsRequest(model="alexnet").to_json()).input_shape is None
+    for bad, says in (
+        ({"precision": "float16"}, "precision"),
+        ({"power_iters": -1}, "--power-iters"),
+        ({"input_shape": (3, 224)}, "--input"),
+        ({"input_shape": (0, 2, 2)}, "--input"),
+        ({"model": "  "}, "--model"),
+    ):
+        with pytest.raises(InputError, match=says):
+            BoundsRequest(**{"model": "alexnet", **bad})
+    with pytest.raises(InputError, match="damaged"):
+        BoundsRequest.from_json({"model": "alexnet"})
+
+
+def test_run_bounds_writes_its_run_folder_and_announces_each_layer(tmp_path):
+    path = _zoo_checkpoint(tmp_path, "conv")
+    events: list[Event] = []
+    ctx = RunContext(device="cpu", runs_root=tmp_path / "runs", on_event=events.append)
+    request = BoundsRequest(model=str(path), power_iters=5)
+    result = run_bounds(request, ctx)
+    folder = Path(result.run)
+    assert folder.parent == tmp_path / "runs" and folder.name.startswith("bounds-conv-")
+    record = read_run_record(folder)
+    assert (record["kind"], record["status"], record["request"]) == ("bounds", "done", request.to_json())
+    assert record["model"] == {"name": "conv", "source": result.source} and str(path) in result.source
+    saved = json.loads((folder / "bounds.json").read_text())
+    assert saved.pop("spectra_file") == "spectra.safetensors"
+    assert saved == json.loads(json.dumps(result.to_json()))
+    assert saved["notes"][-1] == f"model: {result.source}"
+    spectra = load_file(str(folder / "spectra.safetensors"))
+    assert torch.equal(spectra["fc2"], result.layers[2].spectrum.float())
+    # each finished layer is announced with its bound, in order, before the operation returns
+    bounded = [e for e in events if isinstance(e, LayerBounded)]
+    assert [e.bound for e in bounded] == result.layers and all(isinstance(e.bound, LayerBound) for e in bounded)
+    assert [(e.done, e.total) for e in bounded] == [(1, 3), (2, 3), (3, 3)]
+    kinds = [type(e).__name__ for e in events]
+    assert kinds == ["Step", "LayerBounded"] * 3
+    assert [e.message for e in events if isinstance(e, Step)] == ["conv1 Conv. 1", "fc1 FC. 1", "fc2 FC. 2"]
+
+
+def test_run_bounds_without_save_writes_nothing(tmp_path):
+    path = _zoo_checkpoint(tmp_path, "n100-100-10")
+    ctx = RunContext(device="cpu", runs_root=tmp_path / "runs", out=tmp_path / "out")
+    result = run_bounds(BoundsRequest(model=str(path)), ctx, save=False)
+    assert result.run == "" and [x.name for x in result.layers] == ["fc1", "fc2", "fc3"]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_run_cancelled_after_its_first_layer_leaves_no_folder(tmp_path):
+    path = _zoo_checkpoint(tmp_path, "conv")
+    seen: list[Event] = []
+    ctx = RunContext(
+        device="cpu",
+        runs_root=tmp_path / "runs",
+        on_event=seen.append,
+        cancelled=lambda: any(isinstance(e, LayerBounded) for e in seen),
+    )
+    with pytest.raises(Cancelled):
+        run_bounds(BoundsRequest(model=str(path), power_iters=5), ctx)
+    assert sum(isinstance(e, LayerBounded) for e in seen) == 1  # stopped before the second layer
+    assert not list((tmp_path / "runs").glob("bounds-*"))
+
+
+def test_cli_out_refuses_a_folder_with_results_unless_overwrite(tmp_path, cli):
+    path = _zoo_checkpoint(tmp_path, "n100-100-10")
+    args = ("bounds", "--model", path, "--out", tmp_path / "run", "--device", "cpu", "--json")
+    rc, first, err = cli(*args)
+    assert rc == 0, err
+    rc, out, err = cli(*args)
+    assert rc == 2 and out == "" and "already holds results" in err and "--overwrite" in err
+    rc, again, err = cli(*args, "--overwrite")
+    assert rc == 0, err
+    assert comparable(json.loads(first)) == comparable(json.loads(again))
+    assert read_run_record(tmp_path / "run")["status"] == "done"

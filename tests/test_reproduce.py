@@ -1,41 +1,164 @@
-"""`reproduce` writes Tables 1–4 beside the paper's numbers (tiny N to keep it fast)."""
+"""`reproduce`: Tables 1–5 beside the paper's numbers (tiny N to keep it fast), cancellation, report text."""
 
 import json
+import math
 
+import numpy as np
+import pytest
+import torch
+
+from engines.attack.problems import AttackConfig
 from engines.core import paper
-from engines.reproduce.tables import noise_readings
+from engines.core.checkpoint import load_checkpoint
+from engines.core.context import RunContext
+from engines.core.data import load_split
+from engines.core.errors import Cancelled, InputError
+from engines.core.events import Step, TableDone
+from engines.core.io import read_json, write_json_atomic
+from engines.report.reproduce_markdown import noise_readings
+from engines.reproduce.run import FULL_N, QUICK_N, ReproduceRequest, run_reproduce
+
+TINY = ReproduceRequest(n=2, config=AttackConfig(c_steps=2, max_iter=10))
 
 
-def test_reproduce_writes_all_four_tables_beside_the_papers(cli, tmp_path):
+def percent_wrong(model_id: str, split: str) -> float:
+    """Oracle for the error columns: count the wrong argmaxes ourselves."""
+    model = load_checkpoint(model_id, "cpu").model.eval()
+    data = load_split(split)
+    with torch.no_grad():
+        wrong = sum(
+            int((model(data.images[i : i + 5000]).argmax(1) != data.labels[i : i + 5000]).sum())
+            for i in range(0, len(data), 5000)
+        )
+    return 100.0 * wrong / len(data)
+
+
+def test_reproduce_writes_all_five_tables_beside_the_papers(cli, tmp_path):
     out = tmp_path / "rep"
-    rc, _, err = cli("reproduce", "--n", "2", "--c-steps", "2", "--max-iter", "10", "--device", "cpu", "--out", out)
+    # an interrupted run in --out is taken up again ("run the same command again to go on")
+    write_json_atomic(out / "run.json", {"format": 1, "kind": "reproduce", "status": "interrupted", "request": {}})
+    args = ("reproduce", "--n", "2", "--c-steps", "2", "--max-iter", "10", "--device", "cpu", "--out", out)
+    rc, stdout, err = cli(*args, "--json")
     assert rc == 0, err
-    report = (out / "report.md").read_text()
-    for title in (
-        "## Table 1",
-        "## Table 2",
-        "## Table 3",
-        "## Table 4",
-        "## Table 5",
-        "## What differs from the paper",
-    ):
-        assert title in report
-    # the paper's own numbers appear beside ours
-    assert "/ 7.40 (" in report and "/ 0.062 (" in report  # softmax1 test error and distortion
-    assert "/ 26.2 (" in report and "/ 98.0 (" in report  # Table 4 cells
+    printed = json.loads(stdout)
     tables = json.loads((out / "tables.json").read_text())
+    assert printed["report"] == str(out / "report.md")
+    assert {k: printed[k] for k in tables if k != "settings"} == {k: v for k, v in tables.items() if k != "settings"}
+    assert tables["settings"]["n"] == 2 and tables["settings"]["attack"]["c_steps"] == 2
+    run = read_json(out / "run.json")
+    assert run["kind"] == "reproduce" and run["status"] == "done" and run["request"]["n"] == 2
+    report = (out / "report.md").read_text()
+
+    # Table 1: our errors are the checkpoints' errors, our distortions Table 2's, each printed beside the paper's
+    t2 = json.loads((out / "table2" / "matrix.json").read_text())
     assert [r["model"] for r in tables["table1"]] == paper.TABLE1_MODELS
-    t2_rows = [r["row"] for r in tables["table2"]]
+    for i, r in enumerate(tables["table1"]):
+        assert r["distortion"] == pytest.approx(t2["rows"][i]["distortion"])
+        summary = t2["settings"]["sources"][r["model"]]["summary"]
+        assert r["success_rate"] == pytest.approx(100 * summary["success_rate"])
+    first = tables["table1"][0]
+    assert first["test_error"] == pytest.approx(percent_wrong("softmax1", "test"))
+    assert first["train_error"] == pytest.approx(percent_wrong("softmax1", "train"))
+    te = first["test_error"]
+    assert f"| softmax1 | {first['train_error']:.2f} / 6.70 (" in report
+    assert f"{te:.2f} / 7.40 ({te - 7.4:+.2f})" in report
+
+    # Table 2: rows keyed as the paper's, values the matrix's, the diagonal the attack's own error
     noise = ["noise 0.1", "noise 0.3", "noise 0.1 unclipped", "noise 0.3 unclipped"]
-    assert t2_rows == [*paper.TABLE1_MODELS, *noise]
-    assert all(r["paper"] is not None for r in tables["table2"] + tables["table4"])
-    unclipped = ["noise 0.06 unclipped", "noise 0.1 unclipped"]
-    assert sorted(r["row"] for r in tables["table4"]) == sorted([*paper.TABLE4, *unclipped])
+    assert [r["row"] for r in tables["table2"]] == [*paper.TABLE1_MODELS, *noise]
+    for i, r in enumerate(tables["table2"]):
+        assert r["ours"] == pytest.approx(t2["values"][i], abs=1e-3)
+        assert r["paper"] == paper.TABLE2[r["row"].removesuffix(" unclipped")]
+        for (lo, hi), v in zip(r["interval"], r["ours"], strict=True):
+            assert lo <= v <= hi
+    for j, mid in enumerate(paper.TABLE1_MODELS):
+        s = t2["settings"]["sources"][mid]["summary"]
+        assert tables["table2"][j]["ours"][j] == pytest.approx(100 * (s["n_success"] + s["n_trivial"]) / s["n"])
+    softmax1_row = tables["table2"][0]
+    assert f"| softmax1 | {softmax1_row['ours'][0]:.1f} / 100.0 ({softmax1_row['ours'][0] - 100:+.1f})" in report
+
+    # Table 3: errors of the P1/P2 models on each half
+    m1 = tables["table3"][0]
+    assert m1["model"] == "m1" and m1["p2_error"] == pytest.approx(percent_wrong("m1", "p2"))
+    assert f"| m1 | {m1['p1_error']:.2f} / 0.00 (" in report
+
+    # Table 4: amplified rows at the stated rms, unclipped noise rows beside the paper's
+    t4 = {r["row"]: r for r in tables["table4"]}
+    assert sorted(t4) == sorted([*paper.TABLE4, "noise 0.06 unclipped", "noise 0.1 unclipped"])
+    for name in ("m1 amplified 0.1", "m1-prime amplified 0.1", "m2 amplified 0.1"):
+        assert t4[name]["distortion"] == pytest.approx(0.1, rel=0.01) or math.isnan(t4[name]["distortion"])
+        assert f"{t4[name]['ours'][0]:.1f} / {paper.TABLE4[name][0]:.1f} (" in report
+
+    # Table 5: bounds of each layer, their product as the report states it
+    t5 = tables["table5"]
+    assert [r["layer"] for r in t5["rows"]][:2] == ["Conv. 1", "Conv. 2"] and len(t5["rows"]) == 8
+    for r in t5["rows"]:
+        assert 0 < r["lower"] <= r["upper"]
+    assert t5["product"] >= float(np.prod([r["upper"] for r in t5["rows"]])) * (1 - 1e-6)
+    assert f"Product of the upper bounds (the paper's factors): {t5['product']:.3g}." in report
+
     assert "Noise rows, mean distance from the paper's values" in report
-    for r in tables["table1"]:
-        assert r["paper_test_error"] == paper.TABLE1[r["model"]][1]
-    assert (out / "figures" / "table2-heatmap.png").is_file()
-    assert (out / "table4" / "matrix.json").is_file()
+    assert (out / "figures" / "table2-heatmap.png").stat().st_size > 1000
+    for name in ("table1.json", "table3.json", "table5.json", "table4/matrix.json"):
+        assert (out / name).is_file(), name
+
+
+class CancelInside:
+    """A cancel check that says stop on its `after + 1`-th call once `stage` has started."""
+
+    def __init__(self, stage: str, after: int) -> None:
+        self.stage, self.after, self.calls, self.inside = stage, after, 0, False
+        self.finished: list[str] = []
+
+    def on_event(self, event) -> None:
+        if isinstance(event, TableDone):
+            self.finished.append(event.name)
+        if isinstance(event, Step) and event.task == "reproduce" and event.message.startswith(self.stage):
+            self.inside = True
+
+    def __call__(self) -> bool:
+        if not self.inside:
+            return False
+        self.calls += 1
+        return self.calls > self.after
+
+
+@pytest.mark.parametrize(
+    ("stage", "after", "before", "kept"),
+    [
+        ("Table 1", 2, ["Table 2"], ["table2/matrix.json"]),
+        ("Table 3", 1, ["Table 2", "Table 1"], ["table2/matrix.json", "table1.json"]),
+        (
+            "Table 5",
+            2,
+            ["Table 2", "Table 1", "Table 3", "Table 4"],
+            ["table1.json", "table3.json", "table4/matrix.json"],
+        ),
+    ],
+    ids=["table1", "table3", "table5"],
+)
+def test_reproduce_cancels_inside_a_table_and_keeps_the_finished_ones(tmp_path, stage, after, before, kept):
+    cancel = CancelInside(stage, after)
+    out = tmp_path / "rep"
+    ctx = RunContext(device="cpu", out=out, on_event=cancel.on_event, cancelled=cancel)
+    with pytest.raises(Cancelled):
+        run_reproduce(TINY, ctx)
+    # it stopped inside the table: the check was asked again after the table began (per model, per layer)
+    assert cancel.calls == after + 1
+    assert cancel.finished == before
+    for name in kept:
+        assert (out / name).is_file(), name
+    table = stage.replace("Table ", "table")
+    assert not (out / f"{table}.json").exists() and not (out / "tables.json").exists()
+    assert read_json(out / "run.json")["status"] == "interrupted"
+
+
+def test_request_sizes_and_round_trip():
+    assert ReproduceRequest().images == FULL_N and ReproduceRequest(quick=True).images == QUICK_N
+    assert ReproduceRequest(quick=True, n=7).images == 7
+    assert ReproduceRequest.from_json(TINY.to_json()) == TINY
+    with pytest.raises(InputError, match="--n must be at least 1"):
+        ReproduceRequest(n=0)
 
 
 def test_the_noise_reading_closer_to_the_paper_is_named():

@@ -1,4 +1,4 @@
-"""Transfer tables: cache, diagonal, noise and amplified rms, matrix round trip, CLI."""
+"""Transfer: cache, diagonal, noise and amplified rms, matrix round trip, run folder, Wilson oracle, CLI."""
 
 import json
 
@@ -6,35 +6,48 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from scipy.stats import binomtest
 
 from engines.attack.adversarial_sets import adversarial_set
-from engines.attack.problems import AttackConfig, paper_distortion
 from engines.attack.perturb import amplify, gaussian_noise, unclipped_noise
-from engines.attack.transfer import cell_examples, compute_transfer, load_matrix, wilson_interval
+from engines.attack.problems import AttackConfig, paper_distortion
+from engines.attack.run import AttackRequest
+from engines.attack.transfer import (
+    TransferRequest,
+    cell_examples,
+    load_matrix,
+    run_transfer,
+    wilson_interval,
+)
+from engines.core.context import RunContext
+from engines.core.errors import Cancelled, InputError
+from engines.core.events import SetReady, Step
+from engines.core.io import read_json, write_json_atomic
 
 QUICK = AttackConfig(c_steps=3, max_iter=30)
+CPU = RunContext(device="cpu")
+
+
+def advset(model: str, n: int, **changes) -> AttackRequest:
+    return AttackRequest(**{"model": model, "split": "test", "n": n, "target": "all", "config": QUICK, **changes})
 
 
 def test_adversarial_sets_are_cached_and_invalidated_by_any_setting(isolated_cache):
-    a = adversarial_set("softmax1", "test", 3, config=QUICK)
+    a = adversarial_set(advset("softmax1", 3), CPU)
     assert not a.cached
-    b = adversarial_set("softmax1", "test", 3, config=QUICK)
+    b = adversarial_set(advset("softmax1", 3), CPU)
     assert b.cached and b.folder == a.folder
     assert torch.equal(a.samples["x_adv"], b.samples["x_adv"])
-    for changed in (
-        dict(config=AttackConfig(c_steps=3, max_iter=31)),
-        dict(config=QUICK, seed=1),
-        dict(config=QUICK, offset=1),
-    ):
-        c = adversarial_set("softmax1", "test", 3, **changed)
+    for changed in (dict(config=AttackConfig(c_steps=3, max_iter=31)), dict(seed=1), dict(offset=1)):
+        c = adversarial_set(advset("softmax1", 3, **changed), CPU)
         assert not c.cached and c.folder != a.folder, changed
-    d = adversarial_set("softmax2", "test", 3, config=QUICK)
+    d = adversarial_set(advset("softmax2", 3), CPU)
     assert not d.cached and d.folder != a.folder
+    with pytest.raises(InputError, match="target all"):
+        adversarial_set(advset("softmax1", 3, target="random"), CPU)
 
 
 def test_an_interrupted_set_resumes_from_its_chunks(isolated_cache):
-    from engines.core.errors import Cancelled
-
     calls = {"n": 0}
 
     def cancel_soon() -> bool:
@@ -42,23 +55,25 @@ def test_an_interrupted_set_resumes_from_its_chunks(isolated_cache):
         return calls["n"] > 5
 
     with pytest.raises(Cancelled):
-        adversarial_set("softmax1", "test", 2, config=QUICK, cancel=cancel_soon)
-    s = adversarial_set("softmax1", "test", 2, config=QUICK)
+        adversarial_set(advset("softmax1", 2), RunContext(device="cpu", cancelled=cancel_soon))
+    s = adversarial_set(advset("softmax1", 2), CPU)
     assert not s.cached and s.samples["x_adv"].shape == (2, 1, 28, 28)
 
 
-def test_matrix_diagonal_noise_amplified_and_round_trip(tmp_path):
-    m = compute_transfer(
-        ["softmax1", "n100-100-10"],
-        ["softmax1", "n100-100-10", "softmax2"],
-        "test",
-        6,
-        tmp_path / "t",
-        noise=[0.1, 0.3],
-        unclipped=[0.3],
+def test_matrix_diagonal_noise_amplified_round_trip_and_events(tmp_path):
+    request = TransferRequest(
+        sources=("softmax1", "n100-100-10"),
+        targets=("softmax1", "n100-100-10", "softmax2"),
+        split="test",
+        n=6,
+        noise=(0.1, 0.3),
+        unclipped=(0.3,),
         amplify_rms=0.1,
         config=QUICK,
     )
+    events = []
+    m = run_transfer(request, RunContext(device="cpu", out=tmp_path / "t", on_event=events.append))
+    assert m.folder == tmp_path / "t"
     names = [r.name for r in m.rows]
     assert names[0] == "softmax1" and names[2] == "n100-100-10"
     for i, src in ((0, "softmax1"), (2, "n100-100-10")):
@@ -81,10 +96,61 @@ def test_matrix_diagonal_noise_amplified_and_round_trip(tmp_path):
     assert [r.clipped for r in back.rows] == [r.clipped for r in m.rows]
     assert np.array_equal(back.errors, m.errors) and np.allclose(back.values, m.values)
     data = json.loads((tmp_path / "t" / "matrix.json").read_text())
-    assert data["values"] == np.round(m.values, 4).tolist() and "distortions" in data
-    assert (tmp_path / "t" / "matrix.csv").read_text().splitlines()[0].startswith("row,kind,softmax1")
+    assert data["values"] == np.round(m.values, 4).tolist()
+    assert data["distortions"] == pytest.approx([r.distortion for r in m.rows], nan_ok=True)
+    csv_lines = (tmp_path / "t" / "matrix.csv").read_text().splitlines()
+    assert csv_lines[0] == "row,kind,softmax1,n100-100-10,softmax2,distortion,n"
+    assert csv_lines[1].split(",")[2] == f"{m.values[0, 0]:.2f}"
     ex = cell_examples(back, 0, 0, k=3)
     assert 1 <= len(ex) <= 3 and all(e["pred"] != e["label"] for e in ex)
+    # the run folder records the request it was made from, and its end
+    run = read_json(tmp_path / "t" / "run.json")
+    assert run["kind"] == "transfer" and run["status"] == "done"
+    assert TransferRequest.from_json(run["request"]) == request
+    # each source's set is announced once it is ready; the first time it was computed
+    ready = [e for e in events if isinstance(e, SetReady)]
+    assert [(e.source, e.cached, e.done, e.total) for e in ready] == [
+        ("softmax1", False, 1, 2),
+        ("n100-100-10", False, 2, 2),
+    ]
+    evaluated = [e for e in events if isinstance(e, Step) and e.task == "evaluate"]
+    assert evaluated[-1].done == evaluated[-1].total == len(m.rows)
+    events.clear()
+    again = run_transfer(request, RunContext(device="cpu", out=tmp_path / "t2", on_event=events.append))
+    assert [e.cached for e in events if isinstance(e, SetReady)] == [True, True]
+    assert np.array_equal(again.errors, m.errors)
+
+
+def test_request_validation_and_defaults(tmp_path):
+    r = TransferRequest(sources=["softmax1"], noise=[0.1])
+    assert r.targets == ("softmax1",) and r.noise == (0.1,)
+    for bad, message in (
+        (dict(), "nothing to evaluate"),
+        (dict(noise=(0.1,)), "at least one target"),
+        (dict(sources=("softmax1",), n=0), "--n must be at least 1"),
+        (dict(sources=("softmax1",), offset=-1), "--offset must be at least 0"),
+        (dict(sources=("softmax1",), noise=(1.5,)), "must lie in"),
+        (dict(sources=("softmax1",), amplify_rms=0.0), "must lie in"),
+    ):
+        with pytest.raises(InputError, match=message):
+            TransferRequest(**bad)
+    with pytest.raises(InputError, match="damaged"):
+        TransferRequest.from_json({"sources": ["softmax1"]})
+
+
+def test_an_interrupted_matrix_folder_may_be_run_again_a_finished_one_not(tmp_path):
+    request = TransferRequest(targets=("softmax1",), split="test", n=4, noise=(0.1,))
+    out = tmp_path / "m"
+    out.mkdir()
+    write_json_atomic(out / "run.json", {"format": 1, "kind": "transfer", "status": "interrupted", "request": {}})
+    (out / "matrix.csv").write_text("stale")
+    m = run_transfer(request, RunContext(device="cpu", out=out))
+    assert m.errors.shape == (1, 1) and read_json(out / "run.json")["status"] == "done"
+    assert (out / "matrix.csv").read_text().startswith("row,kind")
+    with pytest.raises(InputError, match="already holds results"):
+        run_transfer(request, RunContext(device="cpu", out=out))
+    with pytest.raises(Cancelled):  # noise rows: the evaluation loop checks too
+        run_transfer(request, RunContext(device="cpu", out=tmp_path / "c", cancelled=lambda: True))
 
 
 def test_noise_and_amplification_hit_their_rms_per_image():
@@ -109,11 +175,17 @@ def test_unclipped_noise_is_seeded_raw_gaussian_noise():
     assert float(gaussian_noise(x, 0.3, seed=5).sub(x).mean()) > 0.1
 
 
-def test_wilson_interval():
-    lo, hi = wilson_interval(0, 50)
-    assert lo == pytest.approx(0.0, abs=1e-12) and 0.05 < hi < 0.08
-    lo, hi = wilson_interval(25, 50)
-    assert lo < 0.5 < hi and hi - lo == pytest.approx(0.27, abs=0.01)
+@pytest.mark.parametrize("n", [1, 2, 7, 20, 50, 333, 1000])
+def test_wilson_interval_matches_scipy(n):
+    """Independent oracle: scipy's Wilson score interval for the same counts."""
+    for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        lo, hi = wilson_interval(k, n)
+        assert (lo, hi) == pytest.approx((ci.low, ci.high), abs=1e-9), (k, n)
+
+
+def test_wilson_interval_without_images_is_uninformative():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
 
 
 def test_transfer_cli(cli, tmp_path):
@@ -141,6 +213,18 @@ def test_transfer_cli(cli, tmp_path):
     )
     assert rc == 0
     data = json.loads(out)
-    assert data["columns"] == ["softmax1", "softmax2"] and len(data["rows"]) == 2
-    rc, _, err = cli("transfer", "--sources", "softmax1", "--noise", "abc", "--out", tmp_path / "x")
-    assert rc == 2 and "comma-separated numbers" in err
+    assert data["columns"] == ["softmax1", "softmax2"] and [r["name"] for r in data["rows"]] == [
+        "softmax1",
+        "Gaussian noise rms 0.1",
+    ]
+    assert data["folder"] == str(tmp_path / "m")
+    assert data == json.loads((tmp_path / "m" / "matrix.json").read_text()) | {"folder": str(tmp_path / "m")}
+    assert read_json(tmp_path / "m" / "run.json")["request"]["config"]["c_steps"] == 2
+    for args, message in (
+        (("--noise", "abc"), "comma-separated numbers"),
+        (("--n", "0"), "--n must be at least 1"),
+        (("--noise", "2"), "must lie in (0, 1)"),
+    ):
+        rc, _, err = cli("transfer", "--sources", "softmax1", *args, "--out", tmp_path / "x")
+        assert rc == 2 and message in err, err
+        assert not (tmp_path / "x").exists()  # refused before any folder was made

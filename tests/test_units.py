@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,20 +13,19 @@ import torch
 from PIL import Image
 
 from blindspot.cli import main
-from engines.units.activations import Activations, LayerInfo, layer_activations, list_layers
 from engines.core.checkpoint import load_checkpoint, save_checkpoint
-from engines.core.data import Dataset
-from engines.core.errors import InputError
-from engines.report.unit_figures import direction_grid
-from engines.units.stats import brief_verdict, cliffs_delta, compare_scores, dissent, verdict_sentence
-from engines.units.directions import (
-    compare_units,
-    label_scores,
-    mean_pairwise_cosine,
-    random_directions,
-    top_k,
-)
+from engines.core.context import RunContext
+from engines.core.data import Dataset, load_split
+from engines.core.errors import Cancelled, InputError
+from engines.core.events import Step
+from engines.core.runs import read_run_record
 from engines.core.zoo import build_model, mlp_spec
+from engines.report.unit_figures import direction_grid
+from engines.units.activations import Activations, LayerInfo, layer_activations, list_layers
+from engines.units.directions import compare_units, random_directions
+from engines.units.operation import LayersRequest, UnitsRequest, run_layers, run_units
+from engines.units.scores import label_scores, mean_pairwise_cosine, top_k
+from engines.units.stats import brief_verdict, cliffs_delta, compare_scores, dissent, verdict_sentence
 
 torch.set_num_threads(1)
 
@@ -247,70 +248,178 @@ def test_cli_unknown_model_and_layer_exit_2_with_one_line(capsys, tiny_ckpt, mon
     assert not (tmp_path / "o").exists()
 
 
-def test_cli_units_writes_figures_and_json(capsys, tiny_ckpt, monkeypatch, tmp_path):
-    monkeypatch.setenv("BLINDSPOT_CACHE", str(tmp_path / "cache"))
+def _act1(ckpt, data_dir) -> tuple[np.ndarray, np.ndarray]:
+    """φ = act1(fc1(x)) of the tiny model over the test split, computed without the engine; and the labels."""
+    model = load_checkpoint(ckpt).model
+    data = load_split("test", data_dir)
+    with torch.no_grad():
+        feats = model.act1(model.fc1(data.images.flatten(1))).double().numpy()
+    return feats, data.labels.numpy()
+
+
+def _purity(labels: np.ndarray) -> float:
+    return float(np.bincount(labels).max() / len(labels))
+
+
+UNITS_ARGS = ["--layer", "act1", "--k", "4", "--units", "5", "--random", "3", "--stat-random", "60", "--seed", "3"]
+
+
+def test_cli_units_json_holds_the_measured_values(cli, tiny_ckpt, tiny_mnist, tmp_path):
     out = tmp_path / "run"
-    args = [
-        "units",
-        "--model",
-        str(tiny_ckpt),
-        "--layer",
-        "act1",
-        "--k",
-        "4",
-        "--units",
-        "5",
-        "--random",
-        "3",
-        "--stat-random",
-        "60",
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-        "--seed",
-        "3",
-    ]
-    assert main([*args, "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
-    assert doc["layer"] == "act1" and doc["units_scored"] == 12 and doc["random_scored"] == 60
-    assert doc["verdict"].startswith("At layer act1, units are")
-    assert set(doc["comparisons"]) == {"purity", "entropy", "cosine"}
-    assert 0 <= doc["comparisons"]["purity"]["p_value"] <= 1
-    assert len(doc["shown"]["units"]) == 5 and len(doc["shown"]["random"]) == 3
-    assert all(len(row["top"]) == 4 for row in doc["shown"]["units"])
+    args = ["units", "--model", tiny_ckpt, *UNITS_ARGS, "--data", tiny_mnist, "--device", "cpu", "--out", out]
+    rc, stdout, _err = cli(*args, "--json")
+    assert rc == 0
+    doc = json.loads(stdout)
     full = json.loads((out / "units.json").read_text())
-    assert len(full["all"]["units"]["top"]) == 12 and len(full["all"]["random"]["purity"]) == 60
-    for name in ("units_top", "random_top", "units_vs_random"):
+    assert doc == {k: v for k, v in full.items() if k != "all"}  # --json prints the run folder's summary
+    assert (doc["layer"], doc["units_scored"], doc["random_scored"], doc["n_images"]) == ("act1", 12, 60, 100)
+    assert doc["run"] == str(out) and doc["files"]["json"] == str(out / "units.json")
+    # the top-k of every unit and random direction, against a plain argsort of φ computed here
+    feats, labels = _act1(tiny_ckpt, tiny_mnist)
+    assert [sorted(t) for t in full["all"]["units"]["top"]] == [sorted(np.argsort(-feats[:, u])[:4]) for u in range(12)]
+    proj = feats @ random_directions(12, 60, seed=3).double().numpy().T
+    assert [sorted(t) for t in full["all"]["random"]["top"]] == [sorted(np.argsort(-proj[:, j])[:4]) for j in range(60)]
+    # every score from the labels of those top-k, and the test statistics from scipy on those scores
+    from scipy.stats import mannwhitneyu
+
+    for kind in ("units", "random"):
+        part = full["all"][kind]
+        assert part["purity"] == pytest.approx([_purity(labels[t]) for t in part["top"]])
+        assert not any(part["degenerate"])
+    u_pur, r_pur = np.array(full["all"]["units"]["purity"]), np.array(full["all"]["random"]["purity"])
+    purity = doc["comparisons"]["purity"]
+    assert purity["units_mean"] == pytest.approx(u_pur.mean()) and purity["random_mean"] == pytest.approx(r_pur.mean())
+    assert purity["p_value"] == pytest.approx(mannwhitneyu(u_pur, r_pur).pvalue)
+    assert purity["cliffs_delta"] == pytest.approx(cliffs_delta(u_pur, r_pur))
+    assert doc["verdict"].startswith(verdict_sentence("act1", compare_scores(u_pur, r_pur, n_boot=10), 4)[:40])
+    shown = doc["shown"]["units"]
+    assert len(shown) == 5 and len(doc["shown"]["random"]) == 3
+    for row in shown:
+        assert row["top"] == full["all"]["units"]["top"][row["id"]]
+        assert row["top_values"] == pytest.approx(feats[row["top"], row["id"]], abs=1e-6)
+    # figures: one 56-pixel row per shown direction (scale 2), k tiles wide
+    for name, rows in (("units_top", 5), ("random_top", 3)):
         with Image.open(out / f"{name}.png") as im:
-            assert im.width > 4 * 56 and im.height > 3 * 56
-    assert main(args) == 0  # second run: activations come from the cache, same numbers
-    text = capsys.readouterr().out
-    assert "verdict: At layer act1" in text and "purity" in text
+            assert im.width > 4 * 56 and im.height > rows * 56
+    run = read_run_record(out)
+    assert run["status"] == "done" and run["kind"] == "units"
+    assert UnitsRequest.from_json(run["request"]) == UnitsRequest(
+        model=str(tiny_ckpt),
+        layer="act1",
+        k=4,
+        show_units=5,
+        show_random=3,
+        n_random=60,
+        seed=3,
+        data_dir=str(tiny_mnist),
+    )
+    rc, text, _err = cli(*args)  # second run into the same --out replaces it; activations from the cache
+    assert rc == 0
+    assert "verdict: At layer act1" in text and f"{purity['units_mean']:.3f}" in text
     again = json.loads((out / "units.json").read_text())
     assert again["activations_cached"] and again["comparisons"] == full["comparisons"]
+    assert again["all"] == full["all"]
 
 
-def test_cli_layers_json(capsys, tiny_ckpt):
-    assert main(["layers", "--model", str(tiny_ckpt), "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
-    assert [(r["name"], r["shape"]) for r in doc["layers"]] == [
-        ("flatten", [784]),
-        ("fc1", [12]),
-        ("act1", [12]),
-        ("fc2", [8]),
-        ("act2", [8]),
-        ("fc3", [10]),
+def test_cli_layers_json(cli, tiny_ckpt):
+    rc, stdout, _err = cli("layers", "--model", tiny_ckpt, "--json")
+    assert rc == 0
+    doc = json.loads(stdout)
+    assert [(r["name"], r["shape"], r["size"]) for r in doc["layers"]] == [
+        ("flatten", [784], 784),
+        ("fc1", [12], 12),
+        ("act1", [12], 12),
+        ("fc2", [8], 8),
+        ("act2", [8], 8),
+        ("fc3", [10], 10),
     ]
+    assert doc == run_layers(LayersRequest(model=str(tiny_ckpt)), RunContext(device="cpu")).to_json()
 
 
-def test_cli_units_bottom_k_and_other_layer_space(capsys, tiny_ckpt, monkeypatch, tmp_path):
-    monkeypatch.setenv("BLINDSPOT_CACHE", str(tmp_path / "cache"))
+def test_cli_units_bottom_k_and_other_layer_space(cli, tiny_ckpt, tiny_mnist, tmp_path):
     out = tmp_path / "run"
-    args = ["units", "--model", str(tiny_ckpt), "--layer", "act2", "--space", "fc1", "--bottom", "--k", "3"]
-    assert main([*args, "--units", "2", "--random", "2", "--out", str(out), "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
+    args = ["units", "--model", tiny_ckpt, "--layer", "act2", "--space", "fc1", "--k", "3", "--data", tiny_mnist]
+    rc, stdout, _err = cli(*args, "--bottom", "--units", "2", "--random", "2", "--out", out, "--json")
+    assert rc == 0
+    doc = json.loads(stdout)
     assert doc["coherence_space"] == "fc1" and doc["random_scored"] == 1000
-    row = doc["shown"]["units"][0]
-    assert len(row["bottom"]) == 3 and max(row["bottom_values"]) <= min(row["top_values"])
+    model = load_checkpoint(tiny_ckpt).model
+    data = load_split("test", tiny_mnist)
+    with torch.no_grad():
+        fc1 = model.fc1(data.images.flatten(1))
+        act2 = model.act2(model.fc2(model.act1(fc1))).double().numpy()
+    for row in doc["shown"]["units"]:
+        assert sorted(row["bottom"]) == sorted(np.argsort(act2[:, row["id"]])[:3])
+        assert max(row["bottom_values"]) <= min(row["top_values"])
+        assert row["cosine"] == pytest.approx(mean_pairwise_cosine(fc1, np.array([row["top"]]))[0], abs=1e-5)
     assert (out / "units_bottom.png").is_file() and (out / "random_bottom.png").is_file()
+    rc, _stdout, _err = cli(*args, "--out", out, "--json")  # again without --bottom: no stale bottom figures
+    assert rc == 0
+    assert not (out / "units_bottom.png").exists() and not (out / "random_bottom.png").exists()
+
+
+def test_units_request_validates_and_round_trips():
+    request = UnitsRequest(model="m", layer="fc1", n=50, k=3, n_random=10, pool="max", bottom=True, data_dir="d")
+    assert UnitsRequest.from_json(json.loads(json.dumps(request.to_json()))) == request
+    for bad, words in (
+        ({"k": 0}, "--k must be at least 1"),
+        ({"show_units": -1}, "cannot be negative"),
+        ({"n_random": 1}, "--stat-random must be at least 2"),
+        ({"max_units": 1}, "--max-units"),
+        ({"pool": "sum"}, "unknown --pool"),
+        ({"split": "val"}, "unknown --split"),
+        ({"n": 0}, "at least 1"),
+        ({"space": "fc1"}, "layer under study"),
+    ):
+        with pytest.raises(InputError, match=words):
+            UnitsRequest(model="m", layer="fc1", **bad)
+    with pytest.raises(InputError, match="damaged"):
+        UnitsRequest.from_json({"layer": "fc1"})
+
+
+def test_run_units_names_its_folder_emits_events_and_honours_n(tiny_ckpt, tiny_mnist, tmp_path):
+    events: list[Step] = []
+    ctx = RunContext(device="cpu", runs_root=tmp_path / "runs", on_event=events.append)
+    request = UnitsRequest(model=str(tiny_ckpt), layer="act1", n=40, k=4, n_random=300, data_dir=str(tiny_mnist))
+    result = run_units(request, ctx)
+    folder = Path(result.run)
+    assert folder.parent == tmp_path / "runs" and re.fullmatch(r"units-tiny-\d{8}-\d{6}", folder.name)
+    assert result.comparison.n_images == 40 and list(result.source_indices) == list(range(40))
+    assert read_run_record(folder)["request"] == request.to_json()
+    assert json.loads((folder / "units.json").read_text()) == json.loads(json.dumps(result.to_json(full=True)))
+    acts = [(e.done, e.total) for e in events if e.task == "activations act1"]
+    dirs = [(e.done, e.total, e.message) for e in events if e.task == "directions act1"]
+    assert acts[-1] == (40, 40)
+    assert dirs == [(12, 312, "units"), (12 + 256, 312, "random directions"), (312, 312, "random directions")]
+
+
+def test_run_units_cancels_in_the_activation_and_scoring_loops(tiny_ckpt, tiny_mnist, tmp_path, isolated_cache):
+    request = UnitsRequest(model=str(tiny_ckpt), layer="act1", k=4, n_random=600, data_dir=str(tiny_mnist))
+    out = tmp_path / "cancelled"
+    with pytest.raises(Cancelled):  # before the first batch of images
+        run_units(request, RunContext(device="cpu", out=out, cancelled=lambda: True))
+    assert not out.exists() and not list(isolated_cache.rglob("*.safetensors"))
+    seen: list[Step] = []
+
+    def after_first_block() -> bool:
+        return any(e.task.startswith("directions") for e in seen)
+
+    with pytest.raises(Cancelled):
+        run_units(request, RunContext(device="cpu", out=out, on_event=seen.append, cancelled=after_first_block))
+    scored = [e.done for e in seen if e.task.startswith("directions")]
+    assert scored == [12]  # stopped after the units block, before any of the three random blocks
+    assert not out.exists()  # nothing was produced: the folder is gone, the same --out is free
+    assert len(list(isolated_cache.rglob("*.safetensors"))) == 1  # the finished activations are kept
+
+
+def test_unwritable_cache_does_not_stop_units(cli, tiny_ckpt, tiny_mnist, tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("BLINDSPOT_CACHE", str(blocker / "cache"))
+    out = tmp_path / "run"
+    rc, stdout, err = cli("units", "--model", tiny_ckpt, *UNITS_ARGS, "--data", tiny_mnist, "--out", out, "--json")
+    assert rc == 0
+    assert json.loads(stdout)["activations_cached"] is False and (out / "units.json").is_file()
+    assert [line for line in err.splitlines() if "not cached" in line] == [
+        f"activations not cached: cannot use {blocker / 'cache'} (Not a directory); set BLINDSPOT_CACHE"
+    ]

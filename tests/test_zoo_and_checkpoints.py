@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 from engines.core.checkpoint import load_checkpoint, models_dir, save_checkpoint
 from engines.core.data import load_split
 from engines.core.errors import CheckpointError, ModelError
-from engines.train.fit import error_rate, train_zoo_model
 from engines.core.zoo import ZOO, build_model, decay_loss, mlp_spec
+from engines.train.fit import error_rate, train_zoo_model
 from tests.conftest import PAPER_IDS
 
 SHIPPED = sorted(p.stem for p in models_dir().glob("*.safetensors"))
@@ -24,7 +24,7 @@ def test_decay_term_matches_the_formula_by_hand():
         model.fc1.bias.fill_(100.0)  # biases are not decayed
     lam1, lam2 = 1e-3, 0.5
     expected = lam1 * (4.0 * 3 * 784) / 3 + lam2 * (1.0 * 10 * 3) / 10
-    assert float(decay_loss(model, [lam1, lam2])) == pytest.approx(expected, rel=1e-6)
+    assert float(decay_loss(model, [lam1, lam2]).detach()) == pytest.approx(expected, rel=1e-6)
 
 
 def test_decay_needs_one_lambda_per_layer():

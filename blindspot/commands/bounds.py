@@ -6,19 +6,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich import box
 from rich.table import Table
 
-from blindspot.console import note, out, print_json, progress_sink
+from blindspot.console import cli_context, note, out, print_json
 from blindspot.options import Device, Json, OutDir, Seed
-from engines.bounds.network import PAPER_TABLE5, NetworkBounds, frame_bounds, write_bounds
-from engines.bounds.models import load_bounds_model, parse_input_shape
-from engines.core.device import resolve_device
-from engines.core.errors import InputError
-
-PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
+from engines.bounds.models import parse_input_shape
+from engines.bounds.operation import BOUNDS_FILE, SPECTRA_FILE, BoundsRequest, run_bounds
+from engines.bounds.results import PAPER_TABLE5, NetworkBounds
 
 
 def _num(v: float | None) -> str:
@@ -51,34 +47,28 @@ def bounds(
     seed: Seed = 0,
     json_out: Json = False,
     out_dir: OutDir = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Write into an --out folder that already holds results.")
+    ] = False,
 ) -> None:
     """Frame bounds of every Linear and Conv2d layer and the product of upper bounds (Table 5)."""
-    if precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}: use float64 or float32")
-    if power_iters < 0:
-        raise InputError("--power-iters must be 0 or more")
-    dev = resolve_device(device)
-    shape = parse_input_shape(input_shape) if input_shape else None
-    loaded = load_bounds_model(model, weights, seed=seed)
-    shape = shape or loaded.input_shape
-    with progress_sink() as on_progress:
-        result = frame_bounds(
-            loaded.model,
-            shape,
-            device=dev,
-            dtype=PRECISIONS[precision],
-            power_iters=power_iters,
-            model_name=loaded.name,
-            on_progress=on_progress,
-        )
-    note(
-        f"{loaded.name}: {loaded.source}; input {'×'.join(map(str, shape))}; {precision} on {dev}; "
-        f"{result.seconds:.1f} s"
+    request = BoundsRequest(
+        model=model,
+        weights=str(weights) if weights is not None else None,
+        input_shape=parse_input_shape(input_shape) if input_shape else None,
+        power_iters=power_iters,
+        precision=precision,
+        seed=seed,
     )
-    result.notes.append(f"model: {loaded.source}")
-    if out_dir is not None:
-        paths = write_bounds(result, out_dir)
-        note(f"wrote {paths['json']} and {paths['spectra']}")
+    hint = "finished layers are not kept; run the command again"
+    with cli_context(device, out=out_dir, overwrite=overwrite, hint=hint) as ctx:
+        result = run_bounds(request, ctx, save=out_dir is not None)
+    note(
+        f"{result.model}: {result.source}; input {'×'.join(map(str, result.input_shape))}; "
+        f"{precision} on {result.device}; {result.seconds:.1f} s"
+    )
+    if result.run:
+        note(f"wrote {Path(result.run) / BOUNDS_FILE} and {Path(result.run) / SPECTRA_FILE}")
     if json_out:
         print_json(result.to_json())
     else:

@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
+from blindspot.console import cli_context, note, print_json
+from blindspot.options import SETS_CACHED, CSteps, DataDir, Device, Json, MaxIter, Seed
+from engines.attack.problems import AttackConfig
 from engines.core.runs import new_run_folder
-from blindspot.console import note, print_json, progress_sink, resumable
-from blindspot.options import SETS_CACHED, CSteps, DataDir, Device, Json, MaxIter, Seed, adversarial_settings
-from engines.core.errors import InputError
-from engines.reproduce.tables import FULL_N, QUICK_N, reproduce
+from engines.reproduce.run import FULL_N, QUICK_N, ReproduceRequest, run_reproduce
 
 
 def reproduce_cmd(
@@ -28,14 +28,18 @@ def reproduce_cmd(
     json_out: Json = False,
 ) -> None:
     """Recompute Tables 1–5 with the shipped zoo and write report.md beside the paper's numbers."""
-    if n is not None and n < 1:
-        raise InputError("--n must be at least 1")
-    folder = out or new_run_folder(Path("runs"), "reproduce", "paper")
-    settings = adversarial_settings(c_steps, max_iter, seed, device, data)
-    with resumable(f"{SETS_CACHED} ({folder})"), progress_sink() as on_progress:
-        result = reproduce(folder, quick=quick, n=n, on_progress=on_progress, **settings)
+    request = ReproduceRequest(
+        quick=quick,
+        n=n,
+        seed=seed,
+        config=AttackConfig(c_steps=c_steps, max_iter=max_iter),
+        data_dir=str(data) if data else None,
+    )
+    folder = out or new_run_folder(Path("runs"), "reproduce", "paper")  # named here: the hint shows it
+    with cli_context(device, out=folder, hint=f"{SETS_CACHED} ({folder})") as ctx:
+        result = run_reproduce(request, ctx)
     if json_out:
-        print_json({"report": str(result.report), "seconds": result.seconds, **result.tables})
+        print_json(result.to_json())
     else:
         note(f"report: {result.report} ({result.seconds:.0f} s)")
 

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from blindspot.console import note, print_json, progress_sink
+from blindspot.console import cli_context, note, print_json
 from blindspot.options import DataDir, Device, Json, Seed
 from engines.core.checkpoint import models_dir
-from engines.core.device import resolve_device
-from engines.core.errors import InputError
-from engines.train.fit import OPTIMIZERS, train_zoo_model
-from engines.core.zoo import ZOO
+from engines.core.events import Event, ModelTrained, fan_out
+from engines.train.operation import TrainRequest, run_training, zoo_ids
 
-DEFAULT_OUT = Path("runs/models")
+
+def _announce(event: Event) -> None:
+    """One log line per saved model, as it is saved (a whole zoo takes hours)."""
+    if isinstance(event, ModelTrained):
+        m = event.metrics
+        note(f"{event.model_id}: train {m['train_error']:.2f}% test {m['test_error']:.2f}% -> {event.path}")
 
 
 def train(
@@ -33,45 +37,35 @@ def train(
             help="Folder for the checkpoints (default: runs/models; the shipped zoo is never overwritten unless asked).",
         ),
     ] = None,
+    into_shipped_zoo: Annotated[
+        bool,
+        typer.Option(
+            "--into-shipped-zoo",
+            help="Allow --out to be the shipped sample_data/models (regenerating the zoo the README quotes).",
+        ),
+    ] = False,
     data: DataDir = None,
     device: Device = "auto",
     seed: Seed = 0,
     json_out: Json = False,
 ) -> None:
     """Train zoo models with the paper's weight decay; writes <id>.safetensors + <id>.json."""
-    if zoo is not None and zoo != "paper":
-        raise InputError(f"unknown zoo {zoo!r}: the only zoo is 'paper'")
-    ids = list(ZOO) if zoo == "paper" else list(model or [])
-    if not ids:
-        raise InputError("say what to train: --model ID (see `blindspot models`) or --zoo paper")
-    if optimizer not in OPTIMIZERS:
-        raise InputError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-    for name, value in (("--epochs", epochs), ("--max-iter", max_iter)):
-        if value is not None and value < 1:
-            raise InputError(f"{name} must be at least 1 (leave it out for the recipe's own)")
-    dev = resolve_device(device)
-    target = out or DEFAULT_OUT
-    results = []
-    with progress_sink() as on_progress:
-        for model_id in ids:
-            res = train_zoo_model(
-                model_id,
-                target,
-                seed=seed,
-                device=dev,
-                optimizer=optimizer,
-                data_dir=data,
-                max_iter=max_iter,
-                epochs=epochs,
-                on_progress=on_progress,
-            )
-            m = res.meta["metrics"]
-            note(f"{model_id}: train {m['train_error']:.2f}% test {m['test_error']:.2f}% -> {res.path}")
-            results.append({"id": model_id, "path": str(res.path), "metrics": m, "training": res.meta["training"]})
+    request = TrainRequest(
+        models=zoo_ids(model, zoo),
+        optimizer=optimizer,
+        epochs=epochs,
+        max_iter=max_iter,
+        seed=seed,
+        data_dir=str(data) if data else None,
+        into_shipped_zoo=into_shipped_zoo,
+    )
+    with cli_context(device, out=out, hint="models saved before the interrupt are kept") as ctx:
+        result = run_training(request, replace(ctx, on_event=fan_out(ctx.on_event, _announce)))
     if json_out:
-        print_json(results)
-    if target.resolve() != models_dir().resolve():
-        note(f"use them with BLINDSPOT_MODELS={target} or --model {target}/ID.safetensors")
+        print_json(result.to_json())
+    folder = Path(result.folder)
+    if folder.resolve() != models_dir().resolve():
+        note(f"use them with BLINDSPOT_MODELS={folder} or --model {folder}/ID.safetensors")
 
 
 def register(app: typer.Typer) -> None:

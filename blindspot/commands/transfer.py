@@ -8,11 +8,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from engines.core.runs import new_run_folder
-from blindspot.console import note, out, print_json, progress_sink, resumable
-from blindspot.options import SETS_CACHED, CSteps, DataDir, Device, Json, MaxIter, Offset, Seed, adversarial_settings
+from blindspot.console import cli_context, note, out, print_json
+from blindspot.options import SETS_CACHED, CSteps, DataDir, Device, Json, MaxIter, Offset, Seed
+from engines.attack.problems import AttackConfig
+from engines.attack.transfer import TransferMatrix, TransferRequest, run_transfer
 from engines.core.errors import InputError
-from engines.attack.transfer import TransferMatrix, compute_transfer
 
 
 def _csv_list(text: str | None) -> list[str]:
@@ -54,30 +54,26 @@ def transfer(
     json_out: Json = False,
 ) -> None:
     """Error of every target on every source's minimum-distortion adversarial set (--target all)."""
-    src, tgt = _csv_list(sources), _csv_list(targets) or _csv_list(sources)
-    if n < 1:
-        raise InputError("--n must be at least 1")
-    folder = out_dir or new_run_folder(Path("runs"), "transfer", "matrix")
-    settings = adversarial_settings(c_steps, max_iter, seed, device, data)
-    with resumable(SETS_CACHED), progress_sink() as on_progress:
-        matrix = compute_transfer(
-            src,
-            tgt,
-            split,
-            n,
-            folder,
-            noise=_floats(noise, "--noise"),
-            unclipped=_floats(unclipped, "--unclipped-noise"),
-            amplify_rms=amplify,
-            offset=offset,
-            on_progress=on_progress,
-            **settings,
-        )
+    request = TransferRequest(
+        sources=tuple(_csv_list(sources)),
+        targets=tuple(_csv_list(targets)),
+        split=split,
+        n=n,
+        offset=offset,
+        seed=seed,
+        config=AttackConfig(c_steps=c_steps, max_iter=max_iter),
+        data_dir=str(data) if data else None,
+        noise=tuple(_floats(noise, "--noise")),
+        unclipped=tuple(_floats(unclipped, "--unclipped-noise")),
+        amplify_rms=amplify,
+    )
+    with cli_context(device, out=out_dir, hint=SETS_CACHED) as ctx:
+        matrix = run_transfer(request, ctx)
     if json_out:
-        print_json(matrix.to_json() | {"folder": str(folder)})
+        print_json(matrix.to_json() | {"folder": str(matrix.folder)})
     else:
         out.print(matrix_table(matrix))
-        note(f"run folder: {folder} (matrix.json, matrix.csv, heatmap.png)")
+        note(f"run folder: {matrix.folder} (matrix.json, matrix.csv, heatmap.png)")
 
 
 def matrix_table(matrix: TransferMatrix) -> Table:

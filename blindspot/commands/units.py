@@ -2,51 +2,24 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich import box
 from rich.table import Table
 
-from blindspot.console import note, out, print_json, progress_sink
+from blindspot.console import cli_context, note, out, print_json
 from blindspot.options import DataDir, Device, Json, ModelRef, OutDir, Seed
-from engines.units.activations import POOLINGS, find_layer, list_layers
-from engines.core.checkpoint import load_checkpoint
-from engines.core.data import SPLITS, load_split
-from engines.core.device import resolve_device
-from engines.core.errors import InputError
-from engines.core.io import write_json_atomic
-from engines.report.unit_figures import save_unit_figures
-from engines.units.directions import UnitsResult, result_to_dict, run_units
-
-
-def _input_shape(meta: dict[str, Any]) -> tuple[int, ...]:
-    return tuple(int(s) for s in meta.get("spec", {}).get("input", (1, 28, 28)))
-
-
-def _check(
-    k: int, shown_units: int, shown_random: int, stat_random: int | None, max_units: int, pool: str, split: str
-) -> None:
-    if k < 1:
-        raise InputError(f"--k must be at least 1, got {k}")
-    if shown_units < 0 or shown_random < 0:
-        raise InputError("--units and --random count rows to draw and cannot be negative")
-    if stat_random is not None and stat_random < 2:
-        raise InputError(f"--stat-random must be at least 2, got {stat_random}")
-    if max_units < 2:
-        raise InputError(f"--max-units must be at least 2, got {max_units}")
-    if pool not in POOLINGS:
-        raise InputError(f"unknown --pool {pool!r}: choose one of {', '.join(POOLINGS)}")
-    if split not in SPLITS:
-        raise InputError(f"unknown --split {split!r}: choose one of {', '.join(SPLITS)}")
+from engines.core.context import RunContext
+from engines.units.operation import LayersRequest, UnitsRequest, UnitsResult, run_layers, run_units
 
 
 def _ci(lo: float, hi: float, digits: int) -> str:
     return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
-def _print_result(res: UnitsResult, model_id: str, split: str, files: dict[str, Path]) -> None:
+def _print_result(result: UnitsResult) -> None:
+    res, model_id, split = result.comparison, result.model, result.split
     phi = "flattened output" if res.pool == "none" else f"{res.pool}-pooled per channel"
     shape = "×".join(str(s) for s in res.layer_shape)
     scored = f"{len(res.units)} of {res.units_total} units" + (" (seeded sample)" if res.units_sampled else "")
@@ -82,7 +55,7 @@ def _print_result(res: UnitsResult, model_id: str, split: str, files: dict[str, 
     for name, sentence in res.verdicts().items():
         if name != res.primary:
             out.print(f"  {name}: {sentence}", highlight=False, soft_wrap=True)
-    for path in files.values():
+    for path in result.files.values():
         note(f"wrote {path}")
 
 
@@ -117,54 +90,44 @@ def units(
     json_out: Json = False,
 ) -> None:
     """Top-k images of each unit and of random directions, scored and compared (§3, Figures 1–4)."""
-    _check(k, shown_units, shown_random, stat_random, max_units, pool, split)
-    dev = resolve_device(device)
-    loaded = load_checkpoint(model, dev)
-    shape = _input_shape(loaded.meta)
-    find_layer(loaded.model, layer, shape, dev)  # fail on a bad name before the data are read
-    dataset = load_split(split, data)
-    with progress_sink() as on_progress:
-        res = run_units(
-            loaded,
-            layer,
-            dataset,
-            k=k,
-            seed=seed,
-            n_random=stat_random,
-            max_units=max_units,
-            show_units=shown_units,
-            show_random=shown_random,
-            bottom=bottom,
-            pool=pool,
-            space=space,
-            device=dev,
-            use_cache=not no_cache,
-            on_progress=on_progress,
-        )
-    target = out_dir or Path("runs") / "units" / f"{loaded.id}-{layer}"
-    files = save_unit_figures(res, dataset.images, target, labels=dataset.labels)
-    files["json"] = target / "units.json"
-    res.extra["files"] = {name: str(p) for name, p in files.items()}
-    write_json_atomic(files["json"], result_to_dict(res, dataset.indices, full=True))
+    request = UnitsRequest(
+        model=model,
+        layer=layer,
+        split=split,
+        k=k,
+        n_random=stat_random,
+        max_units=max_units,
+        show_units=shown_units,
+        show_random=shown_random,
+        pool=pool,
+        space=space,
+        bottom=bottom,
+        seed=seed,
+        data_dir=str(data) if data else None,
+        use_cache=not no_cache,
+    )
+    # overwrite: a units run has always replaced the results of an earlier one in the same --out
+    with cli_context(device, out=out_dir, overwrite=True, hint="finished activations stay cached") as ctx:
+        result = run_units(request, ctx)
+    for line in result.notes:
+        note(line)
     if json_out:
-        print_json(result_to_dict(res, dataset.indices, full=False))
+        print_json(result.to_json())
         return
-    _print_result(res, loaded.id, split, files)
+    _print_result(result)
 
 
 def layers(model: ModelRef, device: Device = "auto", json_out: Json = False) -> None:
     """The model's named layers with their kinds and output shapes (the names `units --layer` takes)."""
-    dev = resolve_device(device)
-    loaded = load_checkpoint(model, dev)
-    rows = [info.to_dict() for info in list_layers(loaded.model, _input_shape(loaded.meta), dev)]
+    result = run_layers(LayersRequest(model=model), RunContext(device=device))  # one forward pass: nothing to cancel
     if json_out:
-        print_json({"model": loaded.id, "layers": rows})
+        print_json(result.to_json())
         return
-    table = Table(title=f"layers of {loaded.id} (φ = flattened output)")
+    table = Table(title=f"layers of {result.model} (φ = flattened output)")
     for col in ("name", "kind", "output shape", "φ dims"):
         table.add_column(col, justify="right" if col == "φ dims" else "left")
-    for r in rows:
-        table.add_row(r["name"], r["kind"], "×".join(str(s) for s in r["shape"]), f"{r['size']:,}")
+    for info in result.layers:
+        table.add_row(info.name, info.kind, "×".join(str(s) for s in info.shape), f"{info.size:,}")
     out.print(table)
 
 

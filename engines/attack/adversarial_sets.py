@@ -1,6 +1,6 @@
 """Adversarial sets for the transfer tables, cached by everything that determines them.
 
-A set is an attack run (see `attack_run`) with `--target all` (Table 1's minimum distortion)
+A set is an attack run (`engines.attack.run`) with `--target all` (Table 1's minimum distortion)
 stored in the cache under a key made of the source checkpoint's hash, the data files' md5s,
 split, offset, N, seed and every attack setting. A second request is served from the cache; a
 changed setting gets another key, so it is never served stale; an interrupted computation

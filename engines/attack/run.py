@@ -8,6 +8,9 @@ The CLI's `blindspot attack` and the Attack screen both call these and nothing e
     figure.png               Fig. 5/7 layout: original | difference ×10 | adversarial | equal-rms noise
 Each finished chunk is announced as a `ChunkDone` event carrying its results, so a screen never
 re-reads files to show them.
+
+Over 400 lines on purpose: the request, the result, the chunk loop, resume's checks of chunks
+and the summary are one run-folder format and change together.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class AttackRequest:
     config: AttackConfig = field(default_factory=AttackConfig)
     batch_size: int | None = None
     data_dir: str | None = None
+    chunk_images: int | None = None  # images per saved chunk (at most); None: as many as batch_size allows
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -57,6 +61,8 @@ class AttackRequest:
             raise InputError("--offset must be at least 0")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError("--batch-size must be at least 1")
+        if self.chunk_images is not None and self.chunk_images < 1:
+            raise InputError("chunk_images must be at least 1")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -69,6 +75,7 @@ class AttackRequest:
             "config": self.config.as_dict(),
             "batch_size": self.batch_size,
             "data_dir": self.data_dir,
+            "chunk_images": self.chunk_images,
         }
 
     @classmethod
@@ -84,6 +91,7 @@ class AttackRequest:
                 config=AttackConfig(**d["config"]),
                 batch_size=d.get("batch_size"),
                 data_dir=d.get("data_dir"),
+                chunk_images=d.get("chunk_images"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"the recorded attack request is damaged ({type(exc).__name__}: {exc})") from None
@@ -188,6 +196,8 @@ def _carry_on(run: RunFolder, request: AttackRequest, lm: LoadedModel, data: Dat
     per_image = classes - 1 if mode == "all" else 1
     batch = request.batch_size or auto_batch_size(int(data.images[0].numel()), request.config.history, device)
     chunk = max(1, batch // per_image)
+    if request.chunk_images is not None:  # a screen streams finished examples: several chunks per run
+        chunk = min(chunk, request.chunk_images)
     done = valid_chunks(out, len(data))
     tally = RunTally.from_chunks(out, done)
     finished = sum(b - a for a, b in done)

@@ -1,9 +1,10 @@
-"""Cross-model transfer of adversarial examples (Tables 2 and 4): the error of every target model
-on every source's adversarial set, on amplified sets and on Gaussian noise of given rms.
+"""The transfer operation (Tables 2 and 4): the error of every target model on every source's
+adversarial set, on amplified sets and on Gaussian noise of given rms.
 
-A run folder holds `matrix.json` (rows, columns, values in %, counts, 95 % Wilson intervals,
-distortions, settings), `matrix.csv`, `heatmap.png`, and `sets/` with each row's images so
-that a cell can be opened to show the examples that fool its target.
+`run_transfer(TransferRequest, RunContext)` is what `blindspot transfer` and the Transfer screen
+both call. Its run folder holds `run.json` (the request), `matrix.json` (rows, columns, values in
+%, counts, 95 % Wilson intervals, distortions, settings), `matrix.csv`, `heatmap.png`, and `sets/`
+with each row's images so that a cell can be opened to show the examples that fool its target.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +21,108 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engines.attack.adversarial_sets import adversarial_set
+from engines.attack.perturb import amplify, gaussian_noise, unclipped_noise
 from engines.attack.problems import AttackConfig, paper_distortion
+from engines.attack.run import AttackRequest
 from engines.core.checkpoint import load_checkpoint
+from engines.core.context import RunContext
 from engines.core.data import load_split
 from engines.core.errors import InputError
-from engines.core.events import CancelCheck, EventSink, SetReady, Step, ignore_events, never_cancel
-from engines.report.figures import heatmap_png, predict
+from engines.core.events import SetReady, Step
 from engines.core.io import atomic_write, read_json, write_json_atomic, write_text_atomic
-from engines.attack.perturb import amplify, gaussian_noise, unclipped_noise
+from engines.core.runs import RUN_FILE, open_run, read_run_record
+from engines.report.figures import heatmap_png, predict
 
 ROW_KINDS = ("adversarial", "amplified", "noise")
+
+
+@dataclass(frozen=True)
+class TransferRequest:
+    """Which sets are fed to which models: everything that fixes the matrix. Stored in run.json.
+
+    `targets` defaults to the sources. Each source's set is its minimum-distortion attack
+    (`--target all`) on images [offset, offset + n) of `split`, with `config` and `seed`.
+    """
+
+    sources: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()
+    split: str = "train"
+    n: int = 100
+    offset: int = 0
+    seed: int = 0
+    config: AttackConfig = field(default_factory=AttackConfig)
+    data_dir: str | None = None
+    noise: tuple[float, ...] = ()  # clipped Gaussian-noise rows at these rms values
+    unclipped: tuple[float, ...] = ()  # x + N(0, sd²) rows left outside [0, 1]
+    amplify_rms: float | None = None  # also each set amplified to this rms (Table 4)
+
+    def __post_init__(self) -> None:
+        fix = object.__setattr__  # frozen: normalise once, here
+        fix(self, "sources", tuple(str(s) for s in self.sources))
+        fix(self, "targets", tuple(str(t) for t in self.targets) or self.sources)
+        fix(self, "noise", tuple(float(v) for v in self.noise))
+        fix(self, "unclipped", tuple(float(v) for v in self.unclipped))
+        if self.data_dir is not None:
+            fix(self, "data_dir", str(self.data_dir))
+        if not self.sources and not self.noise and not self.unclipped:
+            raise InputError("nothing to evaluate: give --sources and/or --noise")
+        if not self.targets:
+            raise InputError("give at least one target model (--targets)")
+        if self.n < 1:
+            raise InputError("--n must be at least 1")
+        if self.offset < 0:
+            raise InputError("--offset must be at least 0")
+        amplified = [self.amplify_rms] if self.amplify_rms is not None else []
+        for sd in [*self.noise, *self.unclipped, *amplified]:
+            if not 0 < sd < 1:
+                raise InputError(f"rms/stddev {sd} must lie in (0, 1)")
+
+    def attack_request(self, source: str) -> AttackRequest:
+        """The attack that makes `source`'s adversarial set."""
+        return AttackRequest(
+            model=source,
+            split=self.split,
+            n=self.n,
+            offset=self.offset,
+            target="all",
+            seed=self.seed,
+            config=self.config,
+            data_dir=self.data_dir,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sources": list(self.sources),
+            "targets": list(self.targets),
+            "split": self.split,
+            "n": self.n,
+            "offset": self.offset,
+            "seed": self.seed,
+            "config": self.config.as_dict(),
+            "data_dir": self.data_dir,
+            "noise": list(self.noise),
+            "unclipped": list(self.unclipped),
+            "amplify_rms": self.amplify_rms,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TransferRequest:
+        try:
+            return cls(
+                sources=tuple(d["sources"]),
+                targets=tuple(d["targets"]),
+                split=str(d["split"]),
+                n=int(d["n"]),
+                offset=int(d["offset"]),
+                seed=int(d["seed"]),
+                config=AttackConfig(**d["config"]),
+                data_dir=d.get("data_dir"),
+                noise=tuple(d.get("noise", ())),
+                unclipped=tuple(d.get("unclipped", ())),
+                amplify_rms=d.get("amplify_rms"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"the recorded transfer request is damaged ({type(exc).__name__}: {exc})") from None
 
 
 @dataclass
@@ -95,96 +188,98 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def compute_transfer(
-    sources: list[str],
-    targets: list[str],
-    split: str,
-    n: int,
-    out: str | Path,
-    *,
-    noise: list[float] | None = None,
-    unclipped: list[float] | None = None,
-    amplify_rms: float | None = None,
-    offset: int = 0,
-    seed: int = 0,
-    config: AttackConfig | None = None,
-    device: torch.device | str = "cpu",
-    data_dir: str | Path | None = None,
-    on_event: EventSink = ignore_events,
-    cancel: CancelCheck = never_cancel,
-) -> TransferMatrix:
-    """Build the matrix and write it to `out`; adversarial sets come from (or go to) the cache.
+def run_transfer(request: TransferRequest, ctx: RunContext) -> TransferMatrix:
+    """Build the matrix in a run folder (`runs/transfer-matrix-<time>` unless the context names one).
 
+    Adversarial sets come from (or go to) the cache, so an interrupted matrix costs little to redo.
     `noise` rows are clipped to [0, 1] at the requested rms; `unclipped` rows add N(0, σ²) and
     leave the box, as the paper's noise rows most likely did.
     """
-    if not sources and not noise and not unclipped:
-        raise InputError("nothing to evaluate: give --sources and/or --noise")
-    if not targets:
-        raise InputError("give at least one target model (--targets)")
-    for sd in [*(noise or []), *(unclipped or []), *([amplify_rms] if amplify_rms is not None else [])]:
-        if not 0 < sd < 1:
-            raise InputError(f"rms/stddev {sd} must lie in (0, 1)")
-    out = Path(out)
-    config = config or AttackConfig()
-    device = torch.device(device)
-    data = load_split(split, data_dir).subset(offset, n)
-    x, y = data.images, data.labels
-    models = {t: load_checkpoint(t, device) for t in targets}  # fail early on a bad target
-    sets: list[tuple[MatrixRow, torch.Tensor]] = []
-    sources_info = {}
-    for i, src in enumerate(sources):
-        on_event(Step(task="adversarial sets", done=i, total=len(sources), message=f"attacking with {src}"))
-        aset = adversarial_set(
-            src,
-            split,
-            n,
-            offset=offset,
-            seed=seed,
-            config=config,
-            device=device,
-            data_dir=data_dir,
-            on_event=on_event,
-            cancel=cancel,
-        )
-        sources_info[src] = {"cache": str(aset.folder), "cached": aset.cached, "summary": aset.summary}
-        on_event(SetReady(task="adversarial sets", done=i + 1, total=len(sources), source=src, cached=aset.cached))
-        x_adv, ok = aset.samples["x_adv"], aset.samples["success"].bool()
-        sets.append((_row(src, "adversarial", src, x, x_adv, ok), x_adv))
-        if amplify_rms is not None:
-            moved = ok & (paper_distortion(x, x_adv) > 0)  # images misclassified as they are have no direction
-            x_amp = torch.where(moved.view(-1, 1, 1, 1), amplify(x, x_adv, amplify_rms), x)
-            sets.append(
-                (_row(f"{src} amplified to rms {amplify_rms:g}", "amplified", src, x, x_amp, moved, amplify_rms), x_amp)
-            )
-    on_event(Step(task="adversarial sets", done=len(sources), total=len(sources)))
-    everyone = torch.ones(len(y), dtype=torch.bool)
-    for sd in noise or []:
-        x_noise = gaussian_noise(x, sd, seed)
-        sets.append((_row(f"Gaussian noise rms {sd:g}", "noise", None, x, x_noise, everyone, sd), x_noise))
-    for sd in unclipped or []:
-        x_noise = unclipped_noise(x, sd, seed)
-        row = _row(f"Gaussian noise sd {sd:g}, unclipped", "noise", None, x, x_noise, everyone, sd, clipped=False)
-        sets.append((row, x_noise))
-    errors = np.zeros((len(sets), len(targets)), dtype=np.int64)
-    for i, (_, x_row) in enumerate(sets):
-        for j, t in enumerate(targets):
-            errors[i, j] = int((predict(models[t].model, x_row, device) != y).sum())
-        on_event(Step(task="evaluate", done=i + 1, total=len(sets)))
-    settings = {
-        "offset": offset,
-        "seed": seed,
-        "attack": config.as_dict(),
-        "target_mode": "all",
-        "models": {t: {"path": str(m.path), "sha256": m.sha256} for t, m in models.items()},
-        "sources": sources_info,
-        "noise": "Gaussian, clipped to [0,1], scaled per image to the rms",
-        "unclipped_noise": "x + N(0, sigma^2), not clipped to [0,1]",
-        "amplify": "x + s(x'-x), s per image so that the clipped rms is the requested value",
-    }
-    matrix = TransferMatrix([r for r, _ in sets], list(targets), errors, split, len(y), settings, out)
-    save_matrix(matrix, out, x, y, [x_row for _, x_row in sets])
+    ctx = redo_interrupted(ctx, "transfer")
+    device = ctx.torch_device()
+    with open_run(ctx, "transfer", "matrix", request.to_json()) as run:
+        out = run.path
+        data = load_split(request.split, request.data_dir).subset(request.offset, request.n)
+        x, y = data.images, data.labels
+        models = {t: load_checkpoint(t, device) for t in request.targets}  # fail early on a bad target
+        sets: list[tuple[MatrixRow, torch.Tensor]] = []
+        sources_info = {}
+        total = len(request.sources)
+        for i, src in enumerate(request.sources):
+            ctx.check_cancel()
+            ctx.emit(Step(task="adversarial sets", done=i, total=total, message=f"attacking with {src}"))
+            aset = adversarial_set(request.attack_request(src), ctx)
+            sources_info[src] = {"cache": str(aset.folder), "cached": aset.cached, "summary": aset.summary}
+            ctx.emit(SetReady(task="adversarial sets", done=i + 1, total=total, source=src, cached=aset.cached))
+            sets += _source_rows(src, x, aset.samples, request.amplify_rms)
+        ctx.emit(Step(task="adversarial sets", done=total, total=total))
+        sets += _noise_rows(x, request)
+        errors = np.zeros((len(sets), len(request.targets)), dtype=np.int64)
+        for i, (_, x_row) in enumerate(sets):
+            ctx.check_cancel()
+            for j, t in enumerate(request.targets):
+                errors[i, j] = int((predict(models[t].model, x_row, device) != y).sum())
+            ctx.emit(Step(task="evaluate", done=i + 1, total=len(sets)))
+        settings = {
+            "offset": request.offset,
+            "seed": request.seed,
+            "attack": request.config.as_dict(),
+            "target_mode": "all",
+            "models": {t: {"path": str(m.path), "sha256": m.sha256} for t, m in models.items()},
+            "sources": sources_info,
+            "noise": "Gaussian, clipped to [0,1], scaled per image to the rms",
+            "unclipped_noise": "x + N(0, sigma^2), not clipped to [0,1]",
+            "amplify": "x + s(x'-x), s per image so that the clipped rms is the requested value",
+        }
+        rows = [r for r, _ in sets]
+        matrix = TransferMatrix(rows, list(request.targets), errors, request.split, len(y), settings, out)
+        save_matrix(matrix, out, x, y, [x_row for _, x_row in sets])
     return matrix
+
+
+def redo_interrupted(ctx: RunContext, kind: str) -> RunContext:
+    """Let an --out that holds an interrupted run of `kind` be run again.
+
+    Transfer and reproduce keep their costly part (the adversarial sets) in the cache, so the CLI's
+    hint says "run the same command again": that must not be refused as an occupied folder. A
+    finished run, another kind's folder or a folder without run.json still is.
+    """
+    if ctx.out is None or ctx.overwrite or not (Path(ctx.out) / RUN_FILE).is_file():
+        return ctx
+    try:
+        record = read_run_record(Path(ctx.out))
+    except InputError:
+        return ctx
+    if record.get("kind") == kind and record.get("status") != "done":
+        return replace(ctx, overwrite=True)
+    return ctx
+
+
+def _source_rows(
+    src: str, x: torch.Tensor, samples: dict[str, torch.Tensor], amplify_rms: float | None
+) -> list[tuple[MatrixRow, torch.Tensor]]:
+    """A source's adversarial row, and its amplified row when asked."""
+    x_adv, ok = samples["x_adv"], samples["success"].bool()
+    rows = [(_row(src, "adversarial", src, x, x_adv, ok), x_adv)]
+    if amplify_rms is not None:
+        moved = ok & (paper_distortion(x, x_adv) > 0)  # images misclassified as they are have no direction
+        x_amp = torch.where(moved.view(-1, 1, 1, 1), amplify(x, x_adv, amplify_rms), x)
+        name = f"{src} amplified to rms {amplify_rms:g}"
+        rows.append((_row(name, "amplified", src, x, x_amp, moved, amplify_rms), x_amp))
+    return rows
+
+
+def _noise_rows(x: torch.Tensor, request: TransferRequest) -> list[tuple[MatrixRow, torch.Tensor]]:
+    everyone = torch.ones(len(x), dtype=torch.bool)
+    rows = []
+    for sd in request.noise:
+        x_noise = gaussian_noise(x, sd, request.seed)
+        rows.append((_row(f"Gaussian noise rms {sd:g}", "noise", None, x, x_noise, everyone, sd), x_noise))
+    for sd in request.unclipped:
+        x_noise = unclipped_noise(x, sd, request.seed)
+        name = f"Gaussian noise sd {sd:g}, unclipped"
+        rows.append((_row(name, "noise", None, x, x_noise, everyone, sd, clipped=False), x_noise))
+    return rows
 
 
 def _row(

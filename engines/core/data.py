@@ -1,16 +1,21 @@
-"""MNIST-format data: IDX parsing with checks, folder discovery, the paper's P1/P2 split.
+"""IDX data (MNIST and look-alikes): parsing with checks, folder discovery, identity, the paper's P1/P2 split.
 
 Pixels are scaled to [0, 1] as in the paper (§4.2). Images come back as float32
-tensors of shape (N, 1, H, W) and labels as int64 tensors of shape (N,).
+tensors of shape (N, 1, H, W) and labels as int64 tensors of shape (N,). Every loader
+checks what training would otherwise choke on late: labels within [0, K), one image
+shape shared by the training and test files, no empty files.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,13 +27,42 @@ from engines.core.io import file_md5
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801
 PAPER_SPLIT_SEED = 20131221  # fixed; recorded in every checkpoint's metadata
+MNIST_CLASSES = 10
+IDX_NAME = "IDX data"  # the name of a data set whose md5s match no known distribution
 
+ROLES = ("train-images", "train-labels", "test-images", "test-labels")
 # standard names, tried first; any *train*/*t10k*/*test* IDX file is accepted after that
 _STANDARD = {
-    ("train", "images"): "train-images-idx3-ubyte",
-    ("train", "labels"): "train-labels-idx1-ubyte",
-    ("test", "images"): "t10k-images-idx3-ubyte",
-    ("test", "labels"): "t10k-labels-idx1-ubyte",
+    "train-images": "train-images-idx3-ubyte",
+    "train-labels": "train-labels-idx1-ubyte",
+    "test-images": "t10k-images-idx3-ubyte",
+    "test-labels": "t10k-labels-idx1-ubyte",
+}
+# torchvision's layouts under a root folder, in the order they are tried
+_SUBFOLDERS = ("MNIST/raw", "raw", "FashionMNIST/raw", "KMNIST/raw", "EMNIST/raw")
+# classes per EMNIST split (letters are labelled 1..26, so K = 27); other IDX data: MNIST_CLASSES
+_EMNIST_CLASSES = {"byclass": 62, "bymerge": 47, "balanced": 47, "letters": 27, "digits": 10, "mnist": 10}
+
+# md5 of each file as its publisher distributes it (.gz) and, where known, of the gunzipped file
+_KNOWN: dict[str, dict[str, set[str]]] = {
+    "MNIST": {
+        "train-images": {"f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb"},
+        "train-labels": {"d53e105ee54ea40749a09fcbcd1e9432", "a25bea736e30d166cdddb491f175f624"},
+        "test-images": {"9fb629c4189551a2d022fa330f9573f3", "2646ac647ad5339dbf082846283269ea"},
+        "test-labels": {"ec29112dd5afa0611ce80d1b7f02629c", "27ae3e4e09519cfbb04c329615203637"},
+    },
+    "FashionMNIST": {
+        "train-images": {"8d4fb7e6c68d591d4c3dfef9ec88bf0d"},
+        "train-labels": {"25c81989df183df01b3e8a0aad5dffbe"},
+        "test-images": {"bef4ecab320f06d8554ea6380940ec79"},
+        "test-labels": {"bb300cfdad3c16e7a12a480ee83cd310"},
+    },
+    "KMNIST": {
+        "train-images": {"bdb82020997e1d708af4cf47b453dcf7"},
+        "train-labels": {"e144d726b3acfaa3e44228e80efcd344"},
+        "test-images": {"5c965bf0a639b31b8f53240b1b52f4d7"},
+        "test-labels": {"7320c461ea6c1c855c0b718fb2a4b134"},
+    },
 }
 
 
@@ -66,17 +100,21 @@ def default_mnist_dir() -> Path:
     return sample_data_dir() / "mnist"
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """Parse one IDX file (raw or .gz) with its magic number, dimensions and length checked."""
-    path = Path(path)
+def _read_bytes(path: Path, limit: int | None = None) -> bytes:
+    """The (gunzipped) bytes of a data file, all of them or the first `limit`; any failure is a DataError."""
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as fh:
-            raw = fh.read()
+            return fh.read() if limit is None else fh.read(limit)
     except FileNotFoundError as exc:
         raise DataError(f"missing data file: {path}") from exc
-    except (OSError, EOFError) as exc:
-        raise DataError(f"cannot read {path}: {exc} (corrupt or truncated file?)") from exc
+    except (OSError, EOFError, zlib.error) as exc:
+        reason = " ".join(str(exc).split()) or exc.__class__.__name__
+        raise DataError(f"cannot read {path}: {reason} (corrupt or truncated file?)") from exc
+
+
+def _parse_header(path: Path, raw: bytes) -> tuple[list[int], int]:
+    """The dimensions an IDX header announces and the header's length in bytes."""
     if len(raw) < 8:
         raise DataError(f"{path}: too short to be an IDX file ({len(raw)} bytes)")
     magic = int.from_bytes(raw[0:4], "big")
@@ -86,8 +124,21 @@ def read_idx(path: str | Path) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"{path}: truncated header")
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = int(np.prod(dims)) if dims else 0
+    return [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)], header
+
+
+def idx_dims(path: str | Path) -> list[int]:
+    """The dimensions in an IDX file's header, read without loading its data (cheap for the shape checks)."""
+    path = Path(path)
+    return _parse_header(path, _read_bytes(path, 4 + 4 * 3))[0]
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Parse one IDX file (raw or .gz) with its magic number, dimensions and length checked."""
+    path = Path(path)
+    raw = _read_bytes(path)
+    dims, header = _parse_header(path, raw)
+    expected = math.prod(dims)  # Python ints: a forged header cannot overflow into a matching size
     body = len(raw) - header
     if body != expected:
         raise DataError(
@@ -97,51 +148,101 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def _candidates(folder: Path) -> list[Path]:
-    """Folders where IDX files may live: the folder itself, MNIST/raw, raw."""
-    return [folder, folder / "MNIST" / "raw", folder / "raw"]
+    """Folders where a set of four IDX files may live: the folder itself, then torchvision's layouts."""
+    return [folder, *(folder / sub for sub in _SUBFOLDERS)]
 
 
-def _find_file(folder: Path, split: str, kind: str) -> Path | None:
-    std = _STANDARD[(split, kind)]
-    for base in _candidates(folder):
-        for name in (std, std + ".gz", std.replace("-idx", ".idx"), std.replace("-idx", ".idx") + ".gz"):
-            if (base / name).is_file():
-                return base / name
+def _find_file(base: Path, role: str) -> Path | None:
+    """The file playing `role` in `base`: a standard name first, else the one IDX file whose name fits."""
+    std = _STANDARD[role]
+    dotted = std.replace("-idx", ".idx")
+    for name in (std, std + ".gz", dotted, dotted + ".gz"):
+        if (base / name).is_file():
+            return base / name
+    split, kind = role.split("-")
     keys = ("train",) if split == "train" else ("t10k", "test")
     dim = "idx3" if kind == "images" else "idx1"
-    for base in _candidates(folder):
-        if not base.is_dir():
+    matches: dict[str, Path] = {}
+    for p in sorted(base.iterdir()):
+        n = p.name.lower()
+        if n.startswith(".") or not p.is_file():
             continue
-        for p in sorted(base.iterdir()):
-            n = p.name.lower()
-            if p.is_file() and any(k in n for k in keys) and kind[:-1] in n and dim in n:
-                return p
-    return None
+        if any(k in n for k in keys) and kind[:-1] in n and dim in n:
+            matches.setdefault(n.removesuffix(".gz"), p)  # a file and its .gz twin are one candidate
+    if len(matches) > 1:
+        names = ", ".join(p.name for p in matches.values())
+        raise DataError(
+            f"{base} holds several {split} {kind} files ({names}): put one set of four IDX files in a folder "
+            "of its own and pass --data to it"
+        )
+    return next(iter(matches.values()), None)
 
 
 def mnist_files(folder: str | Path | None = None) -> dict[str, Path]:
-    """Locate the four IDX files or explain exactly where to put them."""
+    """Locate the four IDX files of one data set (all in one folder) or explain exactly where to put them."""
     folder = Path(folder) if folder else default_mnist_dir()
-    found: dict[str, Path] = {}
-    missing = []
-    for split in ("train", "test"):
-        for kind in ("images", "labels"):
-            p = _find_file(folder, split, kind)
-            if p is None:
-                missing.append(_STANDARD[(split, kind)] + "[.gz]")
-            else:
-                found[f"{split}-{kind}"] = p
-    if missing:
+    partial: tuple[Path, list[str]] | None = None
+    for base in _candidates(folder):
+        try:
+            if not base.is_dir():
+                continue
+            found = {role: _find_file(base, role) for role in ROLES}
+        except OSError as exc:
+            raise DataError(f"cannot read data folder {base}: {exc.strerror or exc}") from exc
+        if all(found.values()):
+            return {role: p for role, p in found.items() if p is not None}
+        missing = [_STANDARD[r] + "[.gz]" for r, p in found.items() if p is None]
+        if partial is None and len(missing) < len(ROLES):
+            partial = (base, missing)
+    if partial is not None:
+        base, missing = partial
         raise DataError(
-            f"MNIST files not found in {folder}: missing {', '.join(missing)}. "
-            f"Put the four IDX files there (or in {folder}/MNIST/raw), pass --data DIR, "
-            "or run `blindspot data download` on a machine with internet access"
+            f"incomplete data in {base}: missing {', '.join(missing)}. The four IDX files of one data set "
+            "must sit in the same folder"
         )
-    return found
+    raise DataError(
+        f"MNIST files not found in {folder}: missing {', '.join(s + '[.gz]' for s in _STANDARD.values())}. "
+        f"Put the four IDX files there (or in {folder}/MNIST/raw), pass --data DIR, "
+        "or run `blindspot data download` on a machine with internet access"
+    )
+
+
+def dataset_classes(files: dict[str, Path]) -> int:
+    """K, the number of classes the data's convention declares: EMNIST files by their split, else 10."""
+    name = files["train-labels"].name.lower()
+    if name.startswith("emnist-"):
+        split = name.split("-")[1]
+        if split in _EMNIST_CLASSES:
+            return _EMNIST_CLASSES[split]
+    return MNIST_CLASSES
+
+
+def _check_shapes(files: dict[str, Path]) -> list[int]:
+    """One image shape for training and test files (read from the headers); returns it as (1, H, W)."""
+    train, test = files["train-images"], files["test-images"]
+    shapes = {}
+    for p in (train, test):
+        dims = idx_dims(p)
+        if len(dims) != 3:
+            raise DataError(f"{p}: expected an image file (count, rows, columns), its header says {dims}")
+        shapes[p] = dims[1:]
+    if shapes[train] != shapes[test]:
+        (h1, w1), (h2, w2) = shapes[train], shapes[test]
+        raise DataError(f"image shapes differ: {train} holds {h1}×{w1} images but {test} holds {h2}×{w2}")
+    return [1, *shapes[train]]
+
+
+def _stamp(path: Path) -> tuple[str, int, int]:
+    """Path, size and mtime: the in-process cache key, so a replaced file is read again."""
+    st = path.stat()
+    return str(path), st.st_size, st.st_mtime_ns
 
 
 @lru_cache(maxsize=8)
-def _load_pair(images_path: str, labels_path: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_pair(
+    images_stamp: tuple[str, int, int], labels_stamp: tuple[str, int, int], classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    images_path, labels_path = images_stamp[0], labels_stamp[0]
     images = read_idx(images_path)
     labels = read_idx(labels_path)
     if images.ndim != 3:
@@ -151,6 +252,15 @@ def _load_pair(images_path: str, labels_path: str) -> tuple[torch.Tensor, torch.
     if images.shape[0] != labels.shape[0]:
         raise DataError(
             f"{images_path} holds {images.shape[0]} images but {labels_path} holds {labels.shape[0]} labels"
+        )
+    if images.size == 0:
+        raise DataError(f"{images_path} holds no image data (shape {list(images.shape)})")
+    bad = np.flatnonzero(labels >= classes)
+    if bad.size:
+        i = int(bad[0])
+        raise DataError(
+            f"{labels_path}: label {int(labels[i])} at index {i} is outside 0..{classes - 1} "
+            f"(this data has {classes} classes; {bad.size} bad labels in all)"
         )
     x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     y = torch.from_numpy(labels.astype(np.int64))
@@ -165,12 +275,17 @@ def paper_split(n_train: int = 60000, seed: int = PAPER_SPLIT_SEED) -> tuple[np.
 
 
 def load_split(split: str = "test", data_dir: str | Path | None = None, split_seed: int = PAPER_SPLIT_SEED) -> Dataset:
-    """One of train, test, p1, p2 as a Dataset."""
+    """One of train, test, p1, p2 as a Dataset (labels and shapes checked against the whole data set)."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
     files = mnist_files(data_dir)
+    _check_shapes(files)
     source = "test" if split == "test" else "train"
-    x, y = _load_pair(str(files[f"{source}-images"]), str(files[f"{source}-labels"]))
+    try:
+        stamps = _stamp(files[f"{source}-images"]), _stamp(files[f"{source}-labels"])
+    except OSError as exc:
+        raise DataError(f"cannot read data file: {exc}") from exc
+    x, y = _load_pair(*stamps, dataset_classes(files))
     if split in ("train", "test"):
         return Dataset(x, y, split, np.arange(len(y)))
     p1, p2 = paper_split(len(y), split_seed)
@@ -181,7 +296,37 @@ def load_split(split: str = "test", data_dir: str | Path | None = None, split_se
 
 def data_fingerprint(data_dir: str | Path | None = None) -> dict[str, str]:
     """md5 of each data file, recorded in checkpoints so results can be traced to their data."""
-    return {key: file_md5(path) for key, path in sorted(mnist_files(data_dir).items())}
+    return _md5s(mnist_files(data_dir))
+
+
+def _md5s(files: dict[str, Path]) -> dict[str, str]:
+    try:
+        return {key: file_md5(path) for key, path in sorted(files.items())}
+    except OSError as exc:
+        raise DataError(f"cannot read data file: {exc}") from exc
+
+
+def dataset_name(md5s: dict[str, str]) -> str:
+    """MNIST (or FashionMNIST, KMNIST) only when every file is its publisher's; any other IDX set is 'IDX data'."""
+    for name, known in _KNOWN.items():
+        if all(md5s.get(role) in known[role] for role in ROLES):
+            return name
+    return IDX_NAME
+
+
+def dataset_identity(data_dir: str | Path | None = None) -> dict[str, Any]:
+    """What run records and sidecars say about their data: name, md5 of each file, image shape (1, H, W), classes.
+
+    Reads the files' headers and hashes; the data itself is not decoded (load_split checks labels).
+    """
+    files = mnist_files(data_dir)
+    md5s = _md5s(files)
+    return {
+        "name": dataset_name(md5s),
+        "md5s": md5s,
+        "image_shape": _check_shapes(files),
+        "classes": dataset_classes(files),
+    }
 
 
 def download_mnist(target: str | Path) -> Path:

@@ -178,6 +178,7 @@ def open_run(ctx: RunContext, kind: str, model: str, request: dict[str, Any], **
     """
     folder = folder_for(ctx, kind, model)
     existed = folder.exists()
+    created = _first_missing(folder)
     if holds_results(folder) and not ctx.overwrite:
         hint = " or --resume it" if (folder / RUN_FILE).is_file() and kind == "attack" else ""
         raise InputError(f"{folder} already holds results: choose another --out, pass --overwrite{hint}")
@@ -193,7 +194,7 @@ def open_run(ctx: RunContext, kind: str, model: str, request: dict[str, Any], **
         produced = [p for p in folder.iterdir() if p.name not in (RUN_FILE, LOCK_FILE)]
         run.close()
         if not produced and not existed and not isinstance(exc, KeyboardInterrupt):
-            _remove_empty_run(folder)
+            _remove_empty_run(folder, created)
         elif (folder / RUN_FILE).is_file():
             with contextlib.suppress(OSError, InputError):
                 RunFolder(folder, kind).update(status="interrupted", seconds=run.seconds())
@@ -225,8 +226,24 @@ def reopen_run(folder: Path, kind: str) -> Iterator[RunFolder]:
         run.close()
 
 
-def _remove_empty_run(folder: Path) -> None:
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost folder on the way to `folder` that does not exist yet (None if it exists)."""
+    missing = None
+    for p in [folder, *folder.parents]:
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _remove_empty_run(folder: Path, created: Path | None) -> None:
+    """Undo what a refused run made: its record and lock, and the empty folders created for it."""
     for name in (RUN_FILE, LOCK_FILE):
         (folder / name).unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        folder.rmdir()
+    if created is None:
+        return
+    for p in [folder, *folder.parents]:
+        with contextlib.suppress(OSError):
+            p.rmdir()  # only empty folders go
+        if p == created:
+            break

@@ -14,7 +14,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from engines.core.io import atomic_write
-from engines.units.directions import DirectionScores, UnitsResult, label_scores
+from engines.units.directions import UnitsComparison
+from engines.units.scores import DirectionScores, label_scores
 
 PAD = 4
 BG = 255
@@ -129,7 +130,7 @@ def _save_png(image: Image.Image, path: Path) -> Path:
 
 
 def save_unit_figures(
-    res: UnitsResult,
+    res: UnitsComparison,
     images: torch.Tensor | np.ndarray,
     out_dir: str | Path,
     *,

@@ -17,17 +17,18 @@ from torch import nn
 from torch.nn import functional as F
 
 from engines.core.checkpoint import save_checkpoint
+from engines.core.choices import OPTIMIZERS
 from engines.core.data import PAPER_SPLIT_SEED, Dataset, data_fingerprint, load_split
 from engines.core.device import cpu_speed_settings
 from engines.core.errors import Cancelled, InputError
-from engines.core.choices import OPTIMIZERS
 from engines.core.events import CancelCheck, EpochDone, EventSink, ignore_events, never_cancel
 from engines.core.zoo import ZooEntry, build_model, count_parameters, decay_loss, describe_spec, zoo_entry
 
 
-
 @dataclass
-class TrainResult:
+class FittedModel:
+    """One trained model, its sidecar metadata and (when saved) its weights file."""
+
     model: nn.Module
     meta: dict[str, Any]
     path: Path | None
@@ -60,7 +61,11 @@ def train_lbfgs(
     task: str,
     chunk: int = 10,
 ) -> dict[str, Any]:
-    """Full-batch L-BFGS with a strong-Wolfe line search until convergence or `max_iter`."""
+    """Full-batch L-BFGS with a strong-Wolfe line search until convergence or `max_iter`.
+
+    Runs in blocks of `chunk` iterations (one `EpochDone` each); the cancel check runs at every
+    function evaluation, since one block of a large net on the full training set takes many seconds.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.LBFGS(
         params,
@@ -76,6 +81,8 @@ def train_lbfgs(
     loss_value = math.nan
 
     def closure() -> torch.Tensor:
+        if cancel():
+            raise Cancelled(task)
         opt.zero_grad()
         loss = objective(model, x, y, lambdas)
         loss.backward()
@@ -85,16 +92,19 @@ def train_lbfgs(
     while done < max_iter:
         if cancel():
             raise Cancelled(task)
+        block = min(chunk, max_iter - done)  # never more iterations than asked for
+        opt.param_groups[0]["max_iter"] = block
+        opt.param_groups[0]["max_eval"] = block * 5 // 4
         opt.step(closure)
-        done += chunk
+        done += block
         with torch.no_grad():
             loss_value = float(objective(model, x, y, lambdas))
-        on_event(EpochDone(task=task, done=min(done, max_iter), total=max_iter, stage="L-BFGS", loss=loss_value))
+        on_event(EpochDone(task=task, done=done, total=max_iter, stage="L-BFGS", loss=loss_value))
         if abs(last - loss_value) <= 1e-10 * max(1.0, abs(loss_value)):
             break
         last = loss_value
     model.eval()
-    return {"optimizer": "lbfgs", "iterations": min(done, max_iter), "final_loss": loss_value}
+    return {"optimizer": "lbfgs", "iterations": done, "final_loss": loss_value}
 
 
 def train_adam(
@@ -159,6 +169,8 @@ def pretrain_sparse_autoencoder(
     for epoch in range(epochs):
         perm = torch.randperm(len(flat), generator=gen).to(x.device)
         for i in range(0, len(flat), bs):
+            if cancel():  # per batch, as in `train_adam`
+                raise Cancelled(task)
             v = flat[perm[i : i + bs]]
             h = torch.sigmoid(encoder(v))
             recon = torch.sigmoid(decoder(h))
@@ -258,7 +270,7 @@ def train_zoo_model(
     epochs: int | None = None,
     on_event: EventSink = ignore_events,
     cancel: CancelCheck = never_cancel,
-) -> TrainResult:
+) -> FittedModel:
     """Train one zoo model from scratch and (if `out_dir`) save it as `out_dir/<id>.safetensors`."""
     entry = zoo_entry(model_id)
     device = torch.device(device)
@@ -288,4 +300,4 @@ def train_zoo_model(
         "torch": torch.__version__,
     }
     path = save_checkpoint(model.to("cpu"), meta, Path(out_dir) / f"{entry.id}.safetensors") if out_dir else None
-    return TrainResult(model, meta, path)
+    return FittedModel(model, meta, path)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engines.core.cache import cache_key, cache_load, cache_store
+from engines.core.cache import cache_dir, cache_key, cache_load, cache_store
 from engines.core.checkpoint import LoadedModel
 from engines.core.data import Dataset
 from engines.core.errors import Cancelled, InputError, ModelError
@@ -57,6 +57,7 @@ class Activations:
     pool: str
     key: str
     cached: bool
+    note: str = ""  # why the cache could not be used, if it could not (the run goes on without it)
 
     @property
     def dim(self) -> int:
@@ -190,8 +191,12 @@ def layer_activations(
         "data": {"name": data.name, "n": len(data), "images_sha256": images_digest(data.images)},
     }
     key = cache_key(**parts)
+    note = ""
     if use_cache:
-        hit = cache_load(CACHE_KIND, key)
+        try:
+            hit = cache_load(CACHE_KIND, key)
+        except OSError as exc:  # an unreadable cache folder is a miss, not a failure
+            hit, note = None, _cache_note(exc)
         if hit is not None and "features" in hit[0]:
             feats = hit[0]["features"]
             if feats.shape[0] == len(data):
@@ -207,6 +212,13 @@ def layer_activations(
         on_event=on_event,
         cancel=cancel,
     )
-    if use_cache:
-        cache_store(CACHE_KIND, key, {"features": feats}, parts | {"shape": list(info.shape)})
-    return Activations(feats, info, effective_pool, key, cached=False)
+    if use_cache and not note:
+        try:
+            cache_store(CACHE_KIND, key, {"features": feats}, parts | {"shape": list(info.shape)})
+        except OSError as exc:  # an unwritable cache must not cost the computed result
+            note = _cache_note(exc)
+    return Activations(feats, info, effective_pool, key, cached=False, note=note)
+
+
+def _cache_note(exc: OSError) -> str:
+    return f"activations not cached: cannot use {cache_dir()} ({exc.strerror or exc}); set BLINDSPOT_CACHE"

@@ -2,7 +2,7 @@
 
 For the natural basis e_i (each unit of φ) and for random unit vectors v (Gaussian, normalised, seeded)
 the top-k images are x′ = argmax ⟨φ(x), v⟩ over the image set. The paper judged by eye that both are
-"semantically related"; here each direction gets scores instead:
+"semantically related"; here each direction gets scores instead (engines/units/scores.py):
 
 * label purity: share of the majority label among its top-k (higher = more coherent);
 * label entropy (bits) of those k labels (lower = more coherent);
@@ -10,27 +10,32 @@ the top-k images are x′ = argmax ⟨φ(x), v⟩ over the image set. The paper 
   (pixels by default, or another layer's φ) (higher = more coherent).
 
 The scores of all units (not only the displayed ones) are compared with those of at least as many random
-directions (engines/unit_stats.py: Mann–Whitney U, Cliff's δ, difference of means, bootstrap 95 % intervals).
+directions (engines/units/stats.py: Mann–Whitney U, Cliff's δ, difference of means, bootstrap 95 % intervals).
 A unit whose k-th largest activation equals its smallest one (it fires on fewer than k images, or never varies)
 has no defined top-k; such "degenerate" directions are counted and left out of the statistics (the same rule
-holds for random ones).
+holds for random ones). The whole operation (model, data, cache, run folder) is engines/units/operation.py.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from engines.units.activations import Activations, find_layer, layer_activations
-from engines.core.checkpoint import LoadedModel
-from engines.core.data import Dataset
 from engines.core.errors import Cancelled, InputError
 from engines.core.events import CancelCheck, EventSink, Step, ignore_events, never_cancel
+from engines.units.activations import Activations
+from engines.units.scores import (
+    DirectionScores,
+    concat_scores,
+    normalise_rows,
+    pick_shown,
+    score_block,
+)
 from engines.units.stats import SCORES, Comparison, brief_verdict, compare_scores, dissent, verdict_sentence
 
 BLOCK = 256  # random directions are generated in fixed blocks, so direction i depends only on (seed, i)
@@ -54,76 +59,9 @@ def random_directions(dim: int, count: int, seed: int, start: int = 0) -> torch.
     return torch.cat(rows) if rows else torch.zeros(0, dim)
 
 
-def top_k(scores: torch.Tensor, k: int, largest: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per column of `scores` (N, n), the k best rows: values and indices (n, k), best first."""
-    if k < 1 or k > scores.shape[0]:
-        raise InputError(f"k must be between 1 and the number of images ({scores.shape[0]}), got {k}")
-    values, indices = scores.topk(k, dim=0, largest=largest, sorted=True)
-    return values.T.contiguous(), indices.T.contiguous()
-
-
-def label_scores(top_labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Purity (majority share), entropy in bits and majority label of each row of (n, k) labels."""
-    top_labels = np.asarray(top_labels, dtype=np.int64)
-    n, k = top_labels.shape
-    counts = np.zeros((n, n_classes), dtype=np.int64)
-    np.add.at(counts, (np.repeat(np.arange(n), k), top_labels.ravel()), 1)
-    p = counts / k
-    with np.errstate(divide="ignore", invalid="ignore"):
-        entropy = -np.where(p > 0, p * np.log2(p), 0.0).sum(1)
-    return counts.max(1) / k, entropy + 0.0, counts.argmax(1)
-
-
-def normalise_rows(space: torch.Tensor) -> torch.Tensor:
-    """(N, ...) -> (N, F) float32 rows of unit length (all-zero rows stay zero)."""
-    flat = space.flatten(1).float()
-    return flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def mean_pairwise_cosine(
-    space: torch.Tensor, top: np.ndarray, chunk: int = 512, normalised: bool = False
-) -> np.ndarray:
-    """Mean cosine similarity over the k(k-1)/2 pairs of each row's images, read in `space` (N, F)."""
-    unit = space if normalised else normalise_rows(space)
-    top_t = torch.as_tensor(np.asarray(top), dtype=torch.long)
-    k = top_t.shape[1]
-    if k < 2:
-        return np.full(top_t.shape[0], np.nan)
-    out = []
-    for s in range(0, top_t.shape[0], chunk):
-        g = unit[top_t[s : s + chunk]]
-        gram = g @ g.transpose(1, 2)
-        off = gram.double().sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).double().sum(1)
-        out.append(off / (k * (k - 1)))
-    return torch.cat(out).numpy()
-
-
 @dataclass
-class DirectionScores:
-    """Top-k images and scores of a set of directions. Rows line up across all arrays."""
-
-    kind: str  # "unit" (natural basis e_i) or "random"
-    ids: np.ndarray  # unit index in φ, or number of the random direction in the seeded stream
-    top: np.ndarray  # (n, k) positions in the image set, strongest first
-    top_values: np.ndarray  # (n, k) ⟨φ(x), v⟩
-    degenerate: np.ndarray  # (n,) bool: top-k not defined by the values (ties with the minimum)
-    purity: np.ndarray
-    entropy: np.ndarray
-    majority: np.ndarray
-    cosine: np.ndarray
-    bottom: np.ndarray | None = None
-    bottom_values: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return int(len(self.ids))
-
-    def score(self, name: str) -> np.ndarray:
-        return getattr(self, name)[~self.degenerate]
-
-
-@dataclass
-class UnitsResult:
-    """Everything `blindspot units` shows and saves; `shown_*` index rows of `units` / `random`."""
+class UnitsComparison:
+    """Units vs random directions at one layer, computed: `shown_*` index rows of `units` / `random`."""
 
     layer: str
     layer_kind: str
@@ -145,7 +83,6 @@ class UnitsResult:
     units_sampled: bool
     activations_cached: bool
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def verdicts(self) -> dict[str, str]:
         return {name: verdict_sentence(self.layer, c, self.k) for name, c in self.comparisons.items()}
@@ -153,69 +90,9 @@ class UnitsResult:
     def brief(self) -> str:
         return brief_verdict(self.comparisons, self.primary)
 
-
-def _scores_for(
-    kind: str,
-    ids: np.ndarray,
-    top: torch.Tensor,
-    vals: torch.Tensor,
-    mins: torch.Tensor,
-    labels: np.ndarray | None,
-    n_classes: int,
-    space: torch.Tensor,
-) -> DirectionScores:
-    top_np = top.numpy()
-    degenerate = (vals[:, -1] <= mins).numpy()
-    if labels is not None:
-        purity, entropy, majority = label_scores(labels[top_np], n_classes)
-    else:
-        nan = np.full(len(ids), np.nan)
-        purity, entropy, majority = nan, nan.copy(), np.full(len(ids), -1)
-    return DirectionScores(
-        kind,
-        ids,
-        top_np,
-        vals.numpy(),
-        degenerate,
-        purity,
-        entropy,
-        majority,
-        mean_pairwise_cosine(space, top_np, normalised=True),
-    )
-
-
-def _concat(parts: list[DirectionScores], kind: str) -> DirectionScores:
-    def cat(name: str) -> Any:
-        arrays = [getattr(p, name) for p in parts]
-        return None if any(a is None for a in arrays) else np.concatenate(arrays)
-
-    names = ["ids", "top", "top_values", "degenerate", "purity", "entropy", "majority", "cosine"]
-    return DirectionScores(kind, *[cat(n) for n in names], bottom=cat("bottom"), bottom_values=cat("bottom_values"))
-
-
-def _score_block(
-    kind: str,
-    ids: np.ndarray,
-    proj: torch.Tensor,
-    k: int,
-    bottom: bool,
-    labels: np.ndarray | None,
-    n_classes: int,
-    space: torch.Tensor,
-) -> DirectionScores:
-    vals, top = top_k(proj, k)
-    scored = _scores_for(kind, ids, top.cpu(), vals.cpu(), proj.amin(0).cpu(), labels, n_classes, space)
-    if bottom:
-        bvals, bidx = top_k(proj, k, largest=False)
-        scored.bottom, scored.bottom_values = bidx.cpu().numpy(), bvals.cpu().numpy()
-    return scored
-
-
-def _pick_shown(scores: DirectionScores, count: int, rng: np.random.Generator | None) -> np.ndarray:
-    ok = np.flatnonzero(~scores.degenerate)
-    if rng is not None:
-        ok = np.sort(rng.permutation(ok)[:count])
-    return ok[:count]
+    def to_json(self, source_indices: np.ndarray | None = None, full: bool = True) -> dict[str, Any]:
+        """The measured part of units.json (`full`: every direction's top-k and scores, not only the shown)."""
+        return comparison_json(self, source_indices, full)
 
 
 def compare_units(
@@ -237,7 +114,7 @@ def compare_units(
     device: torch.device | str = "cpu",
     on_event: EventSink = ignore_events,
     cancel: CancelCheck = never_cancel,
-) -> UnitsResult:
+) -> UnitsComparison:
     """Score every unit of φ (up to `max_units`, a seeded sample beyond) and `n_random` random directions.
 
     `n_random` defaults to max(units scored, 1000) and may not be smaller than the number of units scored.
@@ -274,21 +151,24 @@ def compare_units(
             raise Cancelled(task)
         ids = unit_ids[s : s + BLOCK]
         cols = feats[:, torch.as_tensor(ids, device=feats.device)]
-        parts.append(_score_block("unit", ids, cols, k, bottom, lab, n_classes, space))
+        parts.append(score_block("unit", ids, cols, k, bottom, lab, n_classes, space))
         on_event(Step(task=task, done=s + len(ids), total=total, message="units"))
-    units = _concat(parts, "unit")
+    units = concat_scores(parts, "unit")
     parts = []
     for s in range(0, n_random, BLOCK):
         if cancel():
             raise Cancelled(task)
         dirs = random_directions(dim, min(BLOCK, n_random - s), seed, start=s)
         ids = np.arange(s, s + len(dirs))
-        parts.append(_score_block("random", ids, feats @ dirs.to(feats.device).T, k, bottom, lab, n_classes, space))
+        parts.append(score_block("random", ids, feats @ dirs.to(feats.device).T, k, bottom, lab, n_classes, space))
         on_event(Step(task=task, done=len(unit_ids) + s + len(ids), total=total, message="random directions"))
-    rand = _concat(parts, "random")
+    rand = concat_scores(parts, "random")
     names = ["purity", "entropy", "cosine"] if lab is not None else ["cosine"]
-    comparisons = {
-        name: compare_scores(
+    comparisons: dict[str, Comparison] = {}
+    for name in names:  # each bootstraps n_boot resamples: a cancel must not wait for all three
+        if cancel():
+            raise Cancelled(task)
+        comparisons[name] = compare_scores(
             units.score(name),
             rand.score(name),
             score=name,
@@ -297,10 +177,8 @@ def compare_units(
             n_boot=n_boot,
             alpha=alpha,
         )
-        for name in names
-    }
     primary = names[0]
-    return UnitsResult(
+    return UnitsComparison(
         layer=acts.layer.name,
         layer_kind=acts.layer.kind,
         layer_shape=acts.layer.shape,
@@ -312,8 +190,8 @@ def compare_units(
         space=space_name,
         units=units,
         random=rand,
-        shown_units=_pick_shown(units, show_units, rng),
-        shown_random=_pick_shown(rand, show_random, None),
+        shown_units=pick_shown(units, show_units, rng),
+        shown_random=pick_shown(rand, show_random, None),
         comparisons=comparisons,
         primary=primary,
         verdict=" ".join(
@@ -326,72 +204,6 @@ def compare_units(
         activations_cached=acts.cached,
         seconds=time.perf_counter() - start_time,
     )
-
-
-def run_units(
-    loaded: LoadedModel,
-    layer: str,
-    data: Dataset,
-    *,
-    k: int = 8,
-    seed: int = 0,
-    n_random: int | None = None,
-    max_units: int = 5000,
-    show_units: int = 16,
-    show_random: int = 16,
-    bottom: bool = False,
-    pool: str = "none",
-    space: str = "pixel",
-    device: torch.device | str = "cpu",
-    use_cache: bool = True,
-    on_event: EventSink = ignore_events,
-    cancel: CancelCheck = never_cancel,
-) -> UnitsResult:
-    """The whole §3 experiment for one layer: cached φ(x) over `data`, then `compare_units`.
-
-    `space` is where the label-free cosine is read: "pixel" or the name of another layer of the model.
-    """
-    shape = tuple(int(s) for s in data.images.shape[1:])
-    find_layer(loaded.model, layer, shape, device)
-    if space != "pixel":
-        if space == layer:
-            raise InputError(f"--space {space!r} is the layer under study; pick another layer or 'pixel'")
-        find_layer(loaded.model, space, shape, device)
-    if k < 1 or k > len(data):
-        raise InputError(f"--k must be between 1 and the {len(data)} images of {data.name}, got {k}")
-    acts = layer_activations(
-        loaded, layer, data, pool=pool, device=device, use_cache=use_cache, on_event=on_event, cancel=cancel
-    )
-    space_feats = None
-    if space != "pixel":
-        space_feats = layer_activations(
-            loaded, space, data, device=device, use_cache=use_cache, on_event=on_event, cancel=cancel
-        ).features
-    res = compare_units(
-        acts,
-        data.labels,
-        k=k,
-        seed=seed,
-        n_random=n_random,
-        max_units=max_units,
-        show_units=show_units,
-        show_random=show_random,
-        bottom=bottom,
-        space=space_feats,
-        space_name=space,
-        images=data.images,
-        device=device,
-        on_event=on_event,
-        cancel=cancel,
-    )
-    res.extra = {
-        "model": loaded.id,
-        "checkpoint": str(loaded.path),
-        "checkpoint_sha256": loaded.sha256,
-        "split": data.name,
-        "device": str(device),
-    }
-    return res
 
 
 def _rows(d: DirectionScores, rows: np.ndarray, positions: np.ndarray | None) -> list[dict[str, Any]]:
@@ -421,8 +233,10 @@ def _num(v: float) -> float | None:
     return float(v) if math.isfinite(float(v)) else None
 
 
-def result_to_dict(res: UnitsResult, source_indices: np.ndarray | None = None, full: bool = True) -> dict[str, Any]:
-    """JSON-ready summary; with `full`, every scored direction's top-k and scores (as for units.json)."""
+def comparison_json(
+    res: UnitsComparison, source_indices: np.ndarray | None = None, full: bool = True
+) -> dict[str, Any]:
+    """JSON-ready summary; with `full`, every scored direction's top-k and scores (as units.json holds)."""
     doc: dict[str, Any] = {
         "layer": res.layer,
         "layer_kind": res.layer_kind,
@@ -457,17 +271,22 @@ def result_to_dict(res: UnitsResult, source_indices: np.ndarray | None = None, f
             "units": _rows(res.units, res.shown_units, source_indices),
             "random": _rows(res.random, res.shown_random, source_indices),
         },
-    } | res.extra
+    }
     if full:
-        doc["all"] = {
-            kind: {
-                "ids": d.ids.tolist(),
-                "top": d.top.tolist(),
-                "purity": [_num(v) for v in d.purity],
-                "entropy": [_num(v) for v in d.entropy],
-                "cosine": [_num(v) for v in d.cosine],
-                "degenerate": d.degenerate.tolist(),
-            }
-            for kind, d in (("units", res.units), ("random", res.random))
-        }
+        doc["all"] = all_directions_json(res)
     return doc
+
+
+def all_directions_json(res: UnitsComparison) -> dict[str, Any]:
+    """Every scored direction's top-k and scores, units and random (the "all" part of units.json)."""
+    return {
+        kind: {
+            "ids": d.ids.tolist(),
+            "top": d.top.tolist(),
+            "purity": [_num(v) for v in d.purity],
+            "entropy": [_num(v) for v in d.entropy],
+            "cosine": [_num(v) for v in d.cosine],
+            "degenerate": d.degenerate.tolist(),
+        }
+        for kind, d in (("units", res.units), ("random", res.random))
+    }

@@ -1,30 +1,82 @@
-"""Workbench: gallery screen."""
+"""Workbench: gallery screen, and the units operation run from the CLI and from the screen alike."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from screens.gallery import GalleryScreen
 from screens.image_view import ImageView
 from screens.widgets import ImageGrid
-from tests.tui.conftest import SIZE, make_app, run_async, settle, text_of, wait_for  # noqa: F401
+from tests.tui.conftest import SIZE, make_app, run_async, text_of, wait_for
+
+# what differs between two runs of the same request: where, when, on which device, from the cache or not
+RUN_SPECIFIC = ("seconds", "files", "run", "device", "checkpoint", "activations_cached")
+
+
+async def _gallery_result(pilot, app) -> GalleryScreen:
+    await pilot.press("2")
+    await wait_for(pilot, lambda: isinstance(app.screen, GalleryScreen), what="the gallery screen")
+    screen = app.screen
+    await wait_for(pilot, lambda: screen.run_result is not None, timeout=120, what="the units result")
+    return screen
 
 
 @run_async
 async def test_gallery_pages_and_enlarges(tmp_path, models_folder):
     app = make_app(tmp_path, units_images=500)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("2")
-        await settle(pilot, app)
-        screen = app.screen
+        screen = await _gallery_result(pilot, app)
+        res = screen.result
         units, rand = screen.query_one("#units", ImageGrid), screen.query_one("#random", ImageGrid)
-        assert len(units.items) > 10 and len(rand.items) >= len(units.items)
-        assert "purity" in units.items[0].title
-        assert "verdict" in text_of(app, "#verdict")
+        await wait_for(pilot, lambda: len(units.items) > 10, what="the unit rows")
+        assert (res.layer, res.n_images, len(res.random)) == ("act1", 500, 200)
+        assert len(units.items) == int((~res.units.degenerate).sum()) and len(rand.items) >= len(units.items)
+        first_id, first_top = int(res.units.ids[0]), [int(i) for i in res.units.top[0]]
+        assert units.items[0].title.startswith(f"unit {first_id} · purity {res.units.purity[0]:.2f} · ")
+        assert units.items[0].payload == ("unit", 0, first_top)
+        assert text_of(app, "#verdict") == f"verdict {res.brief()}"
+        assert text_of(app, "#status") == (
+            f"{len(units.items)} units and {len(rand.items)} random directions shown · n/p page · Enter enlarges"
+        )
+        assert (Path(screen.run_result.run) / "units.json").is_file()
         first = units.top_line
         await pilot.press("n")
-        await pilot.pause()
-        assert units.top_line > first and rand.top_line > first
+        await wait_for(pilot, lambda: units.top_line > first and rand.top_line > first, what="the next page")
         await pilot.press("right", "enter")
-        await pilot.pause()
-        assert isinstance(app.screen, ImageView) and "rank 2" in str(app.screen.caption)
+        await wait_for(pilot, lambda: isinstance(app.screen, ImageView), what="the enlarged image")
+        assert "rank 2" in str(app.screen.caption)
         await pilot.press("escape", "tab")
-        await pilot.pause()
-        assert rand.has_focus
+        await wait_for(pilot, lambda: rand.has_focus, what="the random grid to take focus")
+
+
+@run_async
+async def test_units_from_the_cli_and_the_gallery_write_the_same_results(cli, tmp_path, models_folder, tiny_mnist):
+    cli_out = tmp_path / "cli-run"
+    rc, _out, err = cli(
+        "units", "--model", "n100-100-10", "--layer", "act1", "--stat-random", "200", "--data", tiny_mnist,
+        "--device", "cpu", "--out", cli_out,
+    )  # fmt: skip
+    assert rc == 0, err
+    app = make_app(tmp_path, data_dir=str(tiny_mnist), units_random=200)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _gallery_result(pilot, app)
+        tui_out = Path(screen.run_result.run)
+    assert tui_out.parent == tmp_path / "runs" and tui_out.name.startswith("units-n100-100-10-")
+    cli_run, tui_run = (json.loads((d / "run.json").read_text()) for d in (cli_out, tui_out))
+    assert cli_run["request"] == tui_run["request"] and cli_run["status"] == tui_run["status"] == "done"
+    cli_doc, tui_doc = (json.loads((d / "units.json").read_text()) for d in (cli_out, tui_out))
+    assert cli_doc["n_images"] == 100 and cli_doc["random_scored"] == 200
+    assert cli_doc["all"]["units"]["top"] == tui_doc["all"]["units"]["top"]
+    assert cli_doc["all"]["random"]["top"] == tui_doc["all"]["random"]["top"]
+    assert {k: v for k, v in cli_doc.items() if k not in RUN_SPECIFIC} == {
+        k: v for k, v in tui_doc.items() if k not in RUN_SPECIFIC
+    }
+    figures = sorted(p.name for p in cli_out.glob("*.png"))
+    assert figures == sorted(p.name for p in tui_out.glob("*.png")) and len(figures) == 3
+    for name in figures:
+        with Image.open(cli_out / name) as a, Image.open(tui_out / name) as b:
+            assert np.array_equal(np.asarray(a), np.asarray(b)), name

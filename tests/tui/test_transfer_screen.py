@@ -1,11 +1,44 @@
-"""Workbench: transfer screen."""
+"""Workbench: transfer screen (open, cursor, examples, sort, export, compute; same matrix as the CLI)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
 from textual.widgets import DataTable, Input
 
+from engines.core.io import read_json
 from screens.image_view import GridView
-from tests.tui.conftest import SIZE, make_app, run_async, settle, text_of, wait_for  # noqa: F401
+from tests.tui.conftest import FIXED_MODELS, SIZE, make_app, run_async, settle, text_of, wait_for  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def matrix_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny transfer matrix (two sources, two targets, one noise row), computed once through the operation.
+
+    Shadows the conftest fixture of the same name until that one calls `run_transfer` too.
+    """
+    from engines.attack.problems import AttackConfig
+    from engines.attack.transfer import TransferRequest, run_transfer
+    from engines.core.context import RunContext
+
+    out = tmp_path_factory.mktemp("transfer") / "matrix"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BLINDSPOT_CACHE", str(out.parent / "cache"))
+    try:
+        request = TransferRequest(
+            sources=FIXED_MODELS,
+            split="test",
+            n=8,
+            noise=(0.1,),
+            config=AttackConfig(c_steps=2, max_iter=10),
+        )
+        run_transfer(request, RunContext(device="cpu", out=out))
+    finally:
+        mp.undo()
+    return out
 
 
 @run_async
@@ -27,11 +60,16 @@ async def test_transfer_table_cursor_cell_view_sort_export(tmp_path, models_fold
         assert table.cursor_coordinate.row == 3  # the heading row is stepped over
         await pilot.press("up", "up", "left")
         assert table.cursor_coordinate == (0, 1)
-        assert "softmax1" in text_of(app, "#cell") and "misclassified" in text_of(app, "#cell")
+        m = screen.matrix
+        cell = text_of(app, "#cell")
+        assert f"{int(m.errors[0, 0])} misclassified = {m.values[0, 0]:.1f}%" in cell
+        lo, hi = m.intervals[0, 0]
+        assert f"(95% CI {lo:.1f}–{hi:.1f})" in cell
         await pilot.press("enter")
         await settle(pilot, app)
         assert isinstance(app.screen, GridView)
         assert app.screen.items and len(app.screen.items[0].images) == 3
+        assert len(app.screen.items) == min(12, int(m.errors[0, 0]))
         await pilot.press("escape")
         await pilot.pause()
         await pilot.press("right", "s")
@@ -41,15 +79,75 @@ async def test_transfer_table_cursor_cell_view_sort_export(tmp_path, models_fold
         assert values == sorted(values, reverse=True) and names[-1].startswith("Gaussian")
         await pilot.press("e")
         await settle(pilot, app)
-        assert (matrix_dir / "matrix-export.csv").read_text().startswith("row,kind,softmax1,n100-100-10")
+        exported = (matrix_dir / "matrix-export.csv").read_text().splitlines()
+        assert exported[0] == "row,kind,softmax1,n100-100-10,distortion,n"
+        assert exported[1].split(",")[2] == f"{m.values[0, 0]:.2f}"
         await pilot.press("o")
         app.screen.query_one("#path", Input).value = str(tmp_path / "nothing-here")
         await pilot.press("enter")
         await settle(pilot, app)
         assert "no transfer matrix" in text_of(app, "#status")
         screen.query_one("#sources", Input).value = "softmax1"
+        screen.query_one("#n", Input).value = "0"
+        await pilot.press("escape", "c")  # the request refuses it, as the CLI would
+        assert "--n must be at least 1" in text_of(app, "#status")
         screen.query_one("#n", Input).value = "4"
-        await pilot.press("escape", "c")  # compute a new one (adversarial sets come from the cache)
+        await pilot.press("c")  # compute a new one (adversarial sets come from the cache)
         await settle(pilot, app)
         assert screen.matrix.n == 4 and [r.kind for r in screen.matrix.rows] == ["adversarial", "noise"]
-        assert list((tmp_path / "runs").glob("transfer-matrix-*/matrix.json"))
+        (folder,) = (tmp_path / "runs").glob("transfer-matrix-*")  # named by the operation
+        assert screen.matrix.folder == folder and read_json(folder / "run.json")["status"] == "done"
+
+
+def _results(folder: Path) -> dict:
+    """A matrix.json without what differs between two runs of the same request (cache folders, timing)."""
+    data = json.loads((folder / "matrix.json").read_text())
+    for info in data["settings"]["sources"].values():
+        for key in ("cache", "cached"):
+            info.pop(key)
+        for key in ("seconds", "device", "run"):
+            info["summary"].pop(key)
+    return data
+
+
+@run_async
+async def test_cli_and_screen_compute_the_same_matrix(cli, tmp_path, models_folder, monkeypatch):
+    """One request, two front ends: the run folders hold the same matrix (sets computed apart, no shared cache)."""
+    monkeypatch.setenv("BLINDSPOT_CACHE", str(tmp_path / "cache-cli"))
+    sources = ",".join(FIXED_MODELS)
+    rc, _, err = cli(
+        "transfer",
+        *("--sources", sources, "--targets", sources, "--split", "test", "--n", "8", "--noise", "0.1"),
+        *("--c-steps", "2", "--max-iter", "10", "--device", "cpu", "--out", tmp_path / "cli"),
+    )
+    assert rc == 0, err
+    monkeypatch.setenv("BLINDSPOT_CACHE", str(tmp_path / "cache-tui"))
+    app = make_app(tmp_path, attack={"n": 8, "c_steps": 2, "max_iter": 10})
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await settle(pilot, app)
+        screen = app.screen
+        screen.query_one("#sources", Input).value = sources
+        screen.query_one("#targets", Input).value = sources
+        screen.query_one("#n", Input).value = "8"
+        screen.query_one("#noise", Input).value = "0.1"
+        said: list[str] = []
+        say = screen.say
+        monkeypatch.setattr(screen, "say", lambda text, error=False: (said.append(text), say(text, error)))
+        await pilot.press("c")
+        await wait_for(pilot, lambda: screen.matrix is not None, timeout=120, what="the matrix")
+    # the screen rendered the operation's events: each set as it became ready (computed, not cached)
+    assert [t for t in said if t.startswith("adversarial sets: ") and "set of" in t] == [
+        "adversarial sets: 1/2 · set of softmax1 computed · x cancels",
+        "adversarial sets: 2/2 · set of n100-100-10 computed · x cancels",
+    ]
+    assert any((tmp_path / "cache-tui").rglob("summary.json"))
+    (tui,) = (tmp_path / "runs").glob("transfer-matrix-*")
+    assert read_json(tui / "run.json")["request"] == read_json(tmp_path / "cli" / "run.json")["request"]
+    a, b = _results(tmp_path / "cli"), _results(tui)
+    assert a["errors"] == b["errors"] and a["values"] == b["values"] and a["intervals"] == b["intervals"]
+    assert np.allclose(np.array(a["distortions"], float), np.array(b["distortions"], float), equal_nan=True)
+    assert a == b
+    for row in a["rows"]:
+        x_cli = (tmp_path / "cli" / row["set_file"]).read_bytes()
+        assert x_cli == (tui / row["set_file"]).read_bytes(), row["name"]

@@ -1,0 +1,133 @@
+"""The bounds operation: `run_bounds(request, ctx)`, called alike by `blindspot bounds` and the Bounds screen.
+
+It loads the model (a zoo id, a checkpoint path, 'alexnet' or a torchvision classifier name, via
+`engines.bounds.models`), computes every weight layer's frame bounds (each finished layer is announced
+as a `LayerBounded` event, and `ctx.cancelled` is polled between layers and inside long ones), and
+writes the run folder through `open_run`:
+    run.json                 format, kind, the request, the model's name and source, status, seconds
+    bounds.json              `NetworkBounds.to_json()`, what `--json` prints (plus `spectra_file`)
+    spectra.safetensors      each layer's singular values and, for convolutions, σ_max/σ_min per frequency
+No figure is drawn: the CLI prints a table and the screen draws its own bars and histogram.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from engines.bounds.models import BoundsModel, load_bounds_model
+from engines.bounds.network import frame_bounds
+from engines.bounds.results import SOURCE_NOTE, NetworkBounds
+from engines.core.context import RunContext
+from engines.core.errors import InputError
+from engines.core.io import atomic_write, write_json_atomic
+from engines.core.runs import open_run
+
+PRECISIONS: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch.float32}
+BOUNDS_FILE, SPECTRA_FILE = "bounds.json", "spectra.safetensors"
+MAX_SIDE = 16384
+
+
+@dataclass(frozen=True)
+class BoundsRequest:
+    """Which model and how precisely: everything that fixes the result. Stored in run.json.
+
+    `input_shape` None means the model's own (a checkpoint's spec, 224 px for torchvision, 299 for
+    inception_v3); `seed` fixes a torchvision model's random initialisation.
+    """
+
+    model: str
+    weights: str | None = None
+    input_shape: tuple[int, int, int] | None = None
+    power_iters: int = 50
+    precision: str = "float64"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.model.strip():
+            raise InputError("say which model: --model ID|alexnet|TORCHVISION_NAME|PATH")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"unknown precision {self.precision!r}: use float64 or float32")
+        if self.power_iters < 0:
+            raise InputError("--power-iters must be 0 or more")
+        if self.input_shape is not None:
+            shape = tuple(self.input_shape)
+            if len(shape) != 3 or not all(isinstance(v, int) and 1 <= v <= MAX_SIDE for v in shape):
+                raise InputError(f"--input must be three sizes C, H, W in 1..{MAX_SIDE}, got {list(shape)}")
+            object.__setattr__(self, "input_shape", shape)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return PRECISIONS[self.precision]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "weights": self.weights,
+            "input_shape": list(self.input_shape) if self.input_shape is not None else None,
+            "power_iters": self.power_iters,
+            "precision": self.precision,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BoundsRequest:
+        try:
+            shape = d.get("input_shape")
+            return cls(
+                model=str(d["model"]),
+                weights=d.get("weights"),
+                input_shape=tuple(int(v) for v in shape) if shape is not None else None,  # type: ignore[arg-type]
+                power_iters=int(d["power_iters"]),
+                precision=str(d["precision"]),
+                seed=int(d["seed"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"the recorded bounds request is damaged ({type(exc).__name__}: {exc})") from None
+
+
+def run_bounds(request: BoundsRequest, ctx: RunContext, *, save: bool = True) -> NetworkBounds:
+    """Load, compute and (with `save`) write the run folder: `ctx.out`, or a new one under `ctx.runs_root`.
+
+    `save=False` writes nothing at all (the CLI without --out prints only, as it always has).
+    """
+    device = ctx.torch_device()
+    if not save:
+        return _compute(load_bounds_model(request.model, request.weights, seed=request.seed), request, device, ctx)
+    with open_run(ctx, "bounds", request.model, request.to_json()) as run:
+        loaded = load_bounds_model(request.model, request.weights, seed=request.seed)
+        run.update(model={"name": loaded.name, "source": loaded.source})
+        result = _compute(loaded, request, device, ctx)
+        result.run = str(run.path)
+        write_bounds(result, run.path)
+    return result
+
+
+def _compute(loaded: BoundsModel, request: BoundsRequest, device: torch.device, ctx: RunContext) -> NetworkBounds:
+    result = frame_bounds(
+        loaded.model,
+        request.input_shape or loaded.input_shape,
+        device=device,
+        dtype=request.dtype,
+        power_iters=request.power_iters,
+        model_name=loaded.name,
+        on_event=ctx.on_event,
+        cancel=ctx.cancelled,
+    )
+    result.source = loaded.source
+    result.notes.append(f"{SOURCE_NOTE}{loaded.source}")
+    return result
+
+
+def write_bounds(result: NetworkBounds, out_dir: str | Path) -> dict[str, Path]:
+    """`bounds.json` and `spectra.safetensors` in `out_dir`, each written atomically."""
+    out_dir = Path(out_dir)
+    tensors = result.spectra()
+    spectra = atomic_write(out_dir / SPECTRA_FILE, lambda p: save_file(tensors, str(p)))
+    payload = result.to_json()
+    payload["spectra_file"] = spectra.name
+    return {"json": write_json_atomic(out_dir / BOUNDS_FILE, payload), "spectra": spectra}

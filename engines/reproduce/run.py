@@ -1,0 +1,218 @@
+"""The reproduce operation: Tables 1–5 of Szegedy et al. (2013) recomputed with the shipped zoo.
+
+`run_reproduce(ReproduceRequest, RunContext)` is what `blindspot reproduce` calls. Its run folder:
+    run.json                 format, kind, the request, status, seconds
+    table2/, table4/         the transfer matrices (each a transfer run folder of its own)
+    table1.json, table3.json, table5.json   each table's rows as soon as it is finished
+    tables.json              settings and all five tables (`ReproduceResult.to_json()` minus the report path)
+    report.md, figures/      the Markdown report with heatmaps and Fig. 5/7-style example grids
+Progress: a `Step` when a stage starts, a `TableDone` when a table is written. A cancel stops
+within one model (Tables 1–4) or one layer (Table 5) and keeps the tables already written.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engines.attack.problems import AttackConfig
+from engines.attack.transfer import TransferMatrix, TransferRequest, redo_interrupted, run_transfer
+from engines.core import paper
+from engines.core.context import RunContext
+from engines.core.errors import InputError
+from engines.core.events import Step, TableDone
+from engines.core.io import write_json_atomic, write_text_atomic
+from engines.core.runs import open_run
+from engines.report.reproduce_markdown import render_report
+from engines.reproduce.tables import matrix_vs_paper, table1, table2_key, table3, table4_key, table5
+
+QUICK_N, FULL_N = 20, 500
+TABLES = 5
+EXAMPLE_SOURCES = ("softmax1", "n200-200-10", "m1")  # whose Fig. 5/7 grids the report shows
+
+
+@dataclass(frozen=True)
+class ReproduceRequest:
+    """How large and with which attack: everything that fixes the tables. Stored in run.json."""
+
+    quick: bool = False
+    n: int | None = None  # images per adversarial set; None: QUICK_N with quick, else FULL_N
+    seed: int = 0
+    config: AttackConfig = field(default_factory=AttackConfig)
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.n is not None and self.n < 1:
+            raise InputError("--n must be at least 1")
+        if self.data_dir is not None:
+            object.__setattr__(self, "data_dir", str(self.data_dir))
+
+    @property
+    def images(self) -> int:
+        """Images per adversarial set."""
+        return self.n or (QUICK_N if self.quick else FULL_N)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "quick": self.quick,
+            "n": self.n,
+            "seed": self.seed,
+            "config": self.config.as_dict(),
+            "data_dir": self.data_dir,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ReproduceRequest:
+        try:
+            return cls(
+                quick=bool(d["quick"]),
+                n=d.get("n"),
+                seed=int(d["seed"]),
+                config=AttackConfig(**d["config"]),
+                data_dir=d.get("data_dir"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"the recorded reproduce request is damaged ({type(exc).__name__}: {exc})") from None
+
+
+@dataclass(frozen=True)
+class ReproduceResult:
+    """The five tables beside the paper's, the settings they were made with, and where the report is."""
+
+    report: Path
+    folder: Path
+    settings: dict[str, Any]
+    table1: list[dict[str, Any]]
+    table2: list[dict[str, Any]]
+    table3: list[dict[str, Any]]
+    table4: list[dict[str, Any]]
+    table5: dict[str, Any]
+    figures: dict[str, str]
+    seconds: float
+
+    def tables(self) -> dict[str, Any]:
+        return {
+            "table1": self.table1,
+            "table2": self.table2,
+            "table3": self.table3,
+            "table4": self.table4,
+            "table5": self.table5,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """What `--json` prints: the report's path, the seconds and every table."""
+        return {"report": str(self.report), "seconds": self.seconds, **self.tables()}
+
+
+def run_reproduce(request: ReproduceRequest, ctx: RunContext) -> ReproduceResult:
+    """Run Tables 1–5 into a run folder (`runs/reproduce-paper-<time>` unless the context names
+    one) and write report.md; adversarial sets are cached, so a second run reuses them."""
+    ctx = redo_interrupted(ctx, "reproduce")
+    ctx.torch_device()  # an unusable device fails now, before a folder is made
+    start = time.perf_counter()
+    with open_run(ctx, "reproduce", "paper", request.to_json()) as run:
+        out = run.path
+        stage = _Stages(ctx)
+
+        def transfer_table(
+            name: str, models: list[str], split: str, noise: list[float], **extra: Any
+        ) -> TransferMatrix:
+            # noise rows both ways: clipped at the rms (as specified) and unclipped (the paper's likely setting)
+            transfer = TransferRequest(
+                sources=tuple(models),
+                targets=tuple(models),
+                split=split,
+                n=request.images,
+                seed=request.seed,
+                config=request.config,
+                data_dir=request.data_dir,
+                noise=tuple(noise),
+                unclipped=tuple(noise),
+                **extra,
+            )
+            # the reproduce run owns its table folders: a redo writes over them
+            return run_transfer(transfer, replace(ctx, out=out / name, overwrite=True))
+
+        stage.start("Table 2: transfer across models (train set)")
+        t2 = transfer_table("table2", paper.TABLE1_MODELS, "train", [0.1, 0.3])
+        stage.done("Table 2")
+        stage.start("Table 1: errors and minimum distortion")
+        t1 = table1(t2, ctx, request.data_dir)
+        write_json_atomic(out / "table1.json", t1)
+        stage.done("Table 1")
+        stage.start("Table 3: errors on P1, P2 and test")
+        t3 = table3(ctx, request.data_dir)
+        write_json_atomic(out / "table3.json", t3)
+        stage.done("Table 3")
+        stage.start("Table 4: transfer across training sets (test set)")
+        t4 = transfer_table("table4", paper.TABLE3_MODELS, "test", [0.06, 0.1], amplify_rms=0.1)
+        stage.done("Table 4")
+        stage.start("Table 5: frame bounds of AlexNet")
+        t5 = table5(ctx)
+        write_json_atomic(out / "table5.json", t5)
+        stage.done("Table 5")
+        stage.start("report")  # done = total: the tables are finished
+        figures = collect_figures(out, t2, t4)
+        seconds = time.perf_counter() - start
+        settings = {
+            "n": request.images,
+            "quick": request.quick,
+            "seed": request.seed,
+            "attack": request.config.as_dict(),
+            "device": str(ctx.torch_device()),
+            "seconds": round(seconds, 1),
+            "torch": torch.__version__,
+        }
+        result = ReproduceResult(
+            report=out / "report.md",
+            folder=out,
+            settings=settings,
+            table1=t1,
+            table2=matrix_vs_paper(t2, paper.TABLE2, table2_key),
+            table3=t3,
+            table4=matrix_vs_paper(t4, paper.TABLE4, table4_key),
+            table5=t5,
+            figures=figures,
+            seconds=round(seconds, 3),
+        )
+        write_json_atomic(out / "tables.json", {"settings": settings, **result.tables()})
+        write_text_atomic(result.report, render_report(result.tables(), settings, figures))
+    return result
+
+
+class _Stages:
+    """Step and TableDone events of the reproduce task, counted over its five tables."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx, self.finished = ctx, 0
+
+    def start(self, message: str) -> None:
+        self.ctx.check_cancel()
+        self.ctx.emit(Step(task="reproduce", done=self.finished, total=TABLES, message=message))
+
+    def done(self, name: str) -> None:
+        self.finished += 1
+        self.ctx.emit(TableDone(task="reproduce", done=self.finished, total=TABLES, name=name))
+
+
+def collect_figures(out: Path, t2: TransferMatrix, t4: TransferMatrix) -> dict[str, str]:
+    """Heatmaps and Fig. 7-style example grids, copied next to the report."""
+    figures = {}
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    for name, m in (("table2", t2), ("table4", t4)):
+        src = Path(m.folder or out) / "heatmap.png"
+        if src.is_file():
+            shutil.copyfile(src, out / "figures" / f"{name}-heatmap.png")
+            figures[f"{name}-heatmap"] = f"figures/{name}-heatmap.png"
+    for src_id in EXAMPLE_SOURCES:
+        for m in (t2, t4):
+            info = m.settings.get("sources", {}).get(src_id)
+            if info and (Path(info["cache"]) / "figure.png").is_file():
+                shutil.copyfile(Path(info["cache"]) / "figure.png", out / "figures" / f"examples-{src_id}.png")
+                figures[f"examples-{src_id}"] = f"figures/examples-{src_id}.png"
+    return figures

@@ -1,0 +1,180 @@
+"""The train operation: `run_training(request, ctx)`, called alike by `blindspot train` and the Models screen.
+
+Output policy, one rule for every caller: the checkpoints (`<id>.safetensors` + `<id>.json`) go to
+`ctx.out` when given, else to `<ctx.runs_root>/models`. The shipped `sample_data` (the zoo the
+README's numbers come from) is never written unless the request says `into_shipped_zoo`.
+
+No run folder (run.json) is made: a models folder holds several checkpoints and is reused by
+later trainings, and a checkpoint's sidecar already records how it was trained. The folder is
+proved writable before any training starts, so hours of training are never lost to a bad --out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engines.core.choices import OPTIMIZERS
+from engines.core.context import RunContext
+from engines.core.data import sample_data_dir
+from engines.core.errors import InputError
+from engines.core.events import ModelTrained
+from engines.core.runs import check_writable
+from engines.core.zoo import ZOO
+from engines.train.fit import train_zoo_model
+
+ZOOS = ("paper",)  # named sets of zoo models: `--zoo paper` is the whole zoo of Tables 1 and 3
+MODELS_SUBFOLDER = "models"
+
+
+def zoo_ids(models: Iterable[str] | None, zoo: str | None) -> tuple[str, ...]:
+    """The ids a `--model …` / `--zoo NAME` choice names (checked: a named zoo must exist)."""
+    if zoo is not None and zoo not in ZOOS:
+        raise InputError(f"unknown zoo {zoo!r}: the only zoo is 'paper'")
+    return tuple(ZOO) if zoo == "paper" else tuple(models or ())
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """Which zoo models to train and how: everything that fixes the weights (seed, data, budget)."""
+
+    models: tuple[str, ...]
+    optimizer: str = "recipe"
+    epochs: int | None = None  # Adam epochs (None: the recipe's)
+    max_iter: int | None = None  # L-BFGS iterations (None: the recipe's)
+    seed: int = 0
+    data_dir: str | None = None
+    into_shipped_zoo: bool = False  # allow writing into the shipped sample_data (regenerating the zoo)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "models", tuple(self.models))
+        if not self.models:
+            raise InputError("say what to train: --model ID (see `blindspot models`) or --zoo paper")
+        unknown = [m for m in self.models if m not in ZOO]
+        if unknown:
+            raise InputError(f"unknown zoo model {unknown[0]!r}; known: {', '.join(ZOO)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        for name, value in (("--epochs", self.epochs), ("--max-iter", self.max_iter)):
+            if value is not None and value < 1:
+                raise InputError(f"{name} must be at least 1 (leave it out for the recipe's own)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "models": list(self.models),
+            "optimizer": self.optimizer,
+            "epochs": self.epochs,
+            "max_iter": self.max_iter,
+            "seed": self.seed,
+            "data_dir": self.data_dir,
+            "into_shipped_zoo": self.into_shipped_zoo,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TrainRequest:
+        try:
+            return cls(
+                models=tuple(str(m) for m in d["models"]),
+                optimizer=str(d.get("optimizer", "recipe")),
+                epochs=None if d.get("epochs") is None else int(d["epochs"]),
+                max_iter=None if d.get("max_iter") is None else int(d["max_iter"]),
+                seed=int(d.get("seed", 0)),
+                data_dir=None if d.get("data_dir") is None else str(d["data_dir"]),
+                into_shipped_zoo=bool(d.get("into_shipped_zoo", False)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"the recorded train request is damaged ({type(exc).__name__}: {exc})") from None
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """One trained and saved model: where it is, its errors (%) and how it was trained."""
+
+    id: str
+    path: str
+    metrics: dict[str, float]
+    training: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "path": self.path, "metrics": self.metrics, "training": self.training}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training request produced: `to_json()` is what `blindspot train --json` prints."""
+
+    models: tuple[TrainedModel, ...]
+    folder: str
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [m.to_json() for m in self.models]
+
+
+def output_folder(ctx: RunContext) -> Path:
+    """Where the checkpoints of a training under `ctx` go: `ctx.out`, else `<runs_root>/models`."""
+    return Path(ctx.out) if ctx.out is not None else Path(ctx.runs_root) / MODELS_SUBFOLDER
+
+
+def in_shipped_data(folder: Path) -> bool:
+    """Whether `folder` is the shipped sample_data (its models folder included) or inside it."""
+    shipped = sample_data_dir().resolve()
+    where = folder.resolve()
+    return where == shipped or where.is_relative_to(shipped)
+
+
+def run_training(request: TrainRequest, ctx: RunContext) -> TrainResult:
+    """Train each requested model in turn and save it; a `ModelTrained` event follows each save.
+
+    A cancel stops the model in training (its old checkpoint, if any, is untouched); models saved
+    before it stay saved.
+    """
+    folder = output_folder(ctx)
+    if in_shipped_data(folder) and not request.into_shipped_zoo:
+        raise InputError(
+            f"{folder} is the shipped zoo, which training never overwrites unless asked: "
+            "choose another --out, or pass --into-shipped-zoo to regenerate it"
+        )
+    existed = folder.exists()
+    check_writable(folder)
+    try:
+        return _train_all(request, ctx, folder)
+    except BaseException:
+        if not existed:  # refused or stopped before any save: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _train_all(request: TrainRequest, ctx: RunContext, folder: Path) -> TrainResult:
+    device = ctx.torch_device()
+    trained: list[TrainedModel] = []
+    for k, model_id in enumerate(request.models):
+        ctx.check_cancel()
+        fitted = train_zoo_model(
+            model_id,
+            folder,
+            seed=request.seed,
+            device=device,
+            optimizer=request.optimizer,
+            data_dir=request.data_dir,
+            max_iter=request.max_iter,
+            epochs=request.epochs,
+            on_event=ctx.on_event,
+            cancel=ctx.cancelled,
+        )
+        model = TrainedModel(model_id, str(fitted.path), fitted.meta["metrics"], fitted.meta["training"])
+        trained.append(model)
+        ctx.emit(
+            ModelTrained(
+                task="train",
+                done=k + 1,
+                total=len(request.models),
+                model_id=model_id,
+                path=model.path,
+                metrics=model.metrics,
+            )
+        )
+    return TrainResult(tuple(trained), str(folder))

@@ -1,0 +1,237 @@
+"""The units operation (§3): `run_units(request, ctx)`, and `run_layers(request, ctx)` for the layer names.
+
+`blindspot units` and the Gallery screen both call `run_units` and nothing else; `blindspot layers` and the
+Gallery's layer list both call `run_layers`. A units run folder (`runs/units-<model>-<time>` unless the
+context names one):
+    run.json             format, kind, the request, the model's identity, status, seconds
+    units.json           `UnitsResult.to_json(full=True)`: the comparison plus every direction's top-k and scores
+    units_top.png, random_top.png, units_vs_random.png    top-k grids (Figures 1–4 style)
+    units_bottom.png, random_bottom.png                   bottom-k grids, with `bottom`
+`--json` prints `UnitsResult.to_json()` (the same document without the per-direction lists).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.core.checkpoint import load_checkpoint
+from engines.core.context import RunContext
+from engines.core.data import SPLITS, Dataset, load_split
+from engines.core.errors import InputError
+from engines.core.io import write_json_atomic
+from engines.core.runs import open_run
+from engines.report.unit_figures import save_unit_figures
+from engines.units.activations import POOLINGS, LayerInfo, find_layer, layer_activations, list_layers
+from engines.units.directions import UnitsComparison, all_directions_json, compare_units
+
+KIND = "units"
+JSON_FILE = "units.json"
+BOTTOM_FIGURES = ("units_bottom.png", "random_bottom.png")
+
+
+def input_shape(meta: dict[str, Any]) -> tuple[int, ...]:
+    """The per-image input shape a checkpoint declares (MNIST's 1×28×28 when it declares none)."""
+    return tuple(int(s) for s in meta.get("spec", {}).get("input", (1, 28, 28)))
+
+
+@dataclass(frozen=True)
+class UnitsRequest:
+    """What to compare: everything that fixes the result. Stored in run.json."""
+
+    model: str
+    layer: str
+    split: str = "test"
+    n: int | None = None  # the first n images of the split (all of them when it has fewer); None: all
+    k: int = 8  # images per direction: the top-k of ⟨φ(x), v⟩
+    n_random: int | None = None  # random directions for the statistics; None: max(units scored, 1000)
+    max_units: int = 5000  # score every unit up to this many, a seeded sample beyond
+    show_units: int = 16  # rows drawn in the figures
+    show_random: int = 16
+    pool: str = "none"
+    space: str = "pixel"  # where the label-free cosine is read: pixels or another layer's φ
+    bottom: bool = False
+    seed: int = 0
+    data_dir: str | None = None
+    use_cache: bool = True  # read and write the activation cache (the numbers are the same either way)
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise InputError(f"--k must be at least 1, got {self.k}")
+        if self.show_units < 0 or self.show_random < 0:
+            raise InputError("--units and --random count rows to draw and cannot be negative")
+        if self.n_random is not None and self.n_random < 2:
+            raise InputError(f"--stat-random must be at least 2, got {self.n_random}")
+        if self.max_units < 2:
+            raise InputError(f"--max-units must be at least 2, got {self.max_units}")
+        if self.pool not in POOLINGS:
+            raise InputError(f"unknown --pool {self.pool!r}: choose one of {', '.join(POOLINGS)}")
+        if self.split not in SPLITS:
+            raise InputError(f"unknown --split {self.split!r}: choose one of {', '.join(SPLITS)}")
+        if self.n is not None and self.n < 1:
+            raise InputError(f"the number of images must be at least 1, got {self.n}")
+        if not self.layer:
+            raise InputError("say which layer: --layer NAME (see `blindspot layers --model ID`)")
+        if self.space == self.layer:
+            raise InputError(f"--space {self.space!r} is the layer under study; pick another layer or 'pixel'")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> UnitsRequest:
+        names = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in d.items() if k in names})
+        except TypeError as exc:
+            raise InputError(f"the recorded units request is damaged ({exc})") from None
+
+
+@dataclass(frozen=True)
+class UnitsResult:
+    """The outcome of a units run: what `--json` prints, what units.json holds, what the Gallery shows.
+
+    `comparison` holds the arrays (top-k positions in `data`, scores); `data` is the image set they index,
+    kept for drawing and never written out.
+    """
+
+    request: UnitsRequest
+    model: str
+    checkpoint: str
+    checkpoint_sha256: str
+    split: str
+    device: str
+    comparison: UnitsComparison
+    source_indices: np.ndarray  # position in the source file of each image of `data`
+    files: dict[str, str]
+    run: str
+    notes: tuple[str, ...] = ()  # things the user should know that did not stop the run (an unusable cache)
+    data: Dataset | None = field(default=None, repr=False, compare=False)
+
+    def to_json(self, full: bool = False) -> dict[str, Any]:
+        """The summary (`--json`); with `full`, every scored direction's top-k and scores too (units.json)."""
+        doc = self.comparison.to_json(self.source_indices, full=False) | {
+            "model": self.model,
+            "checkpoint": self.checkpoint,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "split": self.split,
+            "device": self.device,
+            "files": dict(self.files),
+            "run": self.run,
+        }
+        if full:
+            doc["all"] = all_directions_json(self.comparison)
+        return doc
+
+
+def load_units_data(request: UnitsRequest) -> Dataset:
+    """The request's image set: its split, cut to the first `n` images when it asks for fewer."""
+    data = load_split(request.split, request.data_dir)
+    if request.n is not None and request.n < len(data):
+        data = data.subset(0, request.n)
+    return data
+
+
+def run_units(request: UnitsRequest, ctx: RunContext) -> UnitsResult:
+    """Activations (cached), every unit vs random directions, statistics, figures and units.json, in one run folder."""
+    device = ctx.torch_device()
+    with open_run(ctx, KIND, request.model, request.to_json()) as run:
+        lm = load_checkpoint(request.model, device)
+        shape = input_shape(lm.meta)
+        find_layer(lm.model, request.layer, shape, device)  # a bad name fails before the data are read
+        if request.space != "pixel":
+            find_layer(lm.model, request.space, shape, device)
+        data = load_units_data(request)
+        if request.k > len(data):
+            raise InputError(f"--k must be between 1 and the {len(data)} images of {data.name}, got {request.k}")
+        run.update(model={"id": lm.id, "path": str(lm.path), "sha256": lm.sha256}, images=len(data))
+        common: dict[str, Any] = {
+            "device": device,
+            "use_cache": request.use_cache,
+            "on_event": ctx.on_event,
+            "cancel": ctx.cancelled,
+        }
+        acts = layer_activations(lm, request.layer, data, pool=request.pool, **common)
+        notes = [acts.note] if acts.note else []
+        space_feats = None
+        if request.space != "pixel":
+            space_acts = layer_activations(lm, request.space, data, **common)
+            space_feats = space_acts.features
+            if space_acts.note and space_acts.note not in notes:
+                notes.append(space_acts.note)
+        comparison = compare_units(
+            acts,
+            data.labels,
+            k=request.k,
+            seed=request.seed,
+            n_random=request.n_random,
+            max_units=request.max_units,
+            show_units=request.show_units,
+            show_random=request.show_random,
+            bottom=request.bottom,
+            space=space_feats,
+            space_name=request.space,
+            images=data.images,
+            device=device,
+            on_event=ctx.on_event,
+            cancel=ctx.cancelled,
+        )
+        ctx.check_cancel()
+        files = _write_figures(run.path, comparison, data)
+        files["json"] = run.path / JSON_FILE
+        result = UnitsResult(
+            request=request,
+            model=lm.id,
+            checkpoint=str(lm.path),
+            checkpoint_sha256=lm.sha256,
+            split=data.name,
+            device=str(device),
+            comparison=comparison,
+            source_indices=data.indices,
+            files={name: str(p) for name, p in files.items()},
+            run=str(run.path),
+            notes=tuple(notes),
+            data=data,
+        )
+        write_json_atomic(files["json"], result.to_json(full=True))
+        return result
+
+
+def _write_figures(folder: Path, comparison: UnitsComparison, data: Dataset) -> dict[str, Path]:
+    """The PNG grids; bottom-k grids left by an earlier run in the same folder are removed when not redrawn."""
+    files = save_unit_figures(comparison, data.images, folder, labels=data.labels)
+    if "units_bottom" not in files:
+        for name in BOTTOM_FIGURES:
+            (folder / name).unlink(missing_ok=True)
+    return files
+
+
+@dataclass(frozen=True)
+class LayersRequest:
+    """Which model's layers to list (the names `units --layer` takes)."""
+
+    model: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LayersResult:
+    """A model's named layers in forward order, with kinds and per-image output shapes."""
+
+    model: str
+    layers: tuple[LayerInfo, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "layers": [info.to_dict() for info in self.layers]}
+
+
+def run_layers(request: LayersRequest, ctx: RunContext) -> LayersResult:
+    """Load the model and run one dummy image through it to read each layer's output shape (writes nothing)."""
+    device = ctx.torch_device()
+    lm = load_checkpoint(request.model, device)
+    return LayersResult(lm.id, tuple(list_layers(lm.model, input_shape(lm.meta), device)))

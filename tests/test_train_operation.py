@@ -1,0 +1,188 @@
+"""The train operation: request validation, the output policy (never the shipped zoo unless asked),
+events, cancellation, and the CLI built on it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engines.core.context import RunContext
+from engines.core.data import sample_data_dir
+from engines.core.errors import Cancelled, InputError
+from engines.core.events import EpochDone, ModelTrained
+from engines.core.io import file_sha256
+from engines.core.model_rows import checkpoint_row, model_rows
+from engines.core.zoo import ZOO, build_model, zoo_entry
+from engines.train.fit import train_lbfgs
+from engines.train.operation import TrainRequest, run_training, zoo_ids
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, str]]:
+    """mtime (ns) and sha256 of every file under `folder`: any write shows."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, file_sha256(p)) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"models": ()}, "say what to train"),
+        ({"models": ("softmax1", "nope")}, "unknown zoo model 'nope'"),
+        ({"optimizer": "sgd"}, "unknown optimizer 'sgd'"),
+        ({"epochs": 0}, "--epochs must be at least 1"),
+        ({"max_iter": 0}, "--max-iter must be at least 1"),
+    ],
+)
+def test_a_bad_request_is_refused_when_it_is_built(changes, message):
+    with pytest.raises(InputError, match=message):
+        TrainRequest(**({"models": ("softmax1",)} | changes))
+
+
+def test_zoo_names_and_the_request_round_trip_through_json():
+    assert zoo_ids(None, "paper") == tuple(ZOO)
+    assert zoo_ids(["m1", "m2"], None) == ("m1", "m2")
+    with pytest.raises(InputError, match="only zoo is 'paper'"):
+        zoo_ids(None, "imagenet")
+    request = TrainRequest(models=("m1", "conv"), optimizer="adam", epochs=2, seed=7, data_dir="d")
+    assert TrainRequest.from_json(json.loads(json.dumps(request.to_json()))) == request
+    with pytest.raises(InputError, match="damaged"):
+        TrainRequest.from_json({"optimizer": "adam"})
+
+
+def test_checkpoints_go_to_runs_models_with_one_event_per_saved_model(tiny_mnist, tmp_path):
+    events = []
+    ctx = RunContext(device="cpu", runs_root=tmp_path / "runs", on_event=events.append)
+    request = TrainRequest(models=("softmax1", "softmax2"), max_iter=3, data_dir=str(tiny_mnist))
+    result = run_training(request, ctx)
+    folder = tmp_path / "runs" / "models"
+    assert result.folder == str(folder)
+    assert [m.path for m in result.models] == [
+        str(folder / "softmax1.safetensors"),
+        str(folder / "softmax2.safetensors"),
+    ]
+    saved = [e for e in events if isinstance(e, ModelTrained)]
+    assert [(e.model_id, e.done, e.total) for e in saved] == [("softmax1", 1, 2), ("softmax2", 2, 2)]
+    assert saved[0].metrics == result.models[0].metrics == json.loads((folder / "softmax1.json").read_text())["metrics"]
+    lbfgs = [e for e in events if isinstance(e, EpochDone) and e.task == "train softmax1"]
+    assert lbfgs and lbfgs[-1].done == 3 and lbfgs[-1].total == 3  # max_iter is honoured exactly, not rounded up
+    assert result.models[0].training["iterations"] == 3
+    assert result.to_json()[1] == {
+        "id": "softmax2",
+        "path": str(folder / "softmax2.safetensors"),
+        "metrics": result.models[1].metrics,
+        "training": result.models[1].training,
+    }
+    assert [r["id"] for r in model_rows(folder)] == ["softmax1", "softmax2"]
+
+
+def test_the_shipped_zoo_is_refused_without_the_flag_and_nothing_is_written(tiny_mnist, tmp_path):
+    shipped = sample_data_dir() / "models"
+    before = snapshot(shipped)
+    request = TrainRequest(models=("softmax1",), max_iter=1, data_dir=str(tiny_mnist))
+    for out in (shipped, sample_data_dir(), Path(str(shipped) + "/../models")):
+        with pytest.raises(InputError, match="shipped zoo.*--into-shipped-zoo"):
+            run_training(request, RunContext(device="cpu", out=out))
+    assert snapshot(shipped) == before
+
+
+def test_the_flag_lets_a_maintainer_regenerate_the_zoo(tiny_mnist, tmp_path, monkeypatch):
+    fake = tmp_path / "sample_data"
+    shutil.copytree(
+        sample_data_dir() / "models", fake / "models", ignore=shutil.ignore_patterns("m*", "n*", "c*", "a*")
+    )
+    monkeypatch.setenv("BLINDSPOT_SAMPLE_DATA", str(fake))
+    old = file_sha256(fake / "models" / "softmax1.safetensors")
+    request = TrainRequest(models=("softmax1",), max_iter=1, data_dir=str(tiny_mnist), into_shipped_zoo=True)
+    result = run_training(request, RunContext(device="cpu", out=fake / "models"))
+    assert result.models[0].path == str(fake / "models" / "softmax1.safetensors")
+    assert file_sha256(fake / "models" / "softmax1.safetensors") != old
+
+
+def test_an_unwritable_output_is_refused_before_training(tiny_mnist, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    events = []
+    request = TrainRequest(models=("softmax1",), max_iter=1, data_dir=str(tiny_mnist))
+    with pytest.raises(InputError, match="is a file"):
+        run_training(request, RunContext(device="cpu", out=blocker, on_event=events.append))
+    assert events == []  # refused before any epoch
+
+
+def test_cancel_reaches_inside_an_lbfgs_block_and_nothing_is_saved(tiny_mnist, tmp_path):
+    calls = []
+
+    def cancelled() -> bool:  # false for the check before the block and the first evaluation, then true
+        calls.append(1)
+        return len(calls) > 2
+
+    events = []
+    ctx = RunContext(device="cpu", runs_root=tmp_path / "runs", on_event=events.append, cancelled=cancelled)
+    with pytest.raises(Cancelled):
+        run_training(TrainRequest(models=("softmax1",), max_iter=50, data_dir=str(tiny_mnist)), ctx)
+    assert len(calls) == 3 and not [e for e in events if isinstance(e, EpochDone)]  # stopped mid-block
+    assert not (tmp_path / "runs" / "models").exists()
+
+
+def test_lbfgs_never_runs_more_iterations_than_asked(tiny_mnist):
+    from engines.core.data import load_split
+
+    data = load_split("train", tiny_mnist)
+    torch.manual_seed(0)
+    model = build_model(zoo_entry("softmax1").spec)
+    evals = []
+
+    def counting() -> bool:
+        evals.append(1)
+        return False
+
+    info = train_lbfgs(model, data.images, data.labels, [1e-4], 2, lambda e: None, counting, "t")
+    assert info["iterations"] == 2
+    assert len(evals) <= 1 + 2 * 5 // 4 + 1  # one check before the block, at most max_eval evaluations
+
+
+def test_cli_trains_into_runs_models_and_prints_the_result_json(tiny_mnist, tmp_path, monkeypatch, cli):
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = cli("train", "-m", "softmax1", "--max-iter", "2", "--data", tiny_mnist, "--device", "cpu", "--json")
+    assert rc == 0, err
+    rows = json.loads(out)
+    assert [r["id"] for r in rows] == ["softmax1"] and rows[0]["path"] == "runs/models/softmax1.safetensors"
+    saved = tmp_path / "runs" / "models" / "softmax1.safetensors"
+    assert checkpoint_row(saved)["test_error"] == rows[0]["metrics"]["test_error"]  # `blindspot models` sees it
+    assert rows[0]["metrics"] == json.loads(saved.with_suffix(".json").read_text())["metrics"]
+    assert rows[0]["training"]["iterations"] == 2
+    assert "softmax1: train" in err and "BLINDSPOT_MODELS=runs/models" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--zoo", "imagenet"), "only zoo is 'paper'"),
+        ((), "say what to train"),
+        (("-m", "softmax1", "--optimizer", "sgd"), "unknown optimizer"),
+        (("-m", "softmax1", "--epochs", "0"), "--epochs must be at least 1"),
+        (("-m", "nope"), "unknown zoo model 'nope'"),
+        (("-m", "softmax1", "--out", str(sample_data_dir() / "models")), "shipped zoo"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(args, message, cli, tiny_mnist):
+    shipped = sample_data_dir() / "models"
+    before = snapshot(shipped)
+    rc, _, err = cli("train", *args, "--max-iter", "1", "--data", tiny_mnist, "--device", "cpu")
+    assert rc == 2 and message in err and err.strip().count("\n") == 0 and "Traceback" not in err
+    assert snapshot(shipped) == before
+
+
+def test_a_trained_checkpoint_reloads_with_the_same_tensors(tiny_mnist, tmp_path):
+    from engines.core.checkpoint import load_checkpoint
+
+    result = run_training(
+        TrainRequest(models=("softmax1",), max_iter=2, data_dir=str(tiny_mnist)),
+        RunContext(device="cpu", out=tmp_path / "m"),
+    )
+    stored = load_file(result.models[0].path)
+    lm = load_checkpoint(result.models[0].path)
+    assert all(torch.equal(t, stored[k]) for k, t in lm.model.state_dict().items())
