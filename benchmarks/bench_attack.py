@@ -15,10 +15,10 @@ import time
 import torch
 
 from engines.attack.problems import AttackConfig, attack_problems, paper_distortion
+from engines.attack.targets import choose_targets
 from engines.core.checkpoint import load_checkpoint
 from engines.core.data import load_split
 from engines.core.device import resolve_device
-from engines.attack.targets import choose_targets
 
 
 def _advertorch():

@@ -19,8 +19,8 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Static
 
-from engines.core.errors import BlindspotError, Cancelled
 from engines.core.context import RunContext
+from engines.core.errors import BlindspotError, Cancelled
 from engines.core.events import Event, Throttle
 from screens.state import HasState, WorkbenchState
 from screens.widgets import NAV, NavBar

@@ -281,12 +281,12 @@ class NavBar(Widget):
             style = "reverse bold" if mode == self.mode else ""
             line.append(" ")
             line.append(f" {key} {label} ", style=style)
-        app: Any = self.app
-        settings = getattr(app, "settings", None)
-        model = str(getattr(app, "active_model", ""))
-        if settings is not None:
-            name = model.rsplit("/", 1)[-1]
-            line.append(f"  {'model ' if self.size.width >= 100 else ''}{name} · {settings.device}", style="italic")
+        state = getattr(self.app, "state", None)  # a WorkbenchState when hosted by the workbench
+        if state is not None:
+            name = str(state.active_model).rsplit("/", 1)[-1]
+            line.append(
+                f"  {'model ' if self.size.width >= 100 else ''}{name} · {state.settings.device}", style="italic"
+            )
         return line
 
 

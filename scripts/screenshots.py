@@ -29,25 +29,27 @@ async def settle(pilot, rounds: int = 3) -> None:
 
 
 async def shoot(size: tuple[int, int], out: Path, work: Path) -> list[Path]:
-    from blindspot.app import BlindspotApp, Settings
+    from blindspot.app import create_app
     from engines.attack.problems import AttackConfig
-    from engines.attack.transfer import compute_transfer
+    from engines.attack.transfer import TransferRequest, run_transfer
+    from engines.core.context import RunContext
+    from screens.state import Settings
 
     matrix = work / "transfer-matrix"
-    compute_transfer(
-        ["softmax1", "n100-100-10"],
-        ["softmax1", "n100-100-10", "n200-200-10"],
-        "test",
-        64,
-        matrix,
-        noise=[0.1],
+    request = TransferRequest(
+        sources=("softmax1", "n100-100-10"),
+        targets=("softmax1", "n100-100-10", "n200-200-10"),
+        split="test",
+        n=64,
+        noise=(0.1,),
         amplify_rms=0.1,
         config=AttackConfig(c_steps=3, max_iter=30),
     )
+    run_transfer(request, RunContext(device="cpu", out=matrix, overwrite=True))
     settings = Settings(
-        device="cpu", runs_dir=work / "runs", matrix=matrix, attack={"n": 256, "c_steps": 9, "max_iter": 100}
+        device="cpu", runs_dir=work / "runs", matrix_path=matrix, attack={"n": 256, "c_steps": 9, "max_iter": 100}
     )
-    app = BlindspotApp(settings, graphics_mode="halfblock")
+    app = create_app(settings, graphics_mode="halfblock")
     svgs: list[Path] = []
 
     def save(name: str) -> None:

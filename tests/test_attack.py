@@ -9,9 +9,11 @@ import scipy.optimize as so
 import torch
 from safetensors.torch import load_file
 
+from engines.attack.chunks import load_samples
 from engines.attack.lbfgsb import minimize
 from engines.attack.problems import AttackConfig, _Objective, attack_problems, paper_distortion, validate_images
-from engines.attack.run import AttackRequest, AttackResult, load_samples, resume_attack, run_attack
+from engines.attack.results import AttackResult
+from engines.attack.run import AttackRequest, resume_attack, run_attack
 from engines.attack.targets import choose_targets, expand_all_targets, parse_target
 from engines.core.checkpoint import check_classifier, load_checkpoint
 from engines.core.context import RunContext
@@ -331,7 +333,7 @@ def test_cpu_allocator_keeps_freed_memory_on_glibc():
 
 
 def test_progress_speaks_for_the_whole_run_and_counts_images():
-    from engines.attack.run import RunTally
+    from engines.attack.results import RunTally
 
     def step(done: int, rate: float, dist: float) -> SolverStep:
         return SolverStep(

@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
+from engines.attack.chunks import load_samples
 from engines.attack.problems import AttackConfig
-from engines.attack.run import SUMMARY_FILE, AttackRequest, load_samples, resume_attack, run_attack
+from engines.attack.run import SUMMARY_FILE, AttackRequest, resume_attack, run_attack
 from engines.core.cache import cache_dir, cache_key
 from engines.core.checkpoint import load_checkpoint
 from engines.core.context import RunContext

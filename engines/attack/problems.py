@@ -24,12 +24,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from engines.attack.lbfgsb import SCIPY_FTOL, minimize
+from engines.core.choices import DISTANCES
 from engines.core.device import cpu_speed_settings
 from engines.core.errors import InputError
-from engines.core.choices import DISTANCES
 from engines.core.events import CancelCheck, EventSink, SolverStep, Throttle, ignore_events, never_cancel
-from engines.attack.lbfgsb import SCIPY_FTOL, minimize
-
 
 
 @dataclass(frozen=True)

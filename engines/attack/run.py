@@ -9,8 +9,8 @@ The CLI's `blindspot attack` and the Attack screen both call these and nothing e
 Each finished chunk is announced as a `ChunkDone` event carrying its results, so a screen never
 re-reads files to show them.
 
-Over 400 lines on purpose: the request, the result, the chunk loop, resume's checks of chunks
-and the summary are one run-folder format and change together.
+The result type and the summary live in `engines.attack.results`, the chunk files in
+`engines.attack.chunks`.
 """
 
 from __future__ import annotations
@@ -21,22 +21,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from engines.attack.chunks import CHUNKS, SAMPLES_FILE, chunk_name, remaining, valid_chunks
 from engines.attack.problems import AttackConfig, attack_problems, paper_distortion, validate_images
+from engines.attack.results import AttackResult, RunTally, summarize
 from engines.attack.targets import choose_targets, expand_all_targets, parse_target
 from engines.core.checkpoint import LoadedModel, check_classifier, load_checkpoint
 from engines.core.context import RunContext
 from engines.core.data import Dataset, data_fingerprint, load_split
 from engines.core.errors import InputError
-from engines.core.events import ChunkDone, Event, EventSink, SolverStep
+from engines.core.events import ChunkDone, EventSink
 from engines.core.io import atomic_write, read_json, write_json_atomic
 from engines.core.runs import RunFolder, open_run, read_run_record, reopen_run
 from engines.report.figures import attack_figure
 
-SUMMARY_FILE, SAMPLES_FILE, FIGURE_FILE, CHUNKS = "summary.json", "samples.safetensors", "figure.png", "chunks"
-CHUNK_KEYS = ("x_adv", "target", "success", "trivial", "distortion", "l2", "linf", "c")
+SUMMARY_FILE, FIGURE_FILE = "summary.json", "figure.png"
 
 
 @dataclass(frozen=True)
@@ -97,43 +97,6 @@ class AttackRequest:
             raise InputError(f"the recorded attack request is damaged ({type(exc).__name__}: {exc})") from None
 
 
-@dataclass(frozen=True)
-class AttackResult:
-    """The outcome of a run: what `--json` prints, what summary.json holds, what the screen shows."""
-
-    model: str
-    model_sha256: str
-    n: int
-    target: str
-    split: str
-    offset: int
-    success_rate: float
-    n_success: int
-    n_trivial: int
-    mean_distortion: float | None
-    median_distortion: float | None
-    mean_l2: float | None
-    mean_linf: float | None
-    mean_c: float | None
-    seconds: float
-    device: str
-    seed: int
-    config: dict[str, Any]
-    run: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            **{k: getattr(self, k) for k in self.__dataclass_fields__},
-            "distortion_definition": "sqrt(sum((x'-x)^2)/n), n = pixels; statistics over successful images",
-            "trivial_definition": "images the model already sends to the target (target all: misclassified), left out",
-            "c_convention": "c multiplies the distance term: the largest c whose minimiser reaches the target is kept",
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> AttackResult:
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
-
-
 def auto_batch_size(n_pixels: int, history: int, device: torch.device) -> int:
     """Problems per chunk: bounded by free GPU memory on CUDA, a cache-friendly size on the CPU."""
     if device.type != "cuda":
@@ -141,10 +104,6 @@ def auto_batch_size(n_pixels: int, history: int, device: torch.device) -> int:
     free, _ = torch.cuda.mem_get_info(device)
     per_problem = (4 * history + 64) * n_pixels * 4
     return int(max(64, min(65536, 0.5 * free // per_problem)))
-
-
-def chunk_name(start: int, stop: int) -> str:
-    return f"{start:06d}-{stop:06d}.safetensors"
 
 
 def run_attack(request: AttackRequest, ctx: RunContext) -> AttackResult:
@@ -201,7 +160,7 @@ def _carry_on(run: RunFolder, request: AttackRequest, lm: LoadedModel, data: Dat
     done = valid_chunks(out, len(data))
     tally = RunTally.from_chunks(out, done)
     finished = sum(b - a for a, b in done)
-    for a, b in _remaining(done, len(data)):
+    for a, b in remaining(done, len(data)):
         pos = a
         while pos < b:
             stop = min(pos + chunk, b)
@@ -288,103 +247,6 @@ def _attack_chunk(
     }
 
 
-def valid_chunks(out: Path, n: int) -> list[tuple[int, int]]:
-    """Finished chunks that can be trusted: a name that parses, a range inside the run, no overlap,
-    a readable header with every per-image array of the right length. Others are recomputed."""
-    ranges: list[tuple[int, int]] = []
-    for path in sorted((out / CHUNKS).glob("*.safetensors")):
-        try:
-            a, b = (int(s) for s in path.stem.split("-"))
-        except ValueError:
-            continue
-        if not (0 <= a < b <= n) or any(a < d and c < b for c, d in ranges):
-            continue
-        try:
-            with safe_open(str(path), "pt") as fh:
-                keys = set(fh.keys())
-                if not set(CHUNK_KEYS) - {"trivial"} <= keys:
-                    continue
-                if any(fh.get_slice(k).get_shape()[0] != b - a for k in keys):
-                    continue
-        except (SafetensorError, OSError, ValueError, RuntimeError):
-            continue
-        ranges.append((a, b))
-    return ranges
-
-
-def trivial_mask(samples: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Images with nothing to attack (see `summarize`); runs saved before the flag existed have none marked."""
-    flag = samples.get("trivial")
-    return flag.bool() if flag is not None else torch.zeros_like(samples["success"], dtype=torch.bool)
-
-
-@dataclass
-class RunTally:
-    """Successes and their distortion over the finished chunks, so that progress speaks for the whole run."""
-
-    images: int = 0
-    successes: int = 0
-    distortion_sum: float = 0.0
-
-    @classmethod
-    def from_chunks(cls, out: Path, ranges: list[tuple[int, int]]) -> RunTally:
-        """Read back only the small per-image tensors of a resumed run's finished chunks, not its images."""
-        tally = cls()
-        for a, b in ranges:
-            with safe_open(str(out / CHUNKS / chunk_name(a, b)), "pt") as chunk:
-                names = set(chunk.keys())
-                tally.add({k: chunk.get_tensor(k) for k in ("success", "distortion", "trivial") if k in names})
-        return tally
-
-    def add(self, part: dict[str, torch.Tensor]) -> None:
-        ok = part["success"].bool()
-        self.images += int(ok.numel()) - int(trivial_mask(part).sum())
-        self.successes += int(ok.sum())
-        self.distortion_sum += float(part["distortion"][ok].sum())
-
-    def progress(self, sink: EventSink, finished: int, chunk: int, total: int) -> EventSink:
-        """Forward a chunk's solver steps with the run's figures: finished chunks plus this one so far."""
-
-        def emit(event: Event) -> None:
-            if not isinstance(event, SolverStep):
-                sink(event)
-                return
-            rate, dist = event.success_rate, event.mean_distortion
-            mean = self.distortion_sum / self.successes if self.successes else None
-            if rate is not None:
-                found = rate * chunk
-                rate = (self.successes + found) / max(self.images + chunk, 1)
-                if dist is not None and math.isfinite(dist) and found:
-                    mean = (self.distortion_sum + dist * found) / (self.successes + found)
-            sink(
-                replace(
-                    event,
-                    images_done=finished,
-                    images_total=total,
-                    chunk_images=chunk,
-                    success_rate=rate,
-                    mean_distortion=mean,
-                )
-            )
-
-        return emit
-
-
-def _remaining(done: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
-    gaps, pos = [], 0
-    for a, b in sorted(done):
-        if a > pos:
-            gaps.append((pos, a))
-        pos = max(pos, b)
-    if pos < n:
-        gaps.append((pos, n))
-    return gaps
-
-
-def load_samples(out: str | Path) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(out) / SAMPLES_FILE))
-
-
 def _finish(
     run: RunFolder, lm: LoadedModel, request: AttackRequest, data: Dataset, device: torch.device, seconds: float
 ) -> AttackResult:
@@ -403,51 +265,3 @@ def _finish(
     write_json_atomic(out / SUMMARY_FILE, result.to_json())
     attack_figure(samples, lm.model, device, out / FIGURE_FILE, seed=request.seed)
     return result
-
-
-def summarize(
-    samples: dict[str, torch.Tensor],
-    *,
-    model_id: str,
-    model_sha256: str = "",
-    request: AttackRequest,
-    seconds: float,
-    device: torch.device,
-) -> AttackResult:
-    """Success rate over the images there was something to attack; distortion statistics over the successes.
-
-    Images the model already sends to the target (with --target all: images it misclassifies) are
-    counted apart as `n_trivial`: counting them as successes at distortion 0 would flatter both figures.
-    """
-    ok = samples["success"].bool()
-    n = int(ok.numel())
-    n_trivial = int(trivial_mask(samples).sum())
-    attacked = n - n_trivial
-
-    def stat(key: str, fn: str = "mean") -> float | None:
-        v = samples[key][ok]
-        v = v[torch.isfinite(v)]  # c is NaN for a success first met at a line-search trial point
-        if v.numel() == 0:
-            return None
-        return float(v.mean() if fn == "mean" else v.median())
-
-    return AttackResult(
-        model=model_id,
-        model_sha256=model_sha256,
-        n=n,
-        target=request.target,
-        split=request.split,
-        offset=request.offset,
-        success_rate=int(ok.sum()) / attacked if attacked else 0.0,
-        n_success=int(ok.sum()),
-        n_trivial=n_trivial,
-        mean_distortion=stat("distortion"),
-        median_distortion=stat("distortion", "median"),
-        mean_l2=stat("l2"),
-        mean_linf=stat("linf"),
-        mean_c=stat("c"),
-        seconds=round(seconds, 3),
-        device=str(device),
-        seed=request.seed,
-        config=request.config.as_dict(),
-    )

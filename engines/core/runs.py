@@ -187,7 +187,14 @@ def open_run(ctx: RunContext, kind: str, model: str, request: dict[str, Any], **
     try:
         write_json_atomic(
             run.record_path,
-            {"format": RUN_FORMAT, "kind": kind, "status": "running", "request": request, "started": run.started, **record},
+            {
+                "format": RUN_FORMAT,
+                "kind": kind,
+                "status": "running",
+                "request": request,
+                "started": run.started,
+                **record,
+            },
         )
         yield run
     except BaseException as exc:
@@ -212,7 +219,9 @@ def reopen_run(folder: Path, kind: str) -> Iterator[RunFolder]:
         raise InputError(f"{folder} holds a {run_record.get('kind')} run, not a {kind} run")
     check_writable(folder)
     base = run_record.get("seconds")
-    run = RunFolder(folder, kind, RunLock.take(folder), base_seconds=float(base) if isinstance(base, (int, float)) else 0.0)
+    run = RunFolder(
+        folder, kind, RunLock.take(folder), base_seconds=float(base) if isinstance(base, (int, float)) else 0.0
+    )
     try:
         run.update(status="running")
         yield run

@@ -73,23 +73,19 @@ def text_of(app: BlindspotApp, selector: str) -> str:
 
 @pytest.fixture(scope="module")
 def matrix_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny transfer matrix (two sources, two targets, one noise row), computed once."""
+    """A tiny transfer matrix (two sources, two targets, one noise row), computed once through the operation."""
     from engines.attack.problems import AttackConfig
-    from engines.attack.transfer import compute_transfer
+    from engines.attack.transfer import TransferRequest, run_transfer
+    from engines.core.context import RunContext
 
     out = tmp_path_factory.mktemp("transfer") / "matrix"
     mp = pytest.MonkeyPatch()
     mp.setenv("BLINDSPOT_CACHE", str(out.parent / "cache"))
     try:
-        compute_transfer(
-            ["softmax1", "n100-100-10"],
-            ["softmax1", "n100-100-10"],
-            "test",
-            8,
-            out,
-            noise=[0.1],
-            config=AttackConfig(c_steps=2, max_iter=10),
+        request = TransferRequest(
+            sources=FIXED_MODELS, split="test", n=8, noise=(0.1,), config=AttackConfig(c_steps=2, max_iter=10)
         )
+        run_transfer(request, RunContext(device="cpu", out=out))
     finally:
         mp.undo()
     return out

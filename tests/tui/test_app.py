@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from engines.core.events import Progress
+from engines.core.events import ChunkDone, Step, Throttle
 from screens.attack import AttackScreen
 from screens.bounds import BoundsScreen
 from screens.gallery import GalleryScreen
 from screens.image_view import ImageView
-from screens.jobs import Job, JobProgress
+from screens.jobs import Job, JobEvent
 from screens.models import ModelsScreen
 from screens.transfer import TransferScreen
 from tests.tui.conftest import SIZE, make_app, run_async, settle, text_of, wait_for  # noqa: F401
 
 
-def test_progress_is_throttled_and_merged():
+def test_events_are_throttled_and_ticks_merged_but_milestones_always_pass():
     posted = []
 
     class Owner:
@@ -24,12 +25,29 @@ def test_progress_is_throttled_and_merged():
 
     job = Job(Owner(), "demo", interval=10.0)
     for i in range(1000):
-        job.progress(Progress("demo", i, 1000))
-    job.progress(Progress("demo", 1000, 1000))
-    assert len(posted) == 2  # the first, then the final one; everything between was dropped
-    assert posted[0].can_replace(posted[1]) and posted[1].can_replace(posted[0])
-    other = JobProgress(Job(Owner(), "other"), Progress("other", 1, 2))
-    assert not other.can_replace(posted[0])
+        job.emit(Step(task="demo", done=i, total=1000))
+    x = torch.zeros(2, 1, 2, 2)
+    chunk = ChunkDone(task="demo", done=2, total=1000, start=0, stop=2, index=[0, 1], x=x, label=x, results={})
+    job.emit(chunk)
+    job.emit(chunk)
+    job.emit(Step(task="demo", done=1000, total=1000))
+    kinds = [type(m.event).__name__ for m in posted]
+    assert kinds == ["Step", "ChunkDone", "ChunkDone", "Step"]  # first tick, both milestones, the final tick
+    first, milestone, final = posted[0], posted[1], posted[3]
+    assert first.can_replace(final) and final.can_replace(first)  # queued ticks of one job merge
+    assert not milestone.can_replace(first) and not final.can_replace(milestone)  # results are never dropped
+    other = JobEvent(Job(Owner(), "other"), Step(task="other", done=1, total=2))
+    assert not other.can_replace(first)
+
+
+def test_one_throttle_counts_time_per_task():
+    now = [0.0]
+    seen = []
+    gate = Throttle(seen.append, 1.0, clock=lambda: now[0])
+    for t, task in ((0.0, "a"), (0.1, "b"), (0.5, "a"), (1.2, "a"), (1.2, "b")):
+        now[0] = t
+        gate(Step(task=task, done=t, total=10))
+    assert [(e.task, e.done) for e in seen] == [("a", 0.0), ("b", 0.1), ("a", 1.2), ("b", 1.2)]
 
 
 @run_async

@@ -6,39 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from textual.widgets import DataTable, Input
 
 from engines.core.io import read_json
 from screens.image_view import GridView
 from tests.tui.conftest import FIXED_MODELS, SIZE, make_app, run_async, settle, text_of, wait_for  # noqa: F401
-
-
-@pytest.fixture(scope="module")
-def matrix_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny transfer matrix (two sources, two targets, one noise row), computed once through the operation.
-
-    Shadows the conftest fixture of the same name until that one calls `run_transfer` too.
-    """
-    from engines.attack.problems import AttackConfig
-    from engines.attack.transfer import TransferRequest, run_transfer
-    from engines.core.context import RunContext
-
-    out = tmp_path_factory.mktemp("transfer") / "matrix"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("BLINDSPOT_CACHE", str(out.parent / "cache"))
-    try:
-        request = TransferRequest(
-            sources=FIXED_MODELS,
-            split="test",
-            n=8,
-            noise=(0.1,),
-            config=AttackConfig(c_steps=2, max_iter=10),
-        )
-        run_transfer(request, RunContext(device="cpu", out=out))
-    finally:
-        mp.undo()
-    return out
 
 
 @run_async

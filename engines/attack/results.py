@@ -1,0 +1,158 @@
+"""What an attack run found: the typed result (`AttackResult`), the summary of per-image arrays,
+and the running tally that lets progress speak for the whole run."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from engines.attack.chunks import CHUNKS, chunk_name
+from engines.core.events import Event, EventSink, SolverStep
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """The outcome of a run: what `--json` prints, what summary.json holds, what the screen shows."""
+
+    model: str
+    model_sha256: str
+    n: int
+    target: str
+    split: str
+    offset: int
+    success_rate: float
+    n_success: int
+    n_trivial: int
+    mean_distortion: float | None
+    median_distortion: float | None
+    mean_l2: float | None
+    mean_linf: float | None
+    mean_c: float | None
+    seconds: float
+    device: str
+    seed: int
+    config: dict[str, Any]
+    run: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **{k: getattr(self, k) for k in self.__dataclass_fields__},
+            "distortion_definition": "sqrt(sum((x'-x)^2)/n), n = pixels; statistics over successful images",
+            "trivial_definition": "images the model already sends to the target (target all: misclassified), left out",
+            "c_convention": "c multiplies the distance term: the largest c whose minimiser reaches the target is kept",
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> AttackResult:
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
+
+
+def trivial_mask(samples: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Images with nothing to attack (see `summarize`); runs saved before the flag existed have none marked."""
+    flag = samples.get("trivial")
+    return flag.bool() if flag is not None else torch.zeros_like(samples["success"], dtype=torch.bool)
+
+
+@dataclass
+class RunTally:
+    """Successes and their distortion over the finished chunks, so that progress speaks for the whole run."""
+
+    images: int = 0
+    successes: int = 0
+    distortion_sum: float = 0.0
+
+    @classmethod
+    def from_chunks(cls, out: Path, ranges: list[tuple[int, int]]) -> RunTally:
+        """Read back only the small per-image tensors of a resumed run's finished chunks, not its images."""
+        tally = cls()
+        for a, b in ranges:
+            with safe_open(str(out / CHUNKS / chunk_name(a, b)), "pt") as chunk:
+                names = set(chunk.keys())
+                tally.add({k: chunk.get_tensor(k) for k in ("success", "distortion", "trivial") if k in names})
+        return tally
+
+    def add(self, part: dict[str, torch.Tensor]) -> None:
+        ok = part["success"].bool()
+        self.images += int(ok.numel()) - int(trivial_mask(part).sum())
+        self.successes += int(ok.sum())
+        self.distortion_sum += float(part["distortion"][ok].sum())
+
+    def progress(self, sink: EventSink, finished: int, chunk: int, total: int) -> EventSink:
+        """Forward a chunk's solver steps with the run's figures: finished chunks plus this one so far."""
+
+        def emit(event: Event) -> None:
+            if not isinstance(event, SolverStep):
+                sink(event)
+                return
+            rate, dist = event.success_rate, event.mean_distortion
+            mean = self.distortion_sum / self.successes if self.successes else None
+            if rate is not None:
+                found = rate * chunk
+                rate = (self.successes + found) / max(self.images + chunk, 1)
+                if dist is not None and math.isfinite(dist) and found:
+                    mean = (self.distortion_sum + dist * found) / (self.successes + found)
+            sink(
+                replace(
+                    event,
+                    images_done=finished,
+                    images_total=total,
+                    chunk_images=chunk,
+                    success_rate=rate,
+                    mean_distortion=mean,
+                )
+            )
+
+        return emit
+
+
+def summarize(
+    samples: dict[str, torch.Tensor],
+    *,
+    model_id: str,
+    model_sha256: str = "",
+    request: Any,
+    seconds: float,
+    device: torch.device,
+) -> AttackResult:
+    """Success rate over the images there was something to attack; distortion statistics over the successes.
+
+    Images the model already sends to the target (with --target all: images it misclassifies) are
+    counted apart as `n_trivial`: counting them as successes at distortion 0 would flatter both figures.
+    """
+    ok = samples["success"].bool()
+    n = int(ok.numel())
+    n_trivial = int(trivial_mask(samples).sum())
+    attacked = n - n_trivial
+
+    def stat(key: str, fn: str = "mean") -> float | None:
+        v = samples[key][ok]
+        v = v[torch.isfinite(v)]  # c is NaN for a success first met at a line-search trial point
+        if v.numel() == 0:
+            return None
+        return float(v.mean() if fn == "mean" else v.median())
+
+    return AttackResult(
+        model=model_id,
+        model_sha256=model_sha256,
+        n=n,
+        target=request.target,
+        split=request.split,
+        offset=request.offset,
+        success_rate=int(ok.sum()) / attacked if attacked else 0.0,
+        n_success=int(ok.sum()),
+        n_trivial=n_trivial,
+        mean_distortion=stat("distortion"),
+        median_distortion=stat("distortion", "median"),
+        mean_l2=stat("l2"),
+        mean_linf=stat("linf"),
+        mean_c=stat("c"),
+        seconds=round(seconds, 3),
+        device=str(device),
+        seed=request.seed,
+        config=request.config.as_dict(),
+    )
