@@ -110,13 +110,20 @@ class CtrlC:
 
 @contextmanager
 def cli_context(
-    device: str, *, out: Path | None = None, overwrite: bool = False, hint: str = "finished results were kept"
+    device: str,
+    *,
+    out: Path | None = None,
+    overwrite: bool = False,
+    threads: int | None = None,
+    hint: str = "finished results were kept",
 ) -> Iterator[RunContext]:
     """The run context of a CLI command: progress on stderr, Ctrl-C cancels; an interruption says
     how to go on (`hint`) and exits 130."""
     try:
         with progress_sink() as on_event, CtrlC() as ctrl_c:
-            yield RunContext(device=device, out=out, overwrite=overwrite, on_event=on_event, cancelled=ctrl_c)
+            yield RunContext(
+                device=device, out=out, overwrite=overwrite, threads=threads, on_event=on_event, cancelled=ctrl_c
+            ).applied()
     except (Cancelled, KeyboardInterrupt):
         note(f"interrupted: {hint}")
         raise typer.Exit(130) from None

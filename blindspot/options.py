@@ -7,7 +7,22 @@ from typing import Annotated
 
 import typer
 
-Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda (auto = cuda when present).")]
+from engines.core.choices import DEVICES
+
+Device = Annotated[
+    str, typer.Option("--device", help=f"{', '.join(DEVICES)} (auto = cuda when present; cuda:N picks a card).")
+]
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads for the computation (default: torch's, one per core); recorded in run.json.",
+    ),
+]
+Overwrite = Annotated[
+    bool, typer.Option("--overwrite", help="Write into an --out folder that already holds results (they are replaced).")
+]
 Seed = Annotated[
     int,
     typer.Option("--seed", min=0, max=2**63 - 1, help="Random seed (results are reproducible for a seed on the CPU)."),

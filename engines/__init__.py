@@ -1,14 +1,17 @@
 """blindspot's computation: data, models, attacks, analyses. No UI imports here.
 
-Importing `engines` (before torch is loaded) sets OpenMP's wait policy to PASSIVE unless the user
-chose one: the attack runs many small kernels per iteration, and with the default spinning policy
-each worker thread burns its core waiting between them; on a machine where another process also
-wants the CPU, the spinning threads and the other process fight for the cores and a run slows
-10-150x instead of the 2x that sharing two cores should cost (issue 12, measured in the README).
-Sleeping workers cost a few percent on an idle machine. It only takes effect when torch (and so
-libgomp) is loaded after this import, as it is for the `blindspot` command.
+Importing `engines` before torch is loaded bounds how long OpenMP worker threads spin between
+parallel regions (GOMP_SPINCOUNT=3000, unless the user set it or OMP_WAIT_POLICY). The attack runs
+many small kernels per iteration; with libgomp's default spinning, every region waits for a worker
+that shares its core with another process, and a run beside one busy process took 62 s instead
+of 5.8 s (n100-100-10, 300 images, 2 cores). OMP_WAIT_POLICY=PASSIVE removed that but cost up to
+60 % on an idle machine (conv: 57 s vs 35 s); a short spin keeps most of the idle speed and holds
+the loss under contention to about 2x (figures in the README, `benchmarks/bench_contention.sh`).
+It only takes effect when torch (and so libgomp) is loaded after this import, as it is for the
+`blindspot` command.
 """
 
 import os as _os
 
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if "OMP_WAIT_POLICY" not in _os.environ:
+    _os.environ.setdefault("GOMP_SPINCOUNT", "3000")

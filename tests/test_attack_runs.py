@@ -121,3 +121,16 @@ def test_results_do_not_depend_on_the_batch_size(tmp_path):
         assert ok.sum() >= 12
         assert torch.allclose(runs[bs]["distortion"][ok], runs[16]["distortion"][ok], rtol=0, atol=1e-6)
         assert float((runs[bs]["x_adv"] - runs[16]["x_adv"]).abs().max()) <= 1e-6
+
+
+def test_a_model_whose_logits_overflow_is_refused(tmp_path, cli):
+    from engines.core.checkpoint import load_checkpoint
+
+    state = {k: v.clone() for k, v in load_checkpoint("n100-100-10").model.state_dict().items()}
+    last = sorted(k for k in state if k.endswith(".weight"))[-1]
+    state[last] *= 1e38  # finite weights, logits that overflow
+    path = tmp_path / "overflow.pt"
+    torch.save(state, path)
+    rc, out, err = cli("attack", "--model", path, "--n", "4", "--device", "cpu", "--out", tmp_path / "run")
+    assert rc == 2 and out == "" and "logits are inf or NaN" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

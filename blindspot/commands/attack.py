@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated
 
@@ -10,27 +11,31 @@ from rich.table import Table
 
 from blindspot.console import cli_context, note, print_json
 from blindspot.console import out as stdout_console
-from blindspot.options import CSteps, DataDir, Device, Json, MaxIter, Offset, Seed
+from blindspot.options import CSteps, DataDir, Device, Json, MaxIter, Offset, Overwrite, Seed, Threads
 from engines.attack.problems import AttackConfig
 from engines.attack.run import AttackRequest, AttackResult, resume_attack, run_attack
+from engines.core.choices import DISTANCES, SPLITS, TARGETS
 from engines.core.errors import InputError
 from engines.core.runs import new_run_folder
 
 
 def attack(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Zoo id or checkpoint path.")] = None,
-    split: Annotated[str, typer.Option(help="test, train, p1 or p2.")] = "test",
+    split: Annotated[str, typer.Option(help=", ".join(SPLITS) + ".")] = "test",
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 100,
     offset: Offset = 0,
     target: Annotated[
         str,
         typer.Option(
-            help="random (seeded), next, least-likely, all (every wrong label, keep the closest), or a label."
+            help=f"{', '.join(TARGETS)} (random is seeded; all tries every wrong label and keeps the closest), "
+            "or a class label."
         ),
     ] = "random",
     c_steps: CSteps = 9,
     max_iter: MaxIter = 100,
-    distance: Annotated[str, typer.Option(help="Distance term: l2sq (‖r‖², default) or l2 (‖r‖).")] = "l2sq",
+    distance: Annotated[
+        str, typer.Option(help=f"Distance term, one of {', '.join(DISTANCES)}: ‖r‖² (default) or ‖r‖.")
+    ] = "l2sq",
     c_init: Annotated[
         float, typer.Option("--c-init", help="First c (c multiplies the distance: larger c, smaller r).")
     ] = 1.0,
@@ -46,6 +51,8 @@ def attack(
     resume: Annotated[Path | None, typer.Option("--resume", help="Finish an interrupted run in this folder.")] = None,
     data: DataDir = None,
     json_out: Json = False,
+    threads: Threads = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Find the closest image of another class (Szegedy et al. §4.1).
 
@@ -68,17 +75,32 @@ def attack(
             batch_size=batch_size,
             data_dir=str(data) if data else None,
         )
-    elif model is not None or out is not None:
-        note(f"--resume uses the settings {resume} was started with; --model and --out are ignored")
+    else:
+        _note_ignored(resume, ctx_options=locals())
     folder = resume or out or new_run_folder(Path("runs"), "attack", model or "model")
     with cli_context(
-        device, out=folder, hint=f"finished chunks are kept; finish with `blindspot attack --resume {folder}`"
+        device,
+        threads=threads,
+        overwrite=overwrite,
+        out=folder,
+        hint=f"finished chunks are kept; finish with `blindspot attack --resume {folder}`",
     ) as ctx:
         result = resume_attack(resume, ctx) if resume is not None else run_attack(request, ctx)
     if json_out:
         print_json(result.to_json())
     else:
         print_summary(result)
+
+
+RESUME_FIXED = ("model", "split", "n", "offset", "target", "c_steps", "max_iter", "distance", "c_init", "seed")
+
+
+def _note_ignored(resume: Path, ctx_options: dict) -> None:
+    """--resume finishes the run as it was started: say which of the given options it does not use."""
+    defaults = {p.name: p.default for p in inspect.signature(attack).parameters.values()}
+    given = [f"--{k.replace('_', '-')}" for k in (*RESUME_FIXED, "out") if ctx_options.get(k) != defaults.get(k)]
+    if given:
+        note(f"--resume uses the settings {resume} was started with; {', '.join(given)} ignored")
 
 
 def _fmt(v: float | None, spec: str = ".4f") -> str:

@@ -11,7 +11,7 @@ from rich import box
 from rich.table import Table
 
 from blindspot.console import cli_context, note, out, print_json
-from blindspot.options import Device, Json, OutDir, Seed
+from blindspot.options import Device, Json, OutDir, Overwrite, Seed, Threads
 from engines.bounds.models import parse_input_shape
 from engines.bounds.operation import BOUNDS_FILE, SPECTRA_FILE, BoundsRequest, run_bounds
 from engines.bounds.results import PAPER_TABLE5, NetworkBounds
@@ -47,9 +47,8 @@ def bounds(
     seed: Seed = 0,
     json_out: Json = False,
     out_dir: OutDir = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Write into an --out folder that already holds results.")
-    ] = False,
+    overwrite: Overwrite = False,
+    threads: Threads = None,
 ) -> None:
     """Frame bounds of every Linear and Conv2d layer and the product of upper bounds (Table 5)."""
     request = BoundsRequest(
@@ -61,7 +60,7 @@ def bounds(
         seed=seed,
     )
     hint = "finished layers are not kept; run the command again"
-    with cli_context(device, out=out_dir, overwrite=overwrite, hint=hint) as ctx:
+    with cli_context(device, threads=threads, out=out_dir, overwrite=overwrite, hint=hint) as ctx:
         result = run_bounds(request, ctx, save=out_dir is not None)
     note(
         f"{result.model}: {result.source}; input {'×'.join(map(str, result.input_shape))}; "

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from blindspot.console import cli_context, note, print_json
-from blindspot.options import SETS_CACHED, CSteps, DataDir, Device, Json, MaxIter, Seed
+from blindspot.options import SETS_CACHED, CSteps, DataDir, Device, Json, MaxIter, Overwrite, Seed, Threads
 from engines.attack.problems import AttackConfig
 from engines.core.runs import new_run_folder
 from engines.reproduce.run import FULL_N, QUICK_N, ReproduceRequest, run_reproduce
@@ -26,6 +26,8 @@ def reproduce_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="Report folder (default: runs/reproduce-TIME).")] = None,
     data: DataDir = None,
     json_out: Json = False,
+    threads: Threads = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Recompute Tables 1–5 with the shipped zoo and write report.md beside the paper's numbers."""
     request = ReproduceRequest(
@@ -36,7 +38,7 @@ def reproduce_cmd(
         data_dir=str(data) if data else None,
     )
     folder = out or new_run_folder(Path("runs"), "reproduce", "paper")  # named here: the hint shows it
-    with cli_context(device, out=folder, hint=f"{SETS_CACHED} ({folder})") as ctx:
+    with cli_context(device, threads=threads, overwrite=overwrite, out=folder, hint=f"{SETS_CACHED} ({folder})") as ctx:
         result = run_reproduce(request, ctx)
     if json_out:
         print_json(result.to_json())

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from blindspot.console import cli_context, note, out, print_json
-from blindspot.options import SETS_CACHED, CSteps, DataDir, Device, Json, MaxIter, Offset, Seed
+from blindspot.options import SETS_CACHED, CSteps, DataDir, Device, Json, MaxIter, Offset, Overwrite, Seed, Threads
 from engines.attack.problems import AttackConfig
 from engines.attack.transfer import TransferMatrix, TransferRequest, run_transfer
 from engines.core.errors import InputError
@@ -52,6 +52,8 @@ def transfer(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder (default: runs/transfer-TIME).")] = None,
     data: DataDir = None,
     json_out: Json = False,
+    threads: Threads = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Error of every target on every source's minimum-distortion adversarial set (--target all)."""
     request = TransferRequest(
@@ -67,7 +69,7 @@ def transfer(
         unclipped=tuple(_floats(unclipped, "--unclipped-noise")),
         amplify_rms=amplify,
     )
-    with cli_context(device, out=out_dir, hint=SETS_CACHED) as ctx:
+    with cli_context(device, threads=threads, overwrite=overwrite, out=out_dir, hint=SETS_CACHED) as ctx:
         matrix = run_transfer(request, ctx)
     if json_out:
         print_json(matrix.to_json() | {"folder": str(matrix.folder)})

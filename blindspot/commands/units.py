@@ -9,7 +9,7 @@ from rich import box
 from rich.table import Table
 
 from blindspot.console import cli_context, note, out, print_json
-from blindspot.options import DataDir, Device, Json, ModelRef, OutDir, Seed
+from blindspot.options import DataDir, Device, Json, ModelRef, OutDir, Overwrite, Seed, Threads
 from engines.core.context import RunContext
 from engines.units.operation import LayersRequest, UnitsRequest, UnitsResult, run_layers, run_units
 
@@ -88,6 +88,8 @@ def units(
     device: Device = "auto",
     out_dir: OutDir = None,
     json_out: Json = False,
+    threads: Threads = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Top-k images of each unit and of random directions, scored and compared (§3, Figures 1–4)."""
     request = UnitsRequest(
@@ -106,8 +108,9 @@ def units(
         data_dir=str(data) if data else None,
         use_cache=not no_cache,
     )
-    # overwrite: a units run has always replaced the results of an earlier one in the same --out
-    with cli_context(device, out=out_dir, overwrite=True, hint="finished activations stay cached") as ctx:
+    with cli_context(
+        device, threads=threads, out=out_dir, overwrite=overwrite, hint="finished activations stay cached"
+    ) as ctx:
         result = run_units(request, ctx)
     for line in result.notes:
         note(line)

@@ -9,6 +9,7 @@ resumes from its finished chunks.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from engines.attack.chunks import load_samples
 from engines.attack.problems import AttackConfig
 from engines.attack.run import SUMMARY_FILE, AttackRequest, resume_attack, run_attack
-from engines.core.cache import cache_dir, cache_key
+from engines.core.cache import cache_key, writable_cache_dir
 from engines.core.checkpoint import load_checkpoint
 from engines.core.context import RunContext
 from engines.core.data import data_fingerprint
@@ -32,7 +33,7 @@ ADVSET_VERSION = 2  # bump when the attack's results change for the same setting
 @dataclass
 class AdversarialSet:
     source: str
-    folder: Path
+    folder: Path | None  # the cache folder; None when computed without a usable cache
     samples: dict[str, torch.Tensor]
     summary: dict[str, Any]
     cached: bool
@@ -73,7 +74,16 @@ def adversarial_set(request: AttackRequest, ctx: RunContext) -> AdversarialSet:
         request.config,
         data_fingerprint(request.data_dir),
     )
-    folder = cache_dir() / "advsets" / key
+    root = writable_cache_dir("advsets")
+    if root is None:  # no usable cache (one warning was printed): compute in a temporary folder
+        with tempfile.TemporaryDirectory(prefix="blindspot-advset-") as tmp:
+            folder = Path(tmp) / key
+            run_attack(replace(request, model=str(lm.path)), replace(ctx, out=folder, overwrite=False))
+            summary = read_json(folder / SUMMARY_FILE)
+            summary["model"] = lm.id
+            samples = load_samples(folder)
+        return AdversarialSet(source=lm.id, folder=None, samples=samples, summary=summary, cached=False)
+    folder = root / key
     cached = (folder / SUMMARY_FILE).is_file()
     inner = replace(ctx, out=folder, overwrite=False)
     if not cached:

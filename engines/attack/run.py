@@ -27,9 +27,15 @@ from engines.attack.chunks import CHUNKS, SAMPLES_FILE, chunk_name, remaining, v
 from engines.attack.problems import AttackConfig, attack_problems, paper_distortion, validate_images
 from engines.attack.results import AttackResult, RunTally, summarize
 from engines.attack.targets import choose_targets, expand_all_targets, parse_target
-from engines.core.checkpoint import LoadedModel, check_classifier, load_checkpoint
+from engines.core.checkpoint import (
+    LoadedModel,
+    check_classifier,
+    check_finite_logits,
+    load_checkpoint,
+    warn_if_trained_on_other_data,
+)
 from engines.core.context import RunContext
-from engines.core.data import Dataset, data_fingerprint, load_split
+from engines.core.data import Dataset, dataset_identity, load_split
 from engines.core.errors import InputError
 from engines.core.events import ChunkDone, EventSink
 from engines.core.io import atomic_write, read_json, write_json_atomic
@@ -112,6 +118,7 @@ def run_attack(request: AttackRequest, ctx: RunContext) -> AttackResult:
     with open_run(ctx, "attack", request.model, request.to_json()) as run:
         lm = load_checkpoint(request.model, device)
         data = _load_data(request)
+        warn_if_trained_on_other_data(lm, request.data_dir)
         run.update(model={"id": lm.id, "path": str(lm.path), "sha256": lm.sha256}, data=_data_identity(request))
         return _carry_on(run, request, lm, data, ctx)
 
@@ -141,13 +148,16 @@ def _load_data(request: AttackRequest) -> Dataset:
 
 
 def _data_identity(request: AttackRequest) -> dict[str, Any]:
-    return {"split": request.split, "md5": data_fingerprint(request.data_dir)}
+    """What run.json records of the data, and what --resume checks: a changed file refuses the resume."""
+    identity = dataset_identity(request.data_dir)
+    return {"split": request.split, "md5": identity.pop("md5s"), **identity}
 
 
 def _carry_on(run: RunFolder, request: AttackRequest, lm: LoadedModel, data: Dataset, ctx: RunContext) -> AttackResult:
     device = ctx.torch_device()
     out = run.path
     classes = check_classifier(lm.model, tuple(data.images.shape[1:]), device)
+    check_finite_logits(lm.model, data.images, device)
     if len(data) and int(data.labels.max()) >= classes:
         raise InputError(f"the data has label {int(data.labels.max())} but {lm.id} has only {classes} classes")
     mode = parse_target(request.target, classes)

@@ -24,7 +24,7 @@ from engines.attack.adversarial_sets import adversarial_set
 from engines.attack.perturb import amplify, gaussian_noise, unclipped_noise
 from engines.attack.problems import AttackConfig, paper_distortion
 from engines.attack.run import AttackRequest
-from engines.core.checkpoint import load_checkpoint
+from engines.core.checkpoint import load_checkpoint, warn_if_trained_on_other_data
 from engines.core.context import RunContext
 from engines.core.data import load_split
 from engines.core.errors import InputError
@@ -202,6 +202,8 @@ def run_transfer(request: TransferRequest, ctx: RunContext) -> TransferMatrix:
         data = load_split(request.split, request.data_dir).subset(request.offset, request.n)
         x, y = data.images, data.labels
         models = {t: load_checkpoint(t, device) for t in request.targets}  # fail early on a bad target
+        for lm in models.values():
+            warn_if_trained_on_other_data(lm, request.data_dir)
         sets: list[tuple[MatrixRow, torch.Tensor]] = []
         sources_info = {}
         total = len(request.sources)
@@ -209,7 +211,8 @@ def run_transfer(request: TransferRequest, ctx: RunContext) -> TransferMatrix:
             ctx.check_cancel()
             ctx.emit(Step(task="adversarial sets", done=i, total=total, message=f"attacking with {src}"))
             aset = adversarial_set(request.attack_request(src), ctx)
-            sources_info[src] = {"cache": str(aset.folder), "cached": aset.cached, "summary": aset.summary}
+            cache = None if aset.folder is None else str(aset.folder)
+            sources_info[src] = {"cache": cache, "cached": aset.cached, "summary": aset.summary}
             ctx.emit(SetReady(task="adversarial sets", done=i + 1, total=total, source=src, cached=aset.cached))
             sets += _source_rows(src, x, aset.samples, request.amplify_rms)
         ctx.emit(Step(task="adversarial sets", done=total, total=total))

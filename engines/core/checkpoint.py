@@ -7,6 +7,7 @@ would need to run code to load is refused.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import warnings
@@ -19,10 +20,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from engines.core.data import sample_data_dir
-from engines.core.errors import CheckpointError, ModelError
+from engines.core.data import data_fingerprint, dataset_name, sample_data_dir
+from engines.core.errors import CheckpointError, DataError, ModelError
 from engines.core.io import atomic_write, file_sha256, read_json, write_json_atomic
 from engines.core.zoo import ZOO, build_model
+
+_log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -212,3 +215,46 @@ def check_classifier(
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ModelError(f"the model is not a classifier: expected (N, k) logits, got {shape}")
     return int(out.shape[1])
+
+
+def check_finite_logits(
+    model: nn.Module, x: torch.Tensor, device: torch.device | str = "cpu", batch: int = 1024
+) -> None:
+    """Refuse a model whose logits overflow to inf/NaN on the images: every attack on it would
+    "fail" silently and report 0 % success."""
+    with torch.no_grad():
+        for start in range(0, len(x), batch):
+            out = model(x[start : start + batch].to(device))
+            if not torch.isfinite(out).all():
+                bad = int((~torch.isfinite(out)).any(1).sum())
+                raise ModelError(
+                    f"the model's logits are inf or NaN on {bad} of images {start}..{start + len(out) - 1} "
+                    "(weights that overflow?); nothing to attack"
+                )
+
+
+def warn_if_trained_on_other_data(lm: LoadedModel, data_dir: str | Path | None) -> bool:
+    """One warning line when a checkpoint meets data other than the data it was trained on (by md5s).
+
+    Not an error: attacking a model on another set is legitimate, but a silent mismatch (a model
+    trained on FashionMNIST attacked on the default MNIST) is how numbers go quietly wrong.
+    """
+    recorded = lm.meta.get("data_md5")
+    if not recorded:
+        return False
+    try:
+        used = data_fingerprint(data_dir)
+    except DataError:
+        return False
+    if recorded == used:
+        return False
+    trained = (lm.meta.get("data") or {}).get("name") or "other data"
+    here = dataset_name(used)
+    _log.warning(
+        "warning: %s was trained on %s (md5s in its sidecar) but is used here on %s (%s)",
+        lm.id,
+        trained,
+        here,
+        data_dir or "the shipped sample_data/mnist",
+    )
+    return True

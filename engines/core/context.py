@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from engines.core.device import resolve_device
+from engines.core.device import resolve_device, threads_for_shared_cpu
 from engines.core.errors import Cancelled
 from engines.core.events import CancelCheck, Event, EventSink, ignore_events, never_cancel
 
@@ -40,6 +40,13 @@ class RunContext:
         """Raise `Cancelled` when the user asked to stop; call between units of work."""
         if self.cancelled():
             raise Cancelled()
+
+    def applied(self) -> RunContext:
+        """Put the context's process-wide settings in force and return it: CPU threads as asked, or
+        for a CPU run one per core that other processes leave idle (see `threads_for_shared_cpu`)."""
+        if self.threads is not None or self.torch_device().type == "cpu":
+            torch.set_num_threads(threads_for_shared_cpu(self.threads))
+        return self
 
     def with_out(self, out: Path | None) -> RunContext:
         return replace(self, out=out)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -69,3 +71,37 @@ def cpu_speed_settings() -> Iterator[None]:
     finally:
         if changed:
             torch.set_flush_denormal(False)
+
+
+def free_cores(window: float = 0.2) -> float:
+    """Cores left idle by other processes, sampled over `window` seconds from /proc/stat (Linux).
+
+    Used to size the CPU thread pool at the start of a run on a shared machine: a worker thread on
+    a core that another process keeps busy stalls every parallel region of the attack.
+    """
+
+    def sample() -> tuple[float, float] | None:
+        try:
+            with open("/proc/stat") as fh:
+                fields = [float(v) for v in fh.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+        return idle, sum(fields)
+
+    first = sample()
+    if first is None:
+        return float(os.cpu_count() or 1)
+    time.sleep(window)
+    second = sample()
+    if second is None or second[1] <= first[1]:
+        return float(os.cpu_count() or 1)
+    share = (second[0] - first[0]) / (second[1] - first[1])
+    return share * (os.cpu_count() or 1)
+
+
+def threads_for_shared_cpu(requested: int | None) -> int:
+    """`--threads` when given; otherwise one thread per idle core (at least one, at most torch's default)."""
+    if requested is not None:
+        return requested
+    return max(1, min(torch.get_num_threads(), round(free_cores())))

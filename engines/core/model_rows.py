@@ -35,6 +35,7 @@ def row_from_meta(path: str | Path, meta: dict[str, Any]) -> dict[str, Any]:
         "p2_error": m.get("p2_error") if split in ("p1", "p2") else None,
         "optimizer": meta.get("training", {}).get("optimizer"),
         "paper": meta.get("paper", {}),
+        "data": (meta.get("data") or {}).get("name"),  # None for sidecars older than the record
         "path": str(path),
     }
 

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from engines.core.checkpoint import save_checkpoint
+from engines.core.checkpoint import check_classifier, save_checkpoint
 from engines.core.choices import OPTIMIZERS
-from engines.core.data import PAPER_SPLIT_SEED, Dataset, data_fingerprint, load_split
+from engines.core.data import PAPER_SPLIT_SEED, Dataset, data_fingerprint, dataset_identity, load_split
 from engines.core.device import cpu_speed_settings
-from engines.core.errors import Cancelled, InputError
+from engines.core.errors import Cancelled, DataError, InputError, ModelError
 from engines.core.events import CancelCheck, EpochDone, EventSink, ignore_events, never_cancel
 from engines.core.zoo import ZooEntry, build_model, count_parameters, decay_loss, describe_spec, zoo_entry
 
@@ -257,6 +257,20 @@ def evaluate_splits(model: nn.Module, data_dir: str | Path | None, device: torch
     }
 
 
+def check_data_fits(model: nn.Module, data_dir: str | Path | None, device: torch.device) -> dict[str, Any]:
+    """Refuse, before any training, data whose images the model cannot take or whose labels it cannot
+    output (a 32x32 set for a 784-input net, 26 letters for 10 outputs); returns the data's identity."""
+    identity = dataset_identity(data_dir)
+    shape = tuple(identity["image_shape"])
+    try:
+        classes = check_classifier(model, shape, device)
+    except ModelError as exc:
+        raise DataError(f"the data's images ({'x'.join(map(str, shape))}) do not fit this model: {exc}") from None
+    if identity["classes"] > classes:
+        raise DataError(f"the data has {identity['classes']} classes but this model has {classes} outputs")
+    return identity
+
+
 @cpu_speed_settings()
 def train_zoo_model(
     model_id: str,
@@ -276,6 +290,7 @@ def train_zoo_model(
     device = torch.device(device)
     torch.manual_seed(seed)
     model = build_model(entry.spec).to(device)
+    identity = check_data_fits(model, data_dir, device)
     data = load_split(entry.train_split, data_dir)
     start = time.perf_counter()
     info = _fit(entry, model, data, optimizer, seed, device, on_event, cancel, max_iter, epochs)
@@ -295,7 +310,8 @@ def train_zoo_model(
         "seed": seed,
         "training": info | {"seconds": round(seconds, 1), "device": str(device)},
         "metrics": metrics,
-        "paper": entry.paper,
+        "paper": entry.paper if identity["name"] == "MNIST" else {},  # the paper's figures are MNIST figures
+        "data": identity,
         "data_md5": data_fingerprint(data_dir),
         "torch": torch.__version__,
     }

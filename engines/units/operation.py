@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from engines.core.checkpoint import load_checkpoint
+from engines.core.checkpoint import load_checkpoint, warn_if_trained_on_other_data
 from engines.core.context import RunContext
 from engines.core.data import SPLITS, Dataset, load_split
 from engines.core.errors import InputError
@@ -140,6 +140,7 @@ def run_units(request: UnitsRequest, ctx: RunContext) -> UnitsResult:
     device = ctx.torch_device()
     with open_run(ctx, KIND, request.model, request.to_json()) as run:
         lm = load_checkpoint(request.model, device)
+        warn_if_trained_on_other_data(lm, request.data_dir)
         shape = input_shape(lm.meta)
         find_layer(lm.model, request.layer, shape, device)  # a bad name fails before the data are read
         if request.space != "pixel":
