@@ -128,11 +128,3 @@ def cli_context(
         note(f"interrupted: {hint}")
         raise typer.Exit(130) from None
 
-
-@contextmanager
-def resumable(hint: str) -> Iterator[None]:  # TEMPORARY: removed once every command uses cli_context
-    try:
-        yield
-    except KeyboardInterrupt:
-        note(f"interrupted: {hint}")
-        raise typer.Exit(130) from None

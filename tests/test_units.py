@@ -313,7 +313,10 @@ def test_cli_units_json_holds_the_measured_values(cli, tiny_ckpt, tiny_mnist, tm
         seed=3,
         data_dir=str(tiny_mnist),
     )
-    rc, text, _err = cli(*args)  # second run into the same --out replaces it; activations from the cache
+    rc, _text, err = cli(*args)  # a second run into the same --out is refused without --overwrite
+    assert rc == 2 and "--overwrite" in err
+    assert UnitsRequest.from_json(read_run_record(out)["request"]).k == 4  # the refused run left the folder alone
+    rc, text, _err = cli(*args, "--overwrite")  # replaces it; activations from the cache
     assert rc == 0
     assert "verdict: At layer act1" in text and f"{purity['units_mean']:.3f}" in text
     again = json.loads((out / "units.json").read_text())
@@ -353,7 +356,7 @@ def test_cli_units_bottom_k_and_other_layer_space(cli, tiny_ckpt, tiny_mnist, tm
         assert max(row["bottom_values"]) <= min(row["top_values"])
         assert row["cosine"] == pytest.approx(mean_pairwise_cosine(fc1, np.array([row["top"]]))[0], abs=1e-5)
     assert (out / "units_bottom.png").is_file() and (out / "random_bottom.png").is_file()
-    rc, _stdout, _err = cli(*args, "--out", out, "--json")  # again without --bottom: no stale bottom figures
+    rc, _stdout, _err = cli(*args, "--out", out, "--json", "--overwrite")  # without --bottom: no stale bottom figures
     assert rc == 0
     assert not (out / "units_bottom.png").exists() and not (out / "random_bottom.png").exists()
 

@@ -23,7 +23,7 @@ from engines.core.cache import cache_key, writable_cache_dir
 from engines.core.checkpoint import load_checkpoint
 from engines.core.context import RunContext
 from engines.core.data import data_fingerprint
-from engines.core.errors import InputError
+from engines.core.errors import InputError, RunInUse
 from engines.core.io import read_json
 from engines.core.runs import RUN_FILE
 
@@ -84,13 +84,31 @@ def adversarial_set(request: AttackRequest, ctx: RunContext) -> AdversarialSet:
             samples = load_samples(folder)
         return AdversarialSet(source=lm.id, folder=None, samples=samples, summary=summary, cached=False)
     folder = root / key
-    cached = (folder / SUMMARY_FILE).is_file()
-    inner = replace(ctx, out=folder, overwrite=False)
-    if not cached:
-        if (folder / RUN_FILE).is_file():
+    cached = _read_entry(folder)
+    if cached is None:
+        inner = replace(ctx, out=folder, overwrite=False)
+        try:
+            if not (folder / RUN_FILE).is_file() or (folder / SUMMARY_FILE).is_file():
+                raise _Recompute  # new, or a finished entry that was damaged afterwards
             resume_attack(folder, inner)
-        else:
-            run_attack(replace(request, model=str(lm.path)), inner)
-    summary = read_json(folder / SUMMARY_FILE)
+        except RunInUse:
+            raise
+        except (_Recompute, InputError):  # a damaged entry is computed again
+            run_attack(replace(request, model=str(lm.path)), replace(inner, overwrite=True))
+    summary, samples = cached or (read_json(folder / SUMMARY_FILE), load_samples(folder))
     summary["model"] = lm.id
-    return AdversarialSet(source=lm.id, folder=folder, samples=load_samples(folder), summary=summary, cached=cached)
+    return AdversarialSet(source=lm.id, folder=folder, samples=samples, summary=summary, cached=cached is not None)
+
+
+class _Recompute(Exception):
+    pass
+
+
+def _read_entry(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """A finished cache entry's summary and samples, or None when it is missing or damaged."""
+    if not (folder / SUMMARY_FILE).is_file():
+        return None
+    try:
+        return read_json(folder / SUMMARY_FILE), load_samples(folder)
+    except (InputError, OSError, ValueError):
+        return None

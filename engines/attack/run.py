@@ -15,15 +15,16 @@ The result type and the summary live in `engines.attack.results`, the chunk file
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from engines.attack.chunks import CHUNKS, SAMPLES_FILE, chunk_name, remaining, valid_chunks
+from engines.attack.chunks import SAMPLES_FILE, read_chunk, remaining, save_chunk, valid_chunks
 from engines.attack.problems import AttackConfig, attack_problems, paper_distortion, validate_images
 from engines.attack.results import AttackResult, RunTally, summarize
 from engines.attack.targets import choose_targets, expand_all_targets, parse_target
@@ -128,8 +129,9 @@ def resume_attack(folder: Path, ctx: RunContext) -> AttackResult:
     folder = Path(folder)
     record = read_run_record(folder)
     request = AttackRequest.from_json(record["request"])
-    if record.get("status") == "done" and (folder / SUMMARY_FILE).is_file():
-        return replace(AttackResult.from_json(read_json(folder / SUMMARY_FILE)), run=str(folder))
+    if record.get("status") == "done":
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # a damaged summary is rebuilt below
+            return replace(AttackResult.from_json(read_json(folder / SUMMARY_FILE)), run=str(folder))
     with reopen_run(folder, "attack") as run:
         lm = load_checkpoint(request.model, ctx.torch_device())
         recorded = (record.get("model") or {}).get("sha256")
@@ -167,7 +169,9 @@ def _carry_on(run: RunFolder, request: AttackRequest, lm: LoadedModel, data: Dat
     chunk = max(1, batch // per_image)
     if request.chunk_images is not None:  # a screen streams finished examples: several chunks per run
         chunk = min(chunk, request.chunk_images)
-    done = valid_chunks(out, len(data))
+    image_shape = tuple(data.images.shape[1:])
+    checksummed = run.record().get("format", 1) >= 2  # chunks carry their checksum since run format 2
+    done = valid_chunks(out, len(data), image_shape, checksummed)
     tally = RunTally.from_chunks(out, done)
     finished = sum(b - a for a, b in done)
     for a, b in remaining(done, len(data)):
@@ -184,7 +188,7 @@ def _carry_on(run: RunFolder, request: AttackRequest, lm: LoadedModel, data: Dat
                 chunk = max(1, (stop - pos) // 2)
                 torch.cuda.empty_cache()
                 continue
-            atomic_write(out / CHUNKS / chunk_name(pos, stop), lambda p, part=part: save_file(part, str(p)))
+            save_chunk(out, pos, stop, part)
             tally.add(part)
             finished += stop - pos
             ctx.emit(
@@ -201,7 +205,7 @@ def _carry_on(run: RunFolder, request: AttackRequest, lm: LoadedModel, data: Dat
                 )
             )
             pos = stop
-    return _finish(run, lm, request, data, device, run.seconds())
+    return _finish(run, lm, request, data, device, run.seconds(), checksummed)
 
 
 def _attack_chunk(
@@ -258,10 +262,19 @@ def _attack_chunk(
 
 
 def _finish(
-    run: RunFolder, lm: LoadedModel, request: AttackRequest, data: Dataset, device: torch.device, seconds: float
+    run: RunFolder,
+    lm: LoadedModel,
+    request: AttackRequest,
+    data: Dataset,
+    device: torch.device,
+    seconds: float,
+    checksummed: bool,
 ) -> AttackResult:
     out = run.path
-    parts = [load_file(str(out / CHUNKS / chunk_name(a, b))) for a, b in sorted(valid_chunks(out, len(data)))]
+    ranges = sorted(valid_chunks(out, len(data), tuple(data.images.shape[1:]), checksummed))
+    if sum(b - a for a, b in ranges) != len(data):  # a chunk was damaged while this run went on
+        raise InputError(f"a chunk of {out} was changed by another process; resume the run to recompute it")
+    parts = [read_chunk(out, a, b) for a, b in ranges]
     merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     samples = {
         "x": data.images.contiguous(),

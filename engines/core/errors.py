@@ -21,5 +21,9 @@ class InputError(BlindspotError):
     """Bad arguments or values (shapes, ranges, NaN)."""
 
 
+class RunInUse(InputError):
+    """A run folder locked by another live process."""
+
+
 class Cancelled(Exception):
     """Raised inside an engine when its cancel check says stop; finished work is kept."""

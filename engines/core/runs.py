@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import socket
@@ -24,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from engines.core.context import RunContext
-from engines.core.errors import InputError
+from engines.core.errors import InputError, RunInUse
 from engines.core.io import read_json, write_json_atomic
 
 RUN_FILE, LOCK_FILE = "run.json", ".lock"
-RUN_FORMAT = 1
+RUN_FORMAT = 2  # 2: attack chunks carry a checksum of their arrays
 
 
 def run_folder_name(kind: str, model: str, stamp: str | None = None) -> str:
@@ -80,7 +81,7 @@ class RunLock:
             except FileExistsError:
                 holder = _read_lock(path)
                 if holder is not None and not _is_stale(holder):
-                    raise InputError(
+                    raise RunInUse(
                         f"{folder} is in use by process {holder.get('pid')} on {holder.get('host')}: "
                         "wait for it or choose another --out"
                     ) from None
@@ -89,7 +90,7 @@ class RunLock:
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
             return cls(path)
-        raise InputError(f"{folder} is in use by another process: choose another --out")
+        raise RunInUse(f"{folder} is in use by another process: choose another --out")
 
     def release(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -161,7 +162,15 @@ def read_run_record(folder: Path) -> dict[str, Any]:
     version = run.get("format", 1)
     if not isinstance(version, int) or version > RUN_FORMAT:
         raise InputError(f"{path} has run format {version!r}; this blindspot reads up to {RUN_FORMAT}")
+    if version >= 2 and run.get("request_sha256") != request_digest(run["request"]):
+        raise InputError(f"{path} is damaged (its request does not match its checksum); start a new run")
     return run
+
+
+def request_digest(request: dict[str, Any]) -> str:
+    """sha256 of the request's canonical JSON: a resumed run carries on exactly what was started."""
+    text = json.dumps(request, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def folder_for(ctx: RunContext, kind: str, model: str) -> Path:
@@ -192,6 +201,7 @@ def open_run(ctx: RunContext, kind: str, model: str, request: dict[str, Any], **
                 "kind": kind,
                 "status": "running",
                 "request": request,
+                "request_sha256": request_digest(request),
                 "started": run.started,
                 **record,
             },
