@@ -127,4 +127,3 @@ def cli_context(
     except (Cancelled, KeyboardInterrupt):
         note(f"interrupted: {hint}")
         raise typer.Exit(130) from None
-
