@@ -17,7 +17,7 @@ except ImportError:  # older Typer runs on click itself
     from click.exceptions import Abort, ClickException, UsageError  # type: ignore[assignment,no-redef]
 
 from blindspot.commands import attack, bounds, data, models, reproduce, train, transfer, tui, units
-from blindspot.console import err
+from blindspot.console import err, route_engine_warnings
 from engines.core.errors import BlindspotError, Cancelled
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
@@ -52,6 +52,7 @@ def _error_line(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps errors to exit codes so scripts can rely on them."""
+    route_engine_warnings()
     try:
         code = app(args=argv, prog_name="blindspot", standalone_mode=False)
     except SystemExit as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -30,6 +31,20 @@ out = Console(width=PIPE_WIDTH)
 def note(text: str) -> None:
     """A log line on stderr, printed as it is: paths and ids may hold brackets that Rich would read as markup."""
     err.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+class _EngineLogLines(logging.Handler):
+    """Engine warnings (cache fallback, a checkpoint met with other data) as plain lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        note(record.getMessage())
+
+
+def route_engine_warnings() -> None:
+    """Send the engines' warnings to stderr as log lines (once per process)."""
+    log = logging.getLogger("engines")
+    if not any(isinstance(h, _EngineLogLines) for h in log.handlers):
+        log.addHandler(_EngineLogLines(logging.WARNING))
 
 
 def print_json(obj: Any) -> None:

@@ -8,6 +8,7 @@ offered as a loaded model next to the zoo one.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ class ModelsScreen(WorkbenchScreen):
         Binding("enter", "use", "Use model"),
         Binding("l", "focus_path", "Load file"),
         Binding("t", "train", "Train"),
+        Binding("T", "train(True)", "Train over", show=False),
         Binding("d", "device", "Device"),
         Binding("r", "refresh", "Refresh"),
     ]
@@ -227,7 +229,8 @@ class ModelsScreen(WorkbenchScreen):
             data_dir=None if settings.data_dir is None else str(settings.data_dir),
         )
 
-    def action_train(self) -> None:
+    def action_train(self, overwrite: bool = False) -> None:
+        """`t` trains into the runs folder; `T` also replaces a checkpoint of the same id there (--overwrite)."""
         from engines.core.errors import BlindspotError
         from engines.core.zoo import ZOO
 
@@ -249,7 +252,7 @@ class ModelsScreen(WorkbenchScreen):
             from engines.core.model_rows import checkpoint_row
             from engines.train.operation import run_training
 
-            result = run_training(request, self.job_context(job))
+            result = run_training(request, replace(self.job_context(job), overwrite=overwrite))
             return result, [checkpoint_row(m.path) for m in result.models]
 
         self.start(
@@ -288,7 +291,8 @@ class ModelsScreen(WorkbenchScreen):
 
     def train_failed(self, message: str) -> None:
         self.query_one("#train-bar", ProgressBar).add_class("-hidden")
-        self.say(f"training failed: {message}", error=True)
+        hint = " (T trains over it)" if "already exists" in message else ""
+        self.say(f"training failed: {message}{hint}", error=True)
 
     def train_cancelled(self, _: Any) -> None:
         self.query_one("#train-bar", ProgressBar).add_class("-hidden")

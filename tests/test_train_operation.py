@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,14 +13,19 @@ import torch
 from safetensors.torch import load_file
 
 from engines.core.context import RunContext
-from engines.core.data import sample_data_dir
+from engines.core.data import dataset_identity, sample_data_dir
 from engines.core.errors import Cancelled, InputError
 from engines.core.events import EpochDone, ModelTrained
 from engines.core.io import file_sha256
 from engines.core.model_rows import checkpoint_row, model_rows
 from engines.core.zoo import ZOO, build_model, zoo_entry
-from engines.train.fit import train_lbfgs
+from engines.train.fit import train_lbfgs, trained_model_id
 from engines.train.operation import TrainRequest, run_training, zoo_ids
+
+
+def trained_as(zoo_id: str, data: Path) -> str:
+    """The id a zoo model trained on the test's (non-MNIST) data is saved under."""
+    return trained_model_id(zoo_id, dataset_identity(data))
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, str]]:
@@ -59,24 +65,39 @@ def test_checkpoints_go_to_runs_models_with_one_event_per_saved_model(tiny_mnist
     request = TrainRequest(models=("softmax1", "softmax2"), max_iter=3, data_dir=str(tiny_mnist))
     result = run_training(request, ctx)
     folder = tmp_path / "runs" / "models"
+    s1, s2 = trained_as("softmax1", tiny_mnist), trained_as("softmax2", tiny_mnist)
+    assert s1.startswith("softmax1-data-") and len(s1) == len("softmax1-data-") + 8  # not MNIST: not a paper id
     assert result.folder == str(folder)
-    assert [m.path for m in result.models] == [
-        str(folder / "softmax1.safetensors"),
-        str(folder / "softmax2.safetensors"),
-    ]
+    assert [m.path for m in result.models] == [str(folder / f"{s1}.safetensors"), str(folder / f"{s2}.safetensors")]
     saved = [e for e in events if isinstance(e, ModelTrained)]
-    assert [(e.model_id, e.done, e.total) for e in saved] == [("softmax1", 1, 2), ("softmax2", 2, 2)]
-    assert saved[0].metrics == result.models[0].metrics == json.loads((folder / "softmax1.json").read_text())["metrics"]
+    assert [(e.model_id, e.done, e.total) for e in saved] == [(s1, 1, 2), (s2, 2, 2)]
+    sidecar = json.loads((folder / f"{s1}.json").read_text())
+    assert saved[0].metrics == result.models[0].metrics == sidecar["metrics"]
+    assert sidecar["zoo_id"] == "softmax1" and sidecar["paper"] == {} and sidecar["data"]["name"] == "IDX data"
     lbfgs = [e for e in events if isinstance(e, EpochDone) and e.task == "train softmax1"]
     assert lbfgs and lbfgs[-1].done == 3 and lbfgs[-1].total == 3  # max_iter is honoured exactly, not rounded up
     assert result.models[0].training["iterations"] == 3
     assert result.to_json()[1] == {
-        "id": "softmax2",
-        "path": str(folder / "softmax2.safetensors"),
+        "id": s2,
+        "path": str(folder / f"{s2}.safetensors"),
         "metrics": result.models[1].metrics,
         "training": result.models[1].training,
     }
-    assert [r["id"] for r in model_rows(folder)] == ["softmax1", "softmax2"]
+    rows = model_rows(folder)
+    assert [r["id"] for r in rows] == [s1, s2] and rows[0]["data"] == "IDX data"
+
+
+def test_an_existing_checkpoint_is_replaced_only_with_overwrite(tiny_mnist, tmp_path):
+    out = tmp_path / "models"
+    request = TrainRequest(models=("softmax1", "softmax2"), max_iter=1, data_dir=str(tiny_mnist))
+    first = run_training(replace(request, models=("softmax2",)), RunContext(device="cpu", out=out))
+    before = snapshot(out)
+    with pytest.raises(InputError, match=f"{trained_as('softmax2', tiny_mnist)}.safetensors already exists"):
+        run_training(request, RunContext(device="cpu", out=out))
+    assert snapshot(out) == before  # refused before softmax1 was trained: nothing written
+    again = run_training(request, RunContext(device="cpu", out=out, overwrite=True, threads=1))
+    assert [m.path for m in again.models][1] == first.models[0].path
+    assert len(list(out.glob("*.safetensors"))) == 2
 
 
 def test_the_shipped_zoo_is_refused_without_the_flag_and_nothing_is_written(tiny_mnist, tmp_path):
@@ -95,11 +116,12 @@ def test_the_flag_lets_a_maintainer_regenerate_the_zoo(tiny_mnist, tmp_path, mon
         sample_data_dir() / "models", fake / "models", ignore=shutil.ignore_patterns("m*", "n*", "c*", "a*")
     )
     monkeypatch.setenv("BLINDSPOT_SAMPLE_DATA", str(fake))
-    old = file_sha256(fake / "models" / "softmax1.safetensors")
     request = TrainRequest(models=("softmax1",), max_iter=1, data_dir=str(tiny_mnist), into_shipped_zoo=True)
     result = run_training(request, RunContext(device="cpu", out=fake / "models"))
-    assert result.models[0].path == str(fake / "models" / "softmax1.safetensors")
-    assert file_sha256(fake / "models" / "softmax1.safetensors") != old
+    assert result.models[0].path == str(fake / "models" / f"{trained_as('softmax1', tiny_mnist)}.safetensors")
+    old = file_sha256(result.models[0].path)
+    again = run_training(replace(request, seed=1), RunContext(device="cpu", out=fake / "models", overwrite=True))
+    assert again.models[0].path == result.models[0].path and file_sha256(result.models[0].path) != old
 
 
 def test_an_unwritable_output_is_refused_before_training(tiny_mnist, tmp_path):
@@ -146,15 +168,30 @@ def test_lbfgs_never_runs_more_iterations_than_asked(tiny_mnist):
 
 def test_cli_trains_into_runs_models_and_prints_the_result_json(tiny_mnist, tmp_path, monkeypatch, cli):
     monkeypatch.chdir(tmp_path)
-    rc, out, err = cli("train", "-m", "softmax1", "--max-iter", "2", "--data", tiny_mnist, "--device", "cpu", "--json")
+    args = ("train", "-m", "softmax1", "--max-iter", "2", "--data", tiny_mnist, "--device", "cpu")
+    rc, out, err = cli(*args, "--json")
     assert rc == 0, err
     rows = json.loads(out)
-    assert [r["id"] for r in rows] == ["softmax1"] and rows[0]["path"] == "runs/models/softmax1.safetensors"
-    saved = tmp_path / "runs" / "models" / "softmax1.safetensors"
+    name = trained_as("softmax1", tiny_mnist)
+    assert [r["id"] for r in rows] == [name] and rows[0]["path"] == f"runs/models/{name}.safetensors"
+    saved = tmp_path / "runs" / "models" / f"{name}.safetensors"
     assert checkpoint_row(saved)["test_error"] == rows[0]["metrics"]["test_error"]  # `blindspot models` sees it
     assert rows[0]["metrics"] == json.loads(saved.with_suffix(".json").read_text())["metrics"]
     assert rows[0]["training"]["iterations"] == 2
-    assert "softmax1: train" in err and "BLINDSPOT_MODELS=runs/models" in err
+    assert f"{name}: train" in err and "BLINDSPOT_MODELS=runs/models" in err
+    rc, _, err = cli(*args)  # the same again: refused in one line, the checkpoint kept
+    assert rc == 2 and "already exists" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = cli(*args, "--overwrite")
+    assert rc == 0, err
+    monkeypatch.setenv("BLINDSPOT_MODELS", str(saved.parent))
+    rc, out, err = cli("models", "--json")
+    (row,) = [r for r in json.loads(out) if r["id"] == name]
+    assert row["data"] == "IDX data" and row["paper"] == {}
+    # used on the shipped MNIST (no --data): one warning line naming both data sets
+    rc, _, err = cli("attack", "--model", name, "--n", "2", "--c-steps", "1", "--max-iter", "2", "--device", "cpu")
+    assert rc == 0, err
+    (line,) = [x for x in err.splitlines() if x.startswith("warning:")]
+    assert f"{name} was trained on IDX data" in line and "MNIST" in line
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from blindspot.console import cli_context, note, print_json
-from blindspot.options import DataDir, Device, Json, Seed, Threads
+from blindspot.options import DataDir, Device, Json, Overwrite, Seed, Threads
 from engines.core.checkpoint import models_dir
 from engines.core.events import Event, ModelTrained, fan_out
 from engines.train.operation import TrainRequest, run_training, zoo_ids
@@ -49,8 +49,13 @@ def train(
     seed: Seed = 0,
     json_out: Json = False,
     threads: Threads = None,
+    overwrite: Overwrite = False,
 ) -> None:
-    """Train zoo models with the paper's weight decay; writes <id>.safetensors + <id>.json."""
+    """Train zoo models with the paper's weight decay; writes <id>.safetensors + <id>.json.
+
+    On data other than MNIST the id gets the data's name (softmax1-fashionmnist); an existing
+    checkpoint of the same id is replaced only with --overwrite.
+    """
     request = TrainRequest(
         models=zoo_ids(model, zoo),
         optimizer=optimizer,
@@ -60,7 +65,9 @@ def train(
         data_dir=str(data) if data else None,
         into_shipped_zoo=into_shipped_zoo,
     )
-    with cli_context(device, threads=threads, out=out, hint="models saved before the interrupt are kept") as ctx:
+    with cli_context(
+        device, threads=threads, out=out, overwrite=overwrite, hint="models saved before the interrupt are kept"
+    ) as ctx:
         result = run_training(request, replace(ctx, on_event=fan_out(ctx.on_event, _announce)))
     if json_out:
         print_json(result.to_json())

@@ -7,6 +7,7 @@ seed on the CPU. Progress goes out as typed events (`EpochDone`); cancellation i
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from torch.nn import functional as F
 
 from engines.core.checkpoint import check_classifier, save_checkpoint
 from engines.core.choices import OPTIMIZERS
-from engines.core.data import PAPER_SPLIT_SEED, Dataset, data_fingerprint, dataset_identity, load_split
+from engines.core.data import IDX_NAME, PAPER_SPLIT_SEED, Dataset, data_fingerprint, dataset_identity, load_split
 from engines.core.device import cpu_speed_settings
 from engines.core.errors import Cancelled, DataError, InputError, ModelError
 from engines.core.events import CancelCheck, EpochDone, EventSink, ignore_events, never_cancel
@@ -271,6 +272,18 @@ def check_data_fits(model: nn.Module, data_dir: str | Path | None, device: torch
     return identity
 
 
+def trained_model_id(zoo_id: str, identity: dict[str, Any]) -> str:
+    """The id a zoo model trained on this data is saved under: its zoo id on MNIST (the paper's data);
+    on other data the zoo id plus the data's name (for unnamed IDX data, the start of its training
+    images' md5), so that a checkpoint never wears a paper id whose numbers it did not earn."""
+    name = str(identity["name"])
+    if name == "MNIST":
+        return zoo_id
+    if name == IDX_NAME:
+        return f"{zoo_id}-data-{identity['md5s']['train-images'][:8]}"
+    return f"{zoo_id}-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}"
+
+
 @cpu_speed_settings()
 def train_zoo_model(
     model_id: str,
@@ -285,7 +298,8 @@ def train_zoo_model(
     on_event: EventSink = ignore_events,
     cancel: CancelCheck = never_cancel,
 ) -> FittedModel:
-    """Train one zoo model from scratch and (if `out_dir`) save it as `out_dir/<id>.safetensors`."""
+    """Train one zoo model from scratch and (if `out_dir`) save it as `out_dir/<id>.safetensors`
+    (`trained_model_id`: the zoo id on MNIST)."""
     entry = zoo_entry(model_id)
     device = torch.device(device)
     torch.manual_seed(seed)
@@ -298,7 +312,8 @@ def train_zoo_model(
     model.eval()
     metrics = evaluate_splits(model, data_dir, device)
     meta = {
-        "id": entry.id,
+        "id": trained_model_id(entry.id, identity),
+        "zoo_id": entry.id,
         "description": entry.description,
         "architecture": describe_spec(entry.spec),
         "spec": entry.spec,
@@ -315,5 +330,5 @@ def train_zoo_model(
         "data_md5": data_fingerprint(data_dir),
         "torch": torch.__version__,
     }
-    path = save_checkpoint(model.to("cpu"), meta, Path(out_dir) / f"{entry.id}.safetensors") if out_dir else None
+    path = save_checkpoint(model.to("cpu"), meta, Path(out_dir) / f"{meta['id']}.safetensors") if out_dir else None
     return FittedModel(model, meta, path)

@@ -1,7 +1,9 @@
 """The train operation: `run_training(request, ctx)`, called alike by `blindspot train` and the Models screen.
 
 Output policy, one rule for every caller: the checkpoints (`<id>.safetensors` + `<id>.json`) go to
-`ctx.out` when given, else to `<ctx.runs_root>/models`. The shipped `sample_data` (the zoo the
+`ctx.out` when given, else to `<ctx.runs_root>/models`; a checkpoint already there under the same
+id is replaced only with `ctx.overwrite` (checked for every model before any training). On data
+other than MNIST a model is saved as `<zoo id>-<data>` (`trained_model_id`). The shipped `sample_data` (the zoo the
 README's numbers come from) is never written unless the request says `into_shipped_zoo`.
 
 No run folder (run.json) is made: a models folder holds several checkpoints and is reused by
@@ -19,12 +21,12 @@ from typing import Any
 
 from engines.core.choices import OPTIMIZERS
 from engines.core.context import RunContext
-from engines.core.data import sample_data_dir
+from engines.core.data import dataset_identity, sample_data_dir
 from engines.core.errors import InputError
 from engines.core.events import ModelTrained
 from engines.core.runs import check_writable
 from engines.core.zoo import ZOO
-from engines.train.fit import train_zoo_model
+from engines.train.fit import train_zoo_model, trained_model_id
 
 ZOOS = ("paper",)  # named sets of zoo models: `--zoo paper` is the whole zoo of Tables 1 and 3
 MODELS_SUBFOLDER = "models"
@@ -137,6 +139,7 @@ def run_training(request: TrainRequest, ctx: RunContext) -> TrainResult:
             f"{folder} is the shipped zoo, which training never overwrites unless asked: "
             "choose another --out, or pass --into-shipped-zoo to regenerate it"
         )
+    _refuse_existing_checkpoints(request, folder, ctx.overwrite)
     existed = folder.exists()
     check_writable(folder)
     try:
@@ -146,6 +149,17 @@ def run_training(request: TrainRequest, ctx: RunContext) -> TrainResult:
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
+
+
+def _refuse_existing_checkpoints(request: TrainRequest, folder: Path, overwrite: bool) -> None:
+    """Before any training: a checkpoint already in the folder under a planned id is kept unless overwrite."""
+    if overwrite:
+        return
+    identity = dataset_identity(request.data_dir)
+    for model_id in request.models:
+        path = folder / f"{trained_model_id(model_id, identity)}.safetensors"
+        if path.exists():
+            raise InputError(f"{path} already exists: choose another output folder or overwrite it")
 
 
 def _train_all(request: TrainRequest, ctx: RunContext, folder: Path) -> TrainResult:
@@ -165,14 +179,14 @@ def _train_all(request: TrainRequest, ctx: RunContext, folder: Path) -> TrainRes
             on_event=ctx.on_event,
             cancel=ctx.cancelled,
         )
-        model = TrainedModel(model_id, str(fitted.path), fitted.meta["metrics"], fitted.meta["training"])
+        model = TrainedModel(fitted.meta["id"], str(fitted.path), fitted.meta["metrics"], fitted.meta["training"])
         trained.append(model)
         ctx.emit(
             ModelTrained(
                 task="train",
                 done=k + 1,
                 total=len(request.models),
-                model_id=model_id,
+                model_id=model.id,
                 path=model.path,
                 metrics=model.metrics,
             )

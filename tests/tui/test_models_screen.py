@@ -9,8 +9,10 @@ import torch
 from safetensors.torch import load_file
 from textual.widgets import DataTable, Input
 
+from engines.core.data import dataset_identity
 from engines.core.events import EpochDone, Event, ModelTrained
 from engines.core.io import file_sha256
+from engines.train.fit import trained_model_id
 from screens.attack import AttackScreen
 from tests.tui.conftest import SHIPPED, SIZE, make_app, run_async, settle, text_of, wait_for  # noqa: F401
 
@@ -59,17 +61,19 @@ def snapshot(folder: Path) -> dict[str, tuple[int, str]]:
     return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, file_sha256(p)) for p in sorted(folder.rglob("*"))}
 
 
-async def train_highlighted(pilot, app, row: int) -> list[Event]:
-    """Press `t` on a row of the Models screen and wait until the training job has ended."""
+async def train_highlighted(pilot, app, row: int, key: str = "t") -> list[Event]:
+    """Press `t` (or `T`) on a row of the Models screen and wait until the training job has ended."""
     screen = app.screen
     seen: list[Event] = []
     original = screen.train_event
     screen.train_event = lambda event: (seen.append(event), original(event))
     screen.query_one("#models", DataTable).move_cursor(row=row)
-    await pilot.press("t")
+    screen.jobs.pop("train", None)
+    await pilot.press(key)
     await wait_for(pilot, lambda: "train" in screen.jobs, what="the training job to start")
     await wait_for(pilot, lambda: not screen.busy("train"), timeout=120, what="the training to end")
     await settle(pilot, app)
+    screen.train_event = original
     return seen
 
 
@@ -86,20 +90,27 @@ async def test_t_on_a_shipped_zoo_model_trains_into_the_runs_folder_never_sample
         assert screen.rows[0]["id"] == "softmax1" and Path(screen.rows[0]["path"]).parent == SHIPPED
         seen = await train_highlighted(pilot, app, 0)
         status = text_of(app, "#status")
-        assert "trained softmax1" in status and "Enter uses it" in status
-        trained = tmp_path / "runs" / "models" / "softmax1.safetensors"
+        name = trained_model_id("softmax1", dataset_identity(tiny_mnist))  # not MNIST: not the paper's id
+        assert f"trained {name}" in status and "Enter uses it" in status
+        trained = tmp_path / "runs" / "models" / f"{name}.safetensors"
         offered = [r for r in screen.rows if r.get("source") == "trained"]
         assert [r["path"] for r in offered] == [str(trained)]
         assert screen.highlighted()["path"] == str(trained)
         await pilot.press("enter")
         await pilot.pause()
         assert app.state.active_model == str(trained)
+        first = file_sha256(trained)
+        await train_highlighted(pilot, app, 0)  # `t` again: the checkpoint is kept, `T` is offered
+        assert "already exists" in text_of(app, "#status") and "T trains over it" in text_of(app, "#status")
+        assert file_sha256(trained) == first
+        await train_highlighted(pilot, app, 0, key="T")
+        assert f"trained {name}" in text_of(app, "#status")
     assert snapshot(SHIPPED) == before  # not one byte nor mtime changed under sample_data/models
     meta = json.loads(trained.with_suffix(".json").read_text())
-    assert meta["training"]["iterations"] <= 20 and meta["id"] == "softmax1"
+    assert meta["training"]["iterations"] <= 20 and meta["id"] == name and meta["zoo_id"] == "softmax1"
     epochs = [e for e in seen if isinstance(e, EpochDone)]
     assert epochs and all(e.task == "train softmax1" and e.stage == "L-BFGS" for e in epochs)
-    assert [(e.model_id, e.path) for e in seen if isinstance(e, ModelTrained)] == [("softmax1", str(trained))]
+    assert [(e.model_id, e.path) for e in seen if isinstance(e, ModelTrained)] == [(name, str(trained))]
 
 
 @run_async
@@ -117,10 +128,11 @@ async def test_training_on_the_cli_and_in_the_workbench_gives_the_same_checkpoin
         await settle(pilot, app)
         assert app.screen.rows[1]["id"] == "n100-100-10"
         await train_highlighted(pilot, app, 1)
-        assert "trained n100-100-10" in text_of(app, "#status")
-    tui_path = tmp_path / "runs" / "models" / "n100-100-10.safetensors"
+        assert "trained n100-100-10-data-" in text_of(app, "#status")
+    name = trained_model_id("n100-100-10", dataset_identity(tiny_mnist))
+    tui_path = tmp_path / "runs" / "models" / f"{name}.safetensors"
     cli_path = Path(cli_row["path"])
-    assert cli_path == tmp_path / "cli" / "n100-100-10.safetensors"
+    assert cli_path == tmp_path / "cli" / f"{name}.safetensors"
     a, b = load_file(str(cli_path)), load_file(str(tui_path))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     cli_meta, tui_meta = (json.loads(p.with_suffix(".json").read_text()) for p in (cli_path, tui_path))
