@@ -82,6 +82,7 @@ def cli(capsys: pytest.CaptureFixture[str]):
     """Run `blindspot ARGS` in-process; returns (exit code, stdout, stderr)."""
 
     def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()  # only this command's output: not what engine calls before it printed
         rc = main([str(a) for a in args])
         captured = capsys.readouterr()
         return rc, captured.out, captured.err

@@ -248,7 +248,9 @@ def warn_if_trained_on_other_data(lm: LoadedModel, data_dir: str | Path | None) 
         return False
     if recorded == used:
         return False
-    trained = (lm.meta.get("data") or {}).get("name") or "other data"
+    trained = (lm.meta.get("data") or {}).get("name") or (
+        dataset_name(recorded) if isinstance(recorded, dict) else "other data"
+    )
     here = dataset_name(used)
     _log.warning(
         "warning: %s was trained on %s (md5s in its sidecar) but is used here on %s (%s)",
