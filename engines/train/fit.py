@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,39 @@ def train_lbfgs(
     return {"optimizer": "lbfgs", "iterations": done, "final_loss": loss_value}
 
 
+def _adam_epochs(
+    opt: torch.optim.Optimizer,
+    n: int,
+    batch_size: int,
+    epochs: int,
+    gen: torch.Generator,
+    batch_loss: Callable[[torch.Tensor], torch.Tensor],
+    epoch_done: Callable[[int, float], None],
+    cancel: CancelCheck,
+    task: str,
+) -> float:
+    """Epochs of shuffled minibatches under a cosine learning-rate decay; the last batch's loss.
+
+    Cancel is checked per batch: an epoch of a large net takes longer than a user should wait."""
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(n / batch_size))
+    loss_value = math.nan
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch_size):
+            if cancel():
+                raise Cancelled(task)
+            loss = batch_loss(perm[i : i + batch_size])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_value = float(loss.detach())
+        if cancel():
+            raise Cancelled(task)
+        epoch_done(epoch + 1, loss_value)
+    return loss_value
+
+
 def train_adam(
     model: nn.Module,
     x: torch.Tensor,
@@ -124,25 +158,18 @@ def train_adam(
     """Minibatch Adam with a cosine learning-rate decay; the decay term is added per batch."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    steps_per_epoch = math.ceil(len(y) / batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
-    loss_value = math.nan
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(len(y), generator=gen).to(x.device)
-        for i in range(0, len(y), batch_size):
-            if cancel():  # per batch: an epoch of a large net takes longer than a user should wait
-                raise Cancelled(task)
-            idx = perm[i : i + batch_size]
-            opt.zero_grad()
-            loss = objective(model, x[idx], y[idx], lambdas)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_value = float(loss.detach())
-        if cancel():
-            raise Cancelled(task)
-        on_event(EpochDone(task=task, done=epoch + 1, total=epochs, stage="Adam", loss=loss_value))
+    model.train()
+    loss_value = _adam_epochs(
+        opt,
+        len(y),
+        batch_size,
+        epochs,
+        gen,
+        lambda idx: objective(model, x[idx.to(x.device)], y[idx.to(y.device)], lambdas),
+        lambda epoch, loss: on_event(EpochDone(task=task, done=epoch, total=epochs, stage="Adam", loss=loss)),
+        cancel,
+        task,
+    )
     model.eval()
     return {"optimizer": "adam", "epochs": epochs, "batch_size": batch_size, "lr": lr, "final_loss": loss_value}
 
@@ -165,28 +192,27 @@ def pretrain_sparse_autoencoder(
     opt = torch.optim.Adam(params, lr=recipe["lr"])
     flat = x.flatten(1)
     epochs, bs = recipe["ae_epochs"], recipe["batch_size"]
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(len(flat) / bs))
-    loss_value = math.nan
-    for epoch in range(epochs):
-        perm = torch.randperm(len(flat), generator=gen).to(x.device)
-        for i in range(0, len(flat), bs):
-            if cancel():  # per batch, as in `train_adam`
-                raise Cancelled(task)
-            v = flat[perm[i : i + bs]]
-            h = torch.sigmoid(encoder(v))
-            recon = torch.sigmoid(decoder(h))
-            rho_hat = h.mean(0).clamp(1e-6, 1 - 1e-6)
-            kl = (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum()
-            loss = 0.5 * (recon - v).pow(2).sum(1).mean() + beta * kl
-            loss = loss + lam / 2 * (encoder.weight.pow(2).sum() + decoder.weight.pow(2).sum())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_value = float(loss.detach())
-        if cancel():
-            raise Cancelled(task)
-        on_event(EpochDone(task=task, done=epoch + 1, total=epochs, stage="autoencoder", loss=loss_value))
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        v = flat[idx.to(flat.device)]
+        h = torch.sigmoid(encoder(v))
+        recon = torch.sigmoid(decoder(h))
+        rho_hat = h.mean(0).clamp(1e-6, 1 - 1e-6)
+        kl = (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum()
+        loss = 0.5 * (recon - v).pow(2).sum(1).mean() + beta * kl
+        return loss + lam / 2 * (encoder.weight.pow(2).sum() + decoder.weight.pow(2).sum())
+
+    loss_value = _adam_epochs(
+        opt,
+        len(flat),
+        bs,
+        epochs,
+        gen,
+        batch_loss,
+        lambda epoch, loss: on_event(EpochDone(task=task, done=epoch, total=epochs, stage="autoencoder", loss=loss)),
+        cancel,
+        task,
+    )
     return {
         "autoencoder_epochs": epochs,
         "sparsity": rho,
