@@ -6,11 +6,13 @@ terminal), then builds and runs the app. Screens are thin: every engine call run
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 
 from screens import graphics
@@ -23,6 +25,23 @@ SCREENS = (
     ("transfer", "4", "Transfer", "cross-model generalisation of adversarial examples (Table 2)"),
     ("bounds", "5", "Bounds", "per-layer frame bounds and singular-value spectra (Table 5)"),
 )
+
+
+class _EngineWarnings(logging.Handler):
+    """Engine warnings reach the workbench from worker threads; without this they went to a hidden stderr."""
+
+    def __init__(self, app: BlindspotApp) -> None:
+        super().__init__(logging.WARNING)
+        self.app = app
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.app.post_message(EngineWarning(record.getMessage()))  # thread-safe, and never waits for the app
+
+
+class EngineWarning(Message):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
 
 
 class BlindspotApp(App):
@@ -58,8 +77,20 @@ class BlindspotApp(App):
         self.state = WorkbenchState(settings or Settings(), on_change=self.update_subtitle)
 
     def on_mount(self) -> None:
+        self.warnings: list[str] = []
+        self._warning_lines = _EngineWarnings(self)
+        logging.getLogger("engines").addHandler(self._warning_lines)
         self.switch_mode("models")
         self.update_subtitle()
+
+    def on_unmount(self) -> None:
+        logging.getLogger("engines").removeHandler(self._warning_lines)
+
+    def on_engine_warning(self, event: EngineWarning) -> None:
+        """An engine's warning (cache fallback, a checkpoint met with other data): kept and shown as a toast."""
+        message = event.text
+        self.warnings.append(message)
+        self.notify(message.removeprefix("warning: "), title="warning", severity="warning", timeout=10)
 
     def update_subtitle(self) -> None:
         """Show the active model and device (window title and the screens' top line)."""

@@ -40,11 +40,15 @@ class _EngineLogLines(logging.Handler):
         note(record.getMessage())
 
 
-def route_engine_warnings() -> None:
-    """Send the engines' warnings to stderr as log lines (once per process)."""
+def route_engine_warnings(to_stderr: bool = True) -> None:
+    """Send the engines' warnings to stderr as log lines (once per process), or stop (the workbench owns
+    the terminal and shows them itself)."""
     log = logging.getLogger("engines")
-    if not any(isinstance(h, _EngineLogLines) for h in log.handlers):
+    mine = [h for h in log.handlers if isinstance(h, _EngineLogLines)]
+    if to_stderr and not mine:
         log.addHandler(_EngineLogLines(logging.WARNING))
+    for handler in mine if not to_stderr else ():
+        log.removeHandler(handler)
 
 
 def print_json(obj: Any) -> None:

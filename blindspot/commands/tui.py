@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from blindspot.console import route_engine_warnings
 from engines.core.choices import GRAPHICS_MODES
 from engines.core.errors import InputError
 
@@ -31,6 +32,8 @@ def check_terminal() -> None:
 def run_tui(graphics: str = "auto") -> None:
     check_terminal()
     from blindspot.app import run_app
+
+    route_engine_warnings(to_stderr=False)  # the workbench shows them as toasts
 
     run_app(graphics=graphics)
 

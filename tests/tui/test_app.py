@@ -93,3 +93,24 @@ async def test_enlarged_image_in_every_graphics_mode(tmp_path, models_folder, mo
             assert app.screen.index == 1 and "two" in app.screen.query_one("#frame").border_title
     finally:
         graphics.configure("halfblock")
+
+
+@run_async
+async def test_engine_warnings_from_worker_threads_reach_the_screen(tmp_path, models_folder):
+    import logging
+    import threading
+
+    app = make_app(tmp_path, models_folder=models_folder)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        log = logging.getLogger("engines.core.cache")
+        worker = threading.Thread(target=log.warning, args=("warning: cache at %s is not writable; no cache", "/ro"))
+        worker.start()
+        worker.join()
+        log.warning("warning: from the app's own thread")
+        await wait_for(pilot, lambda: len(app.warnings) == 2, what="both warnings")
+        assert sorted(app.warnings) == [
+            "warning: cache at /ro is not writable; no cache",
+            "warning: from the app's own thread",
+        ]
+    assert not any(type(h).__name__ == "_EngineWarnings" for h in logging.getLogger("engines").handlers)
