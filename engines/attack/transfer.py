@@ -33,8 +33,6 @@ from engines.core.io import atomic_write, read_json, write_json_atomic, write_te
 from engines.core.runs import RUN_FILE, open_run, read_run_record
 from engines.report.figures import heatmap_png, predict
 
-ROW_KINDS = ("adversarial", "amplified", "noise")
-
 
 @dataclass(frozen=True)
 class TransferRequest:

@@ -15,8 +15,6 @@ import torch
 
 from engines.core.errors import InputError
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
-
 
 def resolve_device(name: str = "auto") -> torch.device:
     """auto = cuda when present else cpu; asking for cuda without one is a user error."""
