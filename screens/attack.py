@@ -16,7 +16,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, ProgressBar, Select, Sparkline, Static
 
-from engines.core.choices import DEVICES, SPLITS, TARGETS
+from engines.core.choices import SPLITS, TARGETS
+from engines.core.device import usable_devices
 from engines.core.events import ChunkDone, Event, SolverStep
 from screens.image_view import ImageView
 from screens.jobs import Job, WorkbenchScreen
@@ -109,8 +110,8 @@ class AttackScreen(WorkbenchScreen):
                 yield from self._field(
                     "device",
                     Select(
-                        [(d, d) for d in DEVICES],
-                        value=self.state.settings.device,
+                        [(d, d) for d in usable_devices()],
+                        value=self.state.settings.device if self.state.settings.device in usable_devices() else "auto",
                         allow_blank=False,
                         compact=True,
                         id="device",
@@ -143,7 +144,15 @@ class AttackScreen(WorkbenchScreen):
     def on_mount(self) -> None:
         self.query_one("#stats", Static).update(self._intro())
 
+    def on_select_changed(self, event: Select.Changed) -> None:
+        """The device field is a view of the workbench's one device setting (the header shows it too)."""
+        if event.select.id == "device" and isinstance(event.value, str) and event.value != self.state.settings.device:
+            self.state.set_device(event.value)
+
     def on_screen_resume(self) -> None:
+        device = self.query_one("#device", Select)
+        if self.state.settings.device in usable_devices() and device.value != self.state.settings.device:
+            device.value = self.state.settings.device
         if not self.busy() and self.run_dir is None:  # keep a finished run's results on screen
             self.query_one("#stats", Static).update(self._intro())
 
@@ -289,8 +298,8 @@ class AttackScreen(WorkbenchScreen):
     def on_image_grid_opened(self, event: ImageGrid.Opened) -> None:
         t = self.triplets[event.item]
         names = ["original", "difference ×10", "adversarial"]
-        caption = (
-            f"{names[event.index]} · {self.split} #{t['index']} · "
-            f"label {t['label']} → target {t['target']} · distortion {t['distortion']:.4f}"
+        about = (
+            f"{self.split} #{t['index']} · label {t['label']} → target {t['target']} · distortion {t['distortion']:.4f}"
         )
-        self.app.push_screen(ImageView(t["images"], caption, start=event.index, names=names))
+        captions = [f"{name} · {about}" for name in names]
+        self.app.push_screen(ImageView(t["images"], captions, start=event.index, names=names))

@@ -83,7 +83,8 @@ class GalleryScreen(WorkbenchScreen):
         yield Footer(compact=True)
 
     def on_screen_resume(self) -> None:
-        if self.model_ref != self.state.active_model:
+        retry = not self.layer_infos and not self.busy("layers")  # the last attempt failed: try again
+        if self.model_ref != self.state.active_model or retry:
             self.model_ref = self.state.active_model
             self.load_layers()
 
@@ -93,6 +94,9 @@ class GalleryScreen(WorkbenchScreen):
     # ----------------------------------------------------------------- layers
     def load_layers(self) -> None:
         ref = self.model_ref
+        self.clear_results(f"reading the layers of {Path(ref or '').name} …")
+        self.query_one("#layer", Select).set_options([])
+        self.layer_infos = []
         self.say(f"reading the layers of {Path(ref or '').name} …")
 
         def work(job: Job) -> Any:
@@ -100,7 +104,7 @@ class GalleryScreen(WorkbenchScreen):
 
             return run_layers(LayersRequest(model=str(ref)), self.job_context(job)).layers
 
-        self.start("layers", work, on_done=self.show_layers, on_error=lambda m: self.say(m, error=True))
+        self.start("layers", work, replace=True, on_done=self.show_layers, on_error=self.failed)
 
     def show_layers(self, layers: list[Any]) -> None:
         self.layer_infos = layers
@@ -143,11 +147,7 @@ class GalleryScreen(WorkbenchScreen):
             self.say(str(exc), error=True)
             return
         self.computing = layer
-        for gid in ("#units", "#random"):
-            grid = self.query_one(gid, ImageGrid)
-            grid.empty = f"computing the top-{K} images of {layer} …"
-            grid.set_items([])
-        self.query_one("#verdict", Static).update("")
+        self.clear_results(f"computing the top-{K} images of {layer} …")
         self.say(f"scoring every unit of {layer} and random directions … (x cancels)")
 
         def work(job: Job) -> Any:
@@ -166,9 +166,23 @@ class GalleryScreen(WorkbenchScreen):
             replace=True,
             on_event=self.show_event,
             on_done=self.show_result,
-            on_error=lambda m: self.say(m, error=True),
-            on_cancel=lambda _: self.say("cancelled: nothing was scored for this layer"),
+            on_error=self.failed,
+            on_cancel=lambda _: self.clear_results("cancelled: nothing was scored for this layer (pick it to retry)"),
         )
+
+    def clear_results(self, why: str) -> None:
+        """Empty grids, verdict and figures saying why: never another model's or layer's results under this name."""
+        self.result = self.run_result = None
+        for gid in ("#units", "#random"):
+            grid = self.query_one(gid, ImageGrid)
+            grid.empty = why
+            grid.set_items([])
+        self.query_one("#verdict", Static).update("")
+        self.query_one("#info", Static).update("")
+
+    def failed(self, message: str) -> None:
+        self.clear_results("nothing to show: the job failed (see below); fix it and pick the layer again")
+        self.say(message, error=True)
 
     def show_event(self, event: Event) -> None:
         if isinstance(event, Step):
@@ -214,12 +228,12 @@ class GalleryScreen(WorkbenchScreen):
         values = scores.top_values[row]
         names = [f"rank {j + 1}" for j in range(len(top))]
         what = f"unit {int(scores.ids[row])}" if kind == "unit" else f"random direction {int(scores.ids[row])}"
-        i = top[event.index]
-        caption = (
-            f"{names[event.index]} · {what} of {self.result.layer} · {self.split} #{i} · label {int(self.labels[i])}"
-            f" · ⟨φ(x), v⟩ = {float(values[event.index]):.4g} · purity {float(scores.purity[row]):.2f}"
-        )
-        self.app.push_screen(ImageView([self.thumbs[t] for t in top], caption, event.index, names))
+        captions = [
+            f"{names[j]} · {what} of {self.result.layer} · {self.split} #{i} · label {int(self.labels[i])}"
+            f" · ⟨φ(x), v⟩ = {float(values[j]):.4g} · purity {float(scores.purity[row]):.2f}"
+            for j, i in enumerate(top)
+        ]
+        self.app.push_screen(ImageView([self.thumbs[t] for t in top], captions, event.index, names))
 
 
 def _rows(scores: Any) -> list[int]:

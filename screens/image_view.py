@@ -24,7 +24,10 @@ def enlarged(arr: np.ndarray, size: int = ENLARGE_PX) -> Image.Image:
 
 
 class ImageView(ModalScreen):
-    """One image as large as the terminal allows; ←/→ step through its siblings (e.g. a triplet)."""
+    """One image as large as the terminal allows; ←/→ step through its siblings (e.g. a triplet).
+
+    `captions` holds one caption per image (the caption follows the image as ←/→ step), or one
+    caption for all of them."""
 
     DEFAULT_CSS = """
     ImageView { align: center middle; }
@@ -39,10 +42,20 @@ class ImageView(ModalScreen):
         Binding("right", "step(1)", "Next"),
     ]
 
-    def __init__(self, images: list[np.ndarray], caption: str, start: int = 0, names: list[str] | None = None) -> None:
+    def __init__(
+        self, images: list[np.ndarray], captions: str | list[str], start: int = 0, names: list[str] | None = None
+    ) -> None:
         super().__init__()
-        self.images, self.caption, self.index = images, caption, start
+        self.images, self.index = images, start
+        self.captions = [captions] * len(images) if isinstance(captions, str) else list(captions)
+        if len(self.captions) != len(images):
+            raise ValueError(f"{len(images)} images but {len(self.captions)} captions")
         self.names = names or [f"image {i + 1}" for i in range(len(images))]
+
+    @property
+    def caption(self) -> str:
+        """The caption of the image on show."""
+        return self.captions[self.index]
 
     def compose(self) -> ComposeResult:
         widget_cls = graphics.large_image_widget()
@@ -71,10 +84,7 @@ class ImageView(ModalScreen):
         self.index = (self.index + delta) % len(self.images)
         self.query_one("#big").image = enlarged(self.images[self.index])
         self.query_one("#frame").border_title = f"{self.names[self.index]} ({graphics.mode()})"
-        head, sep, tail = self.caption.partition(" · ")
-        if head in self.names:
-            self.caption = self.names[self.index] + sep + tail
-            self.query_one("#caption", Static).update(self.caption)
+        self.query_one("#caption", Static).update(self.caption)
 
 
 class GridView(ModalScreen):
@@ -105,4 +115,5 @@ class GridView(ModalScreen):
         event.stop()
         item = self.items[event.item]
         names = self.names or [f"image {i + 1}" for i in range(len(item.images))]
-        self.app.push_screen(ImageView(item.images, f"{names[event.index]} · {item.title}", event.index, names))
+        captions = [f"{names[j]} · {item.title}" for j in range(len(item.images))]
+        self.app.push_screen(ImageView(item.images, captions, event.index, names))

@@ -17,7 +17,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Input, ProgressBar, Static
 
-from engines.core.choices import DEVICES
 from engines.core.events import EpochDone, Event, ModelTrained
 from screens.jobs import Job, WorkbenchScreen
 from screens.widgets import NavBar, fmt_num
@@ -181,10 +180,15 @@ class ModelsScreen(WorkbenchScreen):
         self.query_one("#path", Input).focus()
 
     def action_device(self) -> None:
-        settings = self.state.settings
-        self.state.set_device(DEVICES[(DEVICES.index(settings.device) + 1) % len(DEVICES)])
+        """Cycle through the devices this machine has (cuda only where there is one)."""
+        from engines.core.device import usable_devices
+
+        settings, usable = self.state.settings, usable_devices()
+        now = usable.index(settings.device) if settings.device in usable else -1
+        self.state.set_device(usable[(now + 1) % len(usable)])
         self.show_details()
-        self.say(f"device: {settings.device} (used by attacks, the gallery and training)")
+        missing = "" if "cuda" in usable else " · no CUDA device on this machine"
+        self.say(f"device: {settings.device} (used by every screen: attacks, the gallery, training){missing}")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         path = event.value.strip()

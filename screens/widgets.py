@@ -169,10 +169,14 @@ class ImageGrid(Widget, can_focus=True):
         if not self.items:
             return
         _, _, per_line, _ = self.geometry()
-        step = per_line * self.visible_lines()
-        item = max(0, min(len(self.items) - 1, self.cursor[0] + delta * step))
-        self.top_line = max(0, self.top_line + delta * self.visible_lines())
+        vis = self.visible_lines()
+        last_top = max(0, math.ceil(len(self.items) / per_line) - vis)  # the last full screen, never past the end
+        self.top_line = max(0, min(last_top, self.top_line + delta * vis))
+        item = max(0, min(len(self.items) - 1, self.cursor[0] + delta * per_line * vis))
         self.cursor = self._clamp(item, self.cursor[1])
+        self._follow_cursor()  # also when the cursor did not move (it was already on the last item)
+        self.border_subtitle = self.position_text()
+        self.refresh()
 
     def action_open(self) -> None:
         if self.items:

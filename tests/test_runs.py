@@ -164,3 +164,40 @@ def test_lock_of_another_host_is_respected(tmp_path):
     (tmp_path / LOCK_FILE).write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": time.time()}))
     with pytest.raises(InputError, match="on elsewhere"):
         RunLock.take(tmp_path)
+
+
+def test_a_run_finished_between_the_first_look_and_the_lock_is_not_overwritten(tmp_path, monkeypatch):
+    """The results check is repeated under the lock: once, under load, both racing processes exited 0."""
+    import engines.core.runs as runs
+
+    out = tmp_path / "r"
+    real_check = runs.check_writable
+
+    def other_process_finishes_a_run_meanwhile(folder):
+        real_check(folder)
+        monkeypatch.setattr(runs, "check_writable", real_check)
+        with open_run(RunContext(out=out), "attack", "m", {"who": "other"}) as run:
+            (run.path / "result").write_text("other")
+
+    monkeypatch.setattr(runs, "check_writable", other_process_finishes_a_run_meanwhile)
+    with (
+        pytest.raises(InputError, match="already holds results"),
+        open_run(RunContext(out=out), "attack", "m", {"who": "me"}) as run,
+    ):
+        (run.path / "result").write_text("me")
+    assert (out / "result").read_text() == "other" and read_run_record(out)["request"] == {"who": "other"}
+    assert not (out / LOCK_FILE).exists()
+
+
+def test_an_empty_lock_is_respected_while_young_and_taken_over_when_old(tmp_path):
+    """An empty lock used to be taken over at once: the racing process that had just created it lost its run."""
+    lock = tmp_path / LOCK_FILE
+    lock.write_text("")
+    with pytest.raises(InputError, match="in use"):
+        RunLock.take(tmp_path)
+    old = time.time() - 60
+    os.utime(lock, (old, old))
+    taken = RunLock.take(tmp_path)
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    taken.release()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temp files left behind

@@ -13,7 +13,13 @@ from contextlib import contextmanager
 
 import torch
 
+from engines.core.choices import DEVICES
 from engines.core.errors import InputError
+
+
+def usable_devices() -> tuple[str, ...]:
+    """The device choices that work on this machine (cuda only where torch sees a CUDA device)."""
+    return tuple(d for d in DEVICES if d != "cuda" or torch.cuda.is_available())
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -25,7 +31,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise InputError("--device cuda was asked for but no CUDA device is available (use --device cpu or auto)")
+            raise InputError("the cuda device was asked for but this machine has no CUDA device: use cpu or auto")
         return torch.device(name)
     raise InputError(f"unknown device {name!r}: use auto, cpu or cuda")
 

@@ -28,7 +28,8 @@ from engines.core.context import RunContext
 from engines.core.errors import InputError, RunInUse
 from engines.core.io import read_json, write_json_atomic
 
-RUN_FILE, LOCK_FILE = "run.json", ".lock"
+RUN_FILE, LOCK_FILE, PROBE = "run.json", ".lock", ".probe-"
+LOCK_GRACE_S = 10.0  # an unreadable lock younger than this is being written, not abandoned
 RUN_FORMAT = 2  # 2: attack chunks carry a checksum of their arrays
 
 
@@ -49,7 +50,14 @@ def new_run_folder(root: Path, kind: str, model: str) -> Path:
 
 
 def holds_results(folder: Path) -> bool:
-    return folder.is_dir() and any(p.name != LOCK_FILE for p in folder.iterdir())
+    """Anything in the folder but a lock and another process's writability probe."""
+    return folder.is_dir() and any(not p.name.startswith((LOCK_FILE, PROBE)) for p in folder.iterdir())
+
+
+def _refuse_results(folder: Path, kind: str, overwrite: bool) -> None:
+    if holds_results(folder) and not overwrite:
+        hint = " or --resume it" if (folder / RUN_FILE).is_file() and kind == "attack" else ""
+        raise InputError(f"{folder} already holds results: choose another --out, pass --overwrite{hint}")
 
 
 def check_writable(folder: Path) -> None:
@@ -58,7 +66,7 @@ def check_writable(folder: Path) -> None:
         raise InputError(f"{folder} is a file, not a folder: choose another --out")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".probe-{os.getpid()}"
+        probe = folder / f"{PROBE}{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
@@ -74,33 +82,59 @@ class RunLock:
     @classmethod
     def take(cls, folder: Path) -> RunLock:
         path = folder / LOCK_FILE
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
         for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _read_lock(path)
-                if holder is not None and not _is_stale(holder):
-                    raise RunInUse(
-                        f"{folder} is in use by process {holder.get('pid')} on {holder.get('host')}: "
-                        "wait for it or choose another --out"
-                    ) from None
-                path.unlink(missing_ok=True)  # a dead process's lock: take it over
-                continue
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
-            return cls(path)
+            if _create_with(path, me):
+                return cls(path)
+            holder = _read_lock(path)
+            if holder is None and _age(path) < LOCK_GRACE_S:
+                holder = {}  # being written by a process that just created it: in use
+            if holder is not None and not _is_stale(holder):
+                raise RunInUse(
+                    f"{folder} is in use by process {holder.get('pid', '?')} on {holder.get('host', '?')}: "
+                    "wait for it or choose another --out"
+                )
+            path.unlink(missing_ok=True)  # a dead process's lock: take it over
         raise RunInUse(f"{folder} is in use by another process: choose another --out")
 
     def release(self) -> None:
         self.path.unlink(missing_ok=True)
 
 
+def _create_with(path: Path, text: str) -> bool:
+    """Create `path` holding `text` unless it exists; other processes never see it empty (hard link of a
+    written temp file), except on file systems without hard links (then O_EXCL, and a short grace)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    tmp.write_text(text)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _read_lock(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
-        return None  # half-written or garbage: treated as stale below only if old enough
+        return None  # garbage, or being written (O_EXCL fallback): stale only past the grace period
 
 
 def _is_stale(holder: dict[str, Any]) -> bool:
@@ -188,11 +222,15 @@ def open_run(ctx: RunContext, kind: str, model: str, request: dict[str, Any], **
     folder = folder_for(ctx, kind, model)
     existed = folder.exists()
     created = _first_missing(folder)
-    if holds_results(folder) and not ctx.overwrite:
-        hint = " or --resume it" if (folder / RUN_FILE).is_file() and kind == "attack" else ""
-        raise InputError(f"{folder} already holds results: choose another --out, pass --overwrite{hint}")
+    _refuse_results(folder, kind, ctx.overwrite)  # early and cheap: nothing created yet
     check_writable(folder)
-    run = RunFolder(folder, kind, RunLock.take(folder))
+    lock = RunLock.take(folder)
+    try:  # again under the lock: another process may have finished a run here since the first look
+        _refuse_results(folder, kind, ctx.overwrite)
+    except InputError:
+        lock.release()
+        raise
+    run = RunFolder(folder, kind, lock)
     try:
         write_json_atomic(
             run.record_path,

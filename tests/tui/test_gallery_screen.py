@@ -48,7 +48,12 @@ async def test_gallery_pages_and_enlarges(tmp_path, models_folder):
         await wait_for(pilot, lambda: units.top_line > first and rand.top_line > first, what="the next page")
         await pilot.press("right", "enter")
         await wait_for(pilot, lambda: isinstance(app.screen, ImageView), what="the enlarged image")
-        assert "rank 2" in str(app.screen.caption)
+        view, (_, row, top) = app.screen, units.items[units.cursor[0]].payload
+        assert view.caption.startswith("rank 2") and f"#{top[1]} · label {int(screen.labels[top[1]])}" in view.caption
+        await pilot.press("right")  # the caption follows the image (it used to keep the first image's data)
+        assert view.caption.startswith("rank 3") and f"#{top[2]} · label {int(screen.labels[top[2]])}" in view.caption
+        value = float(res.units.top_values[row][2])
+        assert f"⟨φ(x), v⟩ = {value:.4g}" in view.caption
         await pilot.press("escape", "tab")
         await wait_for(pilot, lambda: rand.has_focus, what="the random grid to take focus")
 
@@ -80,3 +85,27 @@ async def test_units_from_the_cli_and_the_gallery_write_the_same_results(cli, tm
     for name in figures:
         with Image.open(cli_out / name) as a, Image.open(tui_out / name) as b:
             assert np.array_equal(np.asarray(a), np.asarray(b)), name
+
+
+@run_async
+async def test_a_failed_model_leaves_no_stale_grids_and_is_retried(tmp_path, models_folder):
+    """A failing model used to leave the previous model's grids and layers under its name, with no retry."""
+    app = make_app(tmp_path, units_images=200)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await _gallery_result(pilot, app)
+        units = screen.query_one("#units", ImageGrid)
+        assert units.items and text_of(app, "#verdict")
+        broken = tmp_path / "broken.safetensors"
+        broken.write_bytes(b"not a checkpoint")
+        await pilot.press("1")
+        app.state.set_active_model(str(broken))
+        await pilot.press("2")
+        await wait_for(pilot, lambda: "error" in screen.query_one("#status").classes, what="the failure")
+        assert units.items == [] and screen.query_one("#random", ImageGrid).items == []
+        assert text_of(app, "#verdict") == "" and text_of(app, "#info") == "" and screen.result is None
+        assert "job failed" in units.empty
+        (models_folder / "n100-100-10.safetensors").replace(broken)  # fixed on disk: a return retries
+        (models_folder / "n100-100-10.json").replace(broken.with_suffix(".json"))
+        await pilot.press("1", "2")
+        await wait_for(pilot, lambda: screen.run_result is not None, timeout=120, what="the retried result")
+        assert units.items and screen.result.layer == "act1"

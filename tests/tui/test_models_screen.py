@@ -143,3 +143,29 @@ async def test_training_on_the_cli_and_in_the_workbench_gives_the_same_checkpoin
     assert tui_meta["training"]["optimizer"] == "adam, then full-batch lbfgs"
     assert tui_meta["training"]["polish"]["iterations"] == 2
     assert (models_folder / "n100-100-10.json").read_text() == (SHIPPED / "n100-100-10.json").read_text()
+
+
+@run_async
+async def test_one_device_setting_that_never_offers_a_missing_cuda(tmp_path, models_folder, monkeypatch):
+    """`d` used to cycle to cuda on a machine without one, and the Attack screen kept its own device."""
+    from textual.widgets import Select
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        seen = []
+        for _ in range(4):
+            await pilot.press("d")
+            seen.append(app.state.settings.device)
+        assert "cuda" not in seen and set(seen) == {"auto", "cpu"}
+        assert "no CUDA device on this machine" in text_of(app, "#status")
+        while app.state.settings.device != "cpu":
+            await pilot.press("d")
+        await pilot.press("3")
+        await wait_for(pilot, lambda: isinstance(app.screen, AttackScreen), what="the attack screen")
+        device = app.screen.query_one("#device", Select)
+        assert device.value == "cpu" and [v for _, v in device._options if v != Select.BLANK] == ["auto", "cpu"]
+        device.value = "auto"
+        await pilot.pause()
+        assert app.state.settings.device == "auto" and "device auto" in app.sub_title
