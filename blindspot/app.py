@@ -105,18 +105,24 @@ class BlindspotApp(App):
         """The palette lists the screens and every action of the current screen."""
         for mode, key, label, help_text in SCREENS:
             yield SystemCommand(f"{label} screen ({key})", help_text, lambda m=mode: self.switch_mode(m))
+        if hasattr(screen, "action_help"):
+            yield SystemCommand("Help (?)", "what this screen shows and its keys", lambda s=screen: s.action_help())
         seen = set()
         for cls in type(screen).__mro__:
             for binding in cls.__dict__.get("BINDINGS", []):
                 if not isinstance(binding, Binding) or not binding.show or binding.action in seen:
                     continue
+                if binding.action.startswith("app.switch_mode"):
+                    continue  # the screens are listed above, once
                 seen.add(binding.action)
                 yield SystemCommand(
                     f"{binding.description} ({binding.key})",
                     f"{screen.__class__.__name__.removesuffix('Screen')}: {binding.description}",
                     lambda a=binding.action, s=screen: self.run_action(a, s),
                 )
-        yield from super().get_system_commands(screen)
+        for command in super().get_system_commands(screen):
+            if command.title not in ("Keys", "Quit"):  # our Help (?) and Quit (q) are listed above
+                yield command
 
     async def action_quit(self) -> None:
         """Cancel every running job (engines stop between iterations), then leave."""

@@ -153,6 +153,8 @@ class WorkbenchScreen(Screen):
         ),
         Binding("x", "cancel_jobs", "Cancel"),
         Binding("q", "app.quit", "Quit"),
+        Binding("question_mark", "help", "Help", key_display="?", show=False),
+        Binding("f1", "help", "Help", show=False),
         Binding("escape", "leave_field", "Leave field", show=False),
     ]
 
@@ -206,6 +208,15 @@ class WorkbenchScreen(Screen):
     def action_cancel_jobs(self) -> None:
         if self.cancel_all():
             self.notify("cancelling: finished work is kept")
+
+    def action_help(self) -> None:
+        """What this screen shows, in the paper's terms, and its keys."""
+        from screens.help import HelpScreen, screen_keys
+        from screens.widgets import NAV
+
+        mode = next((m for m, _, _ in NAV if self.app.current_mode == m), "")
+        label = next((lab for m, _, lab in NAV if m == mode), type(self).__name__)
+        self.app.push_screen(HelpScreen(mode, label, screen_keys(self)))
 
     def action_leave_field(self) -> None:
         self.focus_main()

@@ -77,7 +77,7 @@ class TransferScreen(WorkbenchScreen):
             yield Static(" noise ")
             yield Input("0.1", id="noise", compact=True)
         table: DataTable = DataTable(id="matrix", cursor_type="cell")
-        table.border_title = "error % of each column's model on each row's set"
+        table.border_title = "rows: example sets · columns: target models · % misclassified"
         yield table
         yield Static("", id="cell")
         yield Static("o opens a matrix.json · c computes one from the fields above", id="status", classes="status")
@@ -91,8 +91,10 @@ class TransferScreen(WorkbenchScreen):
         return str(found[-1]) if found else ""
 
     def on_mount(self) -> None:
-        if self.state.settings.matrix_path:
-            self.open(str(self.state.settings.matrix_path))
+        """Open the chosen matrix, else the newest one under the runs folder (never a blank screen when one exists)."""
+        path = str(self.state.settings.matrix_path or self.query_one("#path", Input).value)
+        if path:
+            self.open(path)
 
     def focus_main(self) -> None:
         self.query_one("#matrix", DataTable).focus()
@@ -146,6 +148,13 @@ class TransferScreen(WorkbenchScreen):
             self.say(str(exc), error=True)
             return
         self.say("computing the matrix … (x cancels; finished adversarial sets stay cached)")
+        self.matrix, self.order = None, []
+        table = self.query_one("#matrix", DataTable)
+        table.clear(columns=True)  # the old matrix must not pass for the new one while it computes
+        table.border_subtitle = (
+            f"computing {', '.join(request.sources)} → {', '.join(request.targets or request.sources)} …"
+        )
+        self.query_one("#cell", Static).update("")
         self.focus_main()
 
         def work(job: Job) -> Any:
@@ -157,7 +166,7 @@ class TransferScreen(WorkbenchScreen):
             "transfer",
             work,
             on_event=self.show_event,
-            on_done=self.show_matrix,
+            on_done=self.computed,
             on_error=lambda m: self.say(m, error=True),
             on_cancel=lambda _: self.say("cancelled: finished adversarial sets stay in the cache for the next try"),
         )
@@ -171,6 +180,12 @@ class TransferScreen(WorkbenchScreen):
         else:  # the attack making a set: its c search, its finished chunks
             text = f"{event.task}: {event.line()}"
         self.say(f"{text} · x cancels")
+
+    def computed(self, matrix: Any) -> None:
+        """A new matrix: shown, and its folder in the path field (what `o` reopens)."""
+        if matrix.folder is not None:
+            self.query_one("#path", Input).value = str(matrix.folder)
+        self.show_matrix(matrix)
 
     # ------------------------------------------------------------------ table
     def show_matrix(self, matrix: Any) -> None:

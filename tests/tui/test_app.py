@@ -114,3 +114,28 @@ async def test_engine_warnings_from_worker_threads_reach_the_screen(tmp_path, mo
             "warning: from the app's own thread",
         ]
     assert not any(type(h).__name__ == "_EngineWarnings" for h in logging.getLogger("engines").handlers)
+
+
+@run_async
+async def test_help_on_every_screen_and_a_palette_without_duplicates(tmp_path, models_folder):
+    from screens.help import ABOUT, HelpScreen
+
+    app = make_app(tmp_path, models_folder=models_folder)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        for key, mode in (("1", "models"), ("2", "gallery"), ("3", "attack"), ("4", "transfer"), ("5", "bounds")):
+            await pilot.press(key)
+            await wait_for(pilot, lambda m=mode: app.current_mode == m, what=f"the {mode} screen")
+            screen = app.screen
+            titles = [c.title for c in app.get_system_commands(screen)]
+            assert len(titles) == len(set(titles)), titles
+            assert sum("Attack" in t for t in titles) == 1 and "Help (?)" in titles and "Keys" not in titles
+            for opener in ("question_mark", "f1"):
+                await pilot.press(opener)
+                await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), what="the help screen")
+                help_screen = app.screen
+                assert help_screen.mode == mode and ABOUT[mode][:30] in text_of(app, "#about")
+                await pilot.press("escape")
+                await wait_for(pilot, lambda s=screen: app.screen is s, what="help to close")
+            if mode == "models":  # hidden keys are listed too
+                assert {("t", "Train"), ("T", "Train over"), ("d", "Device")} <= set(help_screen.keys)

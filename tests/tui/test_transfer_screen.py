@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -94,11 +95,15 @@ async def test_cli_and_screen_compute_the_same_matrix(cli, tmp_path, models_fold
     )
     assert rc == 0, err
     monkeypatch.setenv("BLINDSPOT_CACHE", str(tmp_path / "cache-tui"))
+    shutil.copytree(tmp_path / "cli", tmp_path / "runs" / "older")  # the newest matrix under runs/ so far
     app = make_app(tmp_path, attack={"n": 8, "c_steps": 2, "max_iter": 10})
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("4")
         await settle(pilot, app)
         screen = app.screen
+        # opened at once (it used to open on a blank screen with the path only pre-filled)
+        assert screen.matrix is not None and screen.matrix.folder == tmp_path / "runs" / "older"
+        assert screen.query_one("#matrix", DataTable).row_count > 0
         screen.query_one("#sources", Input).value = sources
         screen.query_one("#targets", Input).value = sources
         screen.query_one("#n", Input).value = "8"
@@ -106,8 +111,19 @@ async def test_cli_and_screen_compute_the_same_matrix(cli, tmp_path, models_fold
         said: list[str] = []
         say = screen.say
         monkeypatch.setattr(screen, "say", lambda text, error=False: (said.append(text), say(text, error)))
+        during: list[tuple[bool, int]] = []  # while it computes, the old matrix must not pass for the new one
+        show_event = screen.show_event
+        monkeypatch.setattr(
+            screen,
+            "show_event",
+            lambda e: (during.append((screen.matrix is None, screen.query_one("#matrix", DataTable).row_count)),
+                       show_event(e)),
+        )  # fmt: skip
         await pilot.press("c")
         await wait_for(pilot, lambda: screen.matrix is not None, timeout=120, what="the matrix")
+        (tui,) = (tmp_path / "runs").glob("transfer-matrix-*")
+        assert screen.query_one("#path", Input).value == str(tui)  # o reopens the new one
+        assert during and set(during) == {(True, 0)}
     # the screen rendered the operation's events: each set as it became ready (computed, not cached)
     assert [t for t in said if t.startswith("adversarial sets: ") and "set of" in t] == [
         "adversarial sets: 1/2 · set of softmax1 computed · x cancels",
