@@ -191,7 +191,7 @@ class ModelsScreen(WorkbenchScreen):
         self.say(f"device: {settings.device} (used by every screen: attacks, the gallery, training){missing}")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        path = event.value.strip()
+        path = str(Path(event.value.strip()).expanduser()) if event.value.strip() else ""
         if not path:
             return
         self.say(f"loading {path} …")

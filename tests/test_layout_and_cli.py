@@ -172,3 +172,27 @@ def test_import_contracts_hold():
     res = subprocess.run([str(exe)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:]
     assert "2 kept, 0 broken" in res.stdout
+
+
+def test_tui_options_set_the_session_and_bad_ones_are_one_line(cli, tmp_path, monkeypatch, tiny_mnist):
+    import blindspot.app
+    import blindspot.commands.tui as tui_command
+
+    started = []
+    monkeypatch.setattr(tui_command, "check_terminal", lambda: None)
+    monkeypatch.setattr(blindspot.app, "run_app", lambda graphics, settings: started.append((graphics, settings)))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "d").symlink_to(tiny_mnist)
+    rc, _, err = cli("tui", "--model", "softmax1", "--data", "~/d", "--device", "cpu", "--runs", "~/r")
+    assert rc == 0, err
+    ((graphics, settings),) = started
+    assert (graphics, settings.model, settings.device) == ("auto", "softmax1", "cpu")
+    assert settings.data_dir == str(tmp_path / "d") and settings.runs_dir == tmp_path / "r"
+    for args, message in (
+        (("--model", "nope"), "nope"),
+        (("--data", str(tmp_path / "missing")), "missing"),
+        (("--device", "tpu"), "unknown device"),
+    ):
+        rc, _, err = cli("tui", *args)
+        assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert len(started) == 1

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from blindspot.console import route_engine_warnings
+from blindspot.options import DataDir
 from engines.core.choices import GRAPHICS_MODES
 from engines.core.errors import InputError
+from screens.state import Settings
 
 NO_TERMINAL = "blindspot tui needs an interactive terminal; use the CLI commands in scripts"
 
@@ -29,20 +32,46 @@ def check_terminal() -> None:
         )
 
 
-def run_tui(graphics: str = "auto") -> None:
+def run_tui(graphics: str = "auto", settings: Settings | None = None) -> None:
     check_terminal()
     from blindspot.app import run_app
 
     route_engine_warnings(to_stderr=False)  # the workbench shows them as toasts
 
-    run_app(graphics=graphics)
+    run_app(graphics=graphics, settings=settings)
+
+
+def session_settings(model: str | None, data: Path | None, device: str | None, runs: Path | None) -> Settings:
+    """The workbench's settings for this session, each option checked before the terminal is taken over."""
+    from engines.core.checkpoint import resolve_model_path
+    from engines.core.data import dataset_identity
+    from engines.core.device import resolve_device
+
+    settings = Settings()
+    if model is not None:
+        resolve_model_path(model)  # an unknown id or a missing file: one line now, not an error screen later
+        settings.model = model
+    if data is not None:
+        data = data.expanduser()
+        dataset_identity(data)  # missing or damaged files: one line now
+        settings.data_dir = str(data)
+    if device is not None:
+        resolve_device(device)
+        settings.device = device
+    if runs is not None:
+        settings.runs_dir = runs.expanduser()
+    return settings
 
 
 def tui(
     graphics: Annotated[str, typer.Option(help="Image rendering: " + ", ".join(GRAPHICS_MODES))] = "auto",
+    model: Annotated[str | None, typer.Option("--model", help="Active model at start: zoo id or checkpoint.")] = None,
+    data: DataDir = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda for every job.")] = None,
+    runs: Annotated[Path | None, typer.Option("--runs", help="Runs folder (default: runs).")] = None,
 ) -> None:
-    """Open the terminal workbench."""
-    run_tui(graphics)
+    """Open the terminal workbench (--model, --data, --device and --runs set this session's choices)."""
+    run_tui(graphics, session_settings(model, data, device, runs))
 
 
 def register(app: typer.Typer) -> None:
