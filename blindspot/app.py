@@ -57,7 +57,13 @@ class BlindspotApp(App):
     MODES = {}  # filled in __init__ (imports stay lazy)
     BINDINGS = [Binding("q", "quit", "Quit", show=False)]  # the screens show 1–5, x and q in their footers
 
-    def __init__(self, settings: Settings | None = None, graphics_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        graphics_mode: str | None = None,
+        store: Path | None = None,
+        notes: tuple[str, ...] = (),
+    ) -> None:
         from screens.attack import AttackScreen
         from screens.bounds import BoundsScreen
         from screens.gallery import GalleryScreen
@@ -74,7 +80,8 @@ class BlindspotApp(App):
         super().__init__()
         if graphics_mode is not None or not graphics.configured():
             graphics.configure(graphics_mode or "halfblock")  # before App.run: textual-image must not ask later
-        self.state = WorkbenchState(settings or Settings(), on_change=self.update_subtitle)
+        self.state = WorkbenchState(settings or Settings(), on_change=self.update_subtitle, store=store)
+        self.startup_notes = notes
 
     def on_mount(self) -> None:
         self.warnings: list[str] = []
@@ -82,6 +89,8 @@ class BlindspotApp(App):
         logging.getLogger("engines").addHandler(self._warning_lines)
         self.switch_mode("models")
         self.update_subtitle()
+        for note in self.startup_notes:
+            self.notify(note, severity="warning", timeout=10)
 
     def on_unmount(self) -> None:
         logging.getLogger("engines").removeHandler(self._warning_lines)
@@ -134,14 +143,23 @@ class BlindspotApp(App):
         self.exit()
 
 
-def create_app(settings: Settings | None = None, graphics_mode: str | None = None) -> BlindspotApp:
-    """The one way to build the workbench: used by `blindspot tui`, the tests and the screenshot script."""
-    return BlindspotApp(settings, graphics_mode)
+def create_app(
+    settings: Settings | None = None,
+    graphics_mode: str | None = None,
+    store: Path | None = None,
+    notes: tuple[str, ...] = (),
+) -> BlindspotApp:
+    """The one way to build the workbench: used by `blindspot tui`, the tests and the screenshot script.
+
+    `store`: the settings file that keeps choices across sessions (None: remember nothing, as in tests)."""
+    return BlindspotApp(settings, graphics_mode, store, notes)
 
 
-def run_app(graphics: str = "auto", settings: Settings | None = None) -> None:
+def run_app(
+    graphics: str = "auto", settings: Settings | None = None, store: Path | None = None, notes: tuple[str, ...] = ()
+) -> None:
     """Entry point of `blindspot tui`: detect the terminal's graphics, then run the workbench."""
     from screens import graphics as gfx
 
     gfx.configure(graphics)  # imports textual-image while the terminal can still answer its queries
-    create_app(settings).run()
+    create_app(settings, store=store, notes=notes).run()

@@ -92,14 +92,27 @@ class AttackScreen(WorkbenchScreen):
             with Vertical(id="form") as form:
                 form.border_title = "attack settings"
                 yield from self._field(
-                    "split", Select([(s, s) for s in SPLITS], value="test", allow_blank=False, compact=True, id="split")
+                    "split",
+                    Select(
+                        [(s, s) for s in SPLITS],
+                        value=defaults.get("split", "test") if defaults.get("split") in SPLITS else "test",
+                        allow_blank=False,
+                        compact=True,
+                        id="split",
+                    ),
                 )
                 yield from self._field(
                     "N images", Input(str(defaults.get("n", 64)), id="n", compact=True, type="integer")
                 )
                 yield from self._field(
                     "target",
-                    Select([(t, t) for t in TARGETS], value="random", allow_blank=False, compact=True, id="target"),
+                    Select(
+                        [(t, t) for t in TARGETS],
+                        value=defaults.get("target") if defaults.get("target") in TARGETS else "random",
+                        allow_blank=False,
+                        compact=True,
+                        id="target",
+                    ),
                 )
                 yield from self._field(
                     "c-steps", Input(str(defaults.get("c_steps", 9)), id="c_steps", compact=True, type="integer")
@@ -206,6 +219,9 @@ class AttackScreen(WorkbenchScreen):
         except (ValueError, InputError) as exc:
             self.say(str(exc), error=True)
             return
+        form = {"n": n, "c_steps": c_steps, "max_iter": max_iter, "target": target, "split": split}
+        settings.attack = {**settings.attack, **form}
+        self.state.remember(attack=settings.attack)
         out = new_run_folder(Path(settings.runs_dir), "attack", model)
         self.run_dir, self.result, self.split, self.chunks_done = out, None, split, 0
         self.triplets, self.success_history, self.distortion_history = [], [], []

@@ -6,6 +6,9 @@ through ad-hoc attributes of the app, so what a screen may read and change is wr
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,11 +33,57 @@ class Settings:
     units_images: int | None = None
 
 
-class WorkbenchState:
-    """Settings, the active model, checkpoints loaded by hand, and a cache of loaded models."""
+REMEMBERED = ("model", "device", "data_dir", "runs_dir", "attack")  # what the workbench keeps across restarts
 
-    def __init__(self, settings: Settings, on_change: Callable[[], None] = lambda: None) -> None:
+
+def settings_file() -> Path:
+    """`$XDG_CONFIG_HOME/blindspot/workbench.json` (default `~/.config/blindspot/workbench.json`)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base).expanduser() / "blindspot" / "workbench.json"
+
+
+def read_remembered(path: Path) -> tuple[dict[str, Any], str]:
+    """The choices saved by the last session, and a note when the file was unusable (then nothing is used)."""
+    if not path.is_file():
+        return {}, ""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return {}, f"ignored the saved workbench settings in {path} ({type(exc).__name__})"
+    if not isinstance(saved, dict):
+        return {}, f"ignored the saved workbench settings in {path} (not a JSON object)"
+    return {k: v for k, v in saved.items() if k in REMEMBERED}, ""
+
+
+def remembered_settings(path: Path) -> tuple[Settings, str]:
+    """Default settings with the last session's choices applied (wrongly typed values are skipped)."""
+    saved, note = read_remembered(path)
+    settings = Settings()
+    for key, value in saved.items():
+        if key == "runs_dir" and isinstance(value, str):
+            settings.runs_dir = Path(value)
+        elif key == "attack" and isinstance(value, dict):
+            settings.attack = {**settings.attack, **value}
+        elif key in ("model", "device") and isinstance(value, str):
+            setattr(settings, key, value)
+        elif key == "data_dir" and (value is None or isinstance(value, str)):
+            settings.data_dir = value
+    return settings, note
+
+
+class WorkbenchState:
+    """Settings, the active model, checkpoints loaded by hand, and a cache of loaded models.
+
+    With a `store` (a settings file: `blindspot tui` passes one, tests do not), each choice made in
+    the app (model, device, the attack form) is written there and restored at the next start;
+    options given on the command line hold for their session only, unless changed in the app.
+    """
+
+    def __init__(
+        self, settings: Settings, on_change: Callable[[], None] = lambda: None, store: Path | None = None
+    ) -> None:
         self.settings = settings
+        self.store = store
         self.active_model = settings.model
         self.extra_models: list[dict[str, Any]] = []
         self.on_change = on_change
@@ -44,11 +93,24 @@ class WorkbenchState:
     def set_active_model(self, ref: str) -> None:
         """Make `ref` (zoo id or checkpoint path) the model the other screens use."""
         self.active_model = ref
+        self.remember(model=ref)
         self.on_change()
 
     def set_device(self, device: str) -> None:
         self.settings.device = device
+        self.remember(device=device)
         self.on_change()
+
+    def remember(self, **choices: Any) -> None:
+        """Keep choices made in the app for the next session (merged into the settings file, atomically)."""
+        if self.store is None:
+            return
+        from engines.core.io import write_json_atomic
+
+        saved, _ = read_remembered(self.store)
+        saved.update({k: str(v) if isinstance(v, Path) else v for k, v in choices.items() if k in REMEMBERED})
+        with contextlib.suppress(OSError):  # an unwritable config folder costs the memory of choices, not the session
+            write_json_atomic(self.store, saved)
 
     def load_model(self, ref: str | None = None, device: str | None = None) -> Any:
         """Load (once) a checkpoint on a device. Call from a worker thread only."""

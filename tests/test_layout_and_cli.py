@@ -180,7 +180,7 @@ def test_tui_options_set_the_session_and_bad_ones_are_one_line(cli, tmp_path, mo
 
     started = []
     monkeypatch.setattr(tui_command, "check_terminal", lambda: None)
-    monkeypatch.setattr(blindspot.app, "run_app", lambda graphics, settings: started.append((graphics, settings)))
+    monkeypatch.setattr(blindspot.app, "run_app", lambda graphics, settings, **_: started.append((graphics, settings)))
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "d").symlink_to(tiny_mnist)
     rc, _, err = cli("tui", "--model", "softmax1", "--data", "~/d", "--device", "cpu", "--runs", "~/r")

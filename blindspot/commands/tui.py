@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +14,7 @@ from blindspot.console import route_engine_warnings
 from blindspot.options import DataDir
 from engines.core.choices import GRAPHICS_MODES
 from engines.core.errors import InputError
-from screens.state import Settings
+from screens.state import Settings, remembered_settings, settings_file
 
 NO_TERMINAL = "blindspot tui needs an interactive terminal; use the CLI commands in scripts"
 
@@ -32,22 +33,45 @@ def check_terminal() -> None:
         )
 
 
-def run_tui(graphics: str = "auto", settings: Settings | None = None) -> None:
+def run_tui(graphics: str = "auto", session: Session | None = None) -> None:
     check_terminal()
     from blindspot.app import run_app
 
     route_engine_warnings(to_stderr=False)  # the workbench shows them as toasts
+    session = session or session_settings(None, None, None, None)
+    run_app(graphics=graphics, settings=session.settings, store=session.store, notes=session.notes)
 
-    run_app(graphics=graphics, settings=settings)
+
+@dataclass(frozen=True)
+class Session:
+    settings: Settings
+    store: Path
+    notes: tuple[str, ...]
 
 
-def session_settings(model: str | None, data: Path | None, device: str | None, runs: Path | None) -> Settings:
-    """The workbench's settings for this session, each option checked before the terminal is taken over."""
+def session_settings(model: str | None, data: Path | None, device: str | None, runs: Path | None) -> Session:
+    """The last session's choices, then this session's options, each checked before the terminal is taken over.
+
+    A remembered model or data folder that no longer exists is dropped with a note, not an error."""
     from engines.core.checkpoint import resolve_model_path
     from engines.core.data import dataset_identity
     from engines.core.device import resolve_device
+    from engines.core.errors import BlindspotError
 
-    settings = Settings()
+    store = settings_file()
+    settings, note = remembered_settings(store)
+    notes = [note] if note else []
+    defaults = Settings()
+    for key, check in (("model", resolve_model_path), ("data_dir", dataset_identity), ("device", resolve_device)):
+        value = getattr(settings, key)
+        if value != getattr(defaults, key) and value is not None:
+            try:
+                check(value)
+            except BlindspotError as exc:
+                notes.append(
+                    f"the saved {key.replace('_dir', '')} {value} is not usable here ({exc}); using the default"
+                )
+                setattr(settings, key, getattr(defaults, key))
     if model is not None:
         resolve_model_path(model)  # an unknown id or a missing file: one line now, not an error screen later
         settings.model = model
@@ -60,7 +84,7 @@ def session_settings(model: str | None, data: Path | None, device: str | None, r
         settings.device = device
     if runs is not None:
         settings.runs_dir = runs.expanduser()
-    return settings
+    return Session(settings, store, tuple(notes))
 
 
 def tui(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from textual.widgets import Input
 
+from blindspot.app import create_app
 from engines.core.events import ChunkDone, Step, Throttle
 from screens.attack import AttackScreen
 from screens.bounds import BoundsScreen
@@ -139,3 +141,41 @@ async def test_help_on_every_screen_and_a_palette_without_duplicates(tmp_path, m
                 await wait_for(pilot, lambda s=screen: app.screen is s, what="help to close")
             if mode == "models":  # hidden keys are listed too
                 assert {("t", "Train"), ("T", "Train over"), ("d", "Device")} <= set(help_screen.keys)
+
+
+@run_async
+async def test_choices_made_in_the_app_are_there_at_the_next_start(tmp_path, models_folder, monkeypatch):
+    import json
+    import os
+
+    from blindspot.commands.tui import session_settings
+    from screens.state import settings_file
+
+    store = settings_file()
+    assert str(store).startswith(os.environ["XDG_CONFIG_HOME"])  # the tests never touch the user's own file
+    session = session_settings(None, None, None, None)
+    assert (session.settings.model, session.settings.device, session.notes) == ("n100-100-10", "auto", ())
+    app = create_app(make_app(tmp_path).state.settings, graphics_mode="halfblock", store=store)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        app.state.set_active_model("softmax1")
+        app.state.set_device("cpu")
+        await pilot.press("3")
+        await wait_for(pilot, lambda: isinstance(app.screen, AttackScreen), what="the attack screen")
+        app.screen.query_one("#n", Input).value = "3"
+        await pilot.press("s")
+        await wait_for(pilot, lambda: app.screen.result is not None, timeout=120, what="the attack")
+    saved = json.loads(store.read_text())
+    assert saved["model"] == "softmax1" and saved["device"] == "cpu" and saved["attack"]["n"] == 3
+    again = session_settings(None, None, None, None)
+    assert (again.settings.model, again.settings.device, again.settings.attack["n"]) == ("softmax1", "cpu", 3)
+    # options hold for their session only
+    assert session_settings("n100-100-10", None, None, None).settings.model == "n100-100-10"
+    assert json.loads(store.read_text())["model"] == "softmax1"
+    # a saved model that is gone, or a damaged file: a note and the defaults, never a refusal to start
+    store.write_text(json.dumps({**saved, "model": str(tmp_path / "gone.safetensors")}))
+    gone = session_settings(None, None, None, None)
+    assert gone.settings.model == "n100-100-10" and "not usable here" in gone.notes[0]
+    store.write_text("{not json")
+    damaged = session_settings(None, None, None, None)
+    assert damaged.settings.device == "auto" and "ignored the saved workbench settings" in damaged.notes[0]
