@@ -31,7 +31,7 @@ class BoundsScreen(WorkbenchScreen):
     BoundsScreen #notes { height: auto; max-height: 3; padding: 0 1; }
     """
     BINDINGS = [
-        Binding("m", "use('active')", "Active model"),
+        Binding("m", "use('active')", "Active"),
         Binding("a", "use('alexnet')", "AlexNet"),
         Binding("r", "recompute", "Recompute"),
     ]

@@ -54,8 +54,8 @@ class GalleryScreen(WorkbenchScreen):
     BINDINGS = [
         Binding("l", "focus_layer", "Layer"),
         Binding("n", "page(1)", "Next"),
-        Binding("p", "page(-1)", "Prev"),
-        Binding("tab", "swap", "Switch grid"),
+        Binding("p", "page(-1)", "Prev", show=False),
+        Binding("tab", "swap", "Grid"),
     ]
 
     def __init__(self) -> None:

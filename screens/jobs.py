@@ -152,8 +152,8 @@ class WorkbenchScreen(Screen):
             for mode, key, label in NAV
         ),
         Binding("x", "cancel_jobs", "Cancel"),
-        Binding("q", "app.quit", "Quit"),
-        Binding("question_mark", "help", "Help", key_display="?", show=False),
+        Binding("q", "app.quit", "Quit", show=False),
+        Binding("question_mark", "help", "Help", key_display="?"),
         Binding("f1", "help", "Help", show=False),
         Binding("escape", "leave_field", "Leave field", show=False),
     ]
@@ -227,7 +227,7 @@ class WorkbenchScreen(Screen):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "cancel_jobs":
-            return True if self.busy() else None
+            return self.busy()  # in the footer only while there is something to cancel (80 columns are few)
         return True
 
     def on_job_event(self, message: JobEvent) -> None:

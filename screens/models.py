@@ -40,7 +40,7 @@ class ModelsScreen(WorkbenchScreen):
     """
     BINDINGS = [
         Binding("enter", "use", "Use model"),
-        Binding("l", "focus_path", "Load file"),
+        Binding("l", "focus_path", "Load"),
         Binding("t", "train", "Train"),
         Binding("T", "train(True)", "Train over", show=False),
         Binding("d", "device", "Device"),

@@ -52,7 +52,7 @@ class TransferScreen(WorkbenchScreen):
         Binding("o", "focus_open", "Open"),
         Binding("c", "compute", "Compute"),
         Binding("s", "sort", "Sort"),
-        Binding("e", "export", "Export CSV"),
+        Binding("e", "export", "Export"),
     ]
 
     def __init__(self) -> None:

@@ -51,7 +51,7 @@ class ImageGrid(Widget, can_focus=True):
         Binding("right", "move(1, 0)", "Right", show=False),
         Binding("pageup", "page(-1)", "Page up", show=False),
         Binding("pagedown", "page(1)", "Page down", show=False),
-        Binding("enter", "open", "Enlarge"),
+        Binding("enter", "open", "Enlarge", show=False),
     ]
 
     cursor: reactive[tuple[int, int]] = reactive((0, 0))

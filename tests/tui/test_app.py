@@ -179,3 +179,27 @@ async def test_choices_made_in_the_app_are_there_at_the_next_start(tmp_path, mod
     store.write_text("{not json")
     damaged = session_settings(None, None, None, None)
     assert damaged.settings.device == "auto" and "ignored the saved workbench settings" in damaged.notes[0]
+
+
+@run_async
+async def test_every_footer_fits_80_columns_even_while_a_job_runs(tmp_path, models_folder):
+    """At 80×24 the footers used to be cut ('n Ne', 'f Setting', 'screensx')."""
+    from textual.widgets import Footer
+
+    app = make_app(tmp_path, models_folder=models_folder, attack={"n": 64, "c_steps": 9, "max_iter": 100})
+    async with app.run_test(size=SIZE) as pilot:
+        for key in "12345":
+            await pilot.press(key)
+            await settle(pilot, app)
+            if key == "3":
+                await pilot.press("s")
+                await wait_for(pilot, lambda: app.screen.busy(), what="the attack to run")
+            footer = app.screen.query_one(Footer)
+            items = list(footer.query("FooterKey"))
+            assert items and all(item.region.right <= SIZE[0] for item in items), key
+            shown = [str(item.render()) for item in items]
+            assert shown[-1].startswith("^p") and any("Help" in s for s in shown), (key, shown)
+            if key == "3":
+                assert any("Cancel" in s for s in shown)  # shown while there is something to cancel
+                await pilot.press("x")
+                await wait_for(pilot, lambda: not app.screen.busy(), what="the cancel")
