@@ -162,4 +162,5 @@ def run_app(
     from screens import graphics as gfx
 
     gfx.configure(graphics)  # imports textual-image while the terminal can still answer its queries
+    notes = (*notes, gfx.notice()) if gfx.notice() else notes
     create_app(settings, store=store, notes=notes).run()

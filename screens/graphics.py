@@ -9,11 +9,37 @@ so that textual-image 0.12 and 0.14 both work.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from typing import Any
 
 from engines.core.choices import GRAPHICS_MODES as GRAPHICS
 
-_state: dict[str, Any] = {"mode": "halfblock", "resolved": "halfblock", "configured": False}
+_state: dict[str, Any] = {"mode": "halfblock", "resolved": "halfblock", "configured": False, "notice": ""}
+TMUX_HINT = (
+    "inside tmux without image passthrough: the enlarged image uses half-block cells "
+    "(for sixel or kitty images, `set -g allow-passthrough on` in tmux; sixel also needs a tmux built with sixel)"
+)
+
+
+def _tmux(*args: str) -> str | None:
+    """Output of a tmux command for the session we run in (None when tmux does not answer)."""
+    exe = shutil.which("tmux")
+    if exe is None:
+        return None
+    try:
+        done = subprocess.run([exe, *args], capture_output=True, text=True, timeout=2, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def tmux_passes(renderer: str) -> bool:
+    """Whether the tmux we run inside lets `renderer` (sixel or tgp) reach the terminal."""
+    if (_tmux("show", "-gv", "allow-passthrough") or "off") in ("on", "all"):
+        return True
+    return renderer == "sixel" and "sixel" in (_tmux("display", "-p", "#{client_termfeatures}") or "")
 
 
 def configure(mode: str = "auto") -> str:
@@ -35,8 +61,16 @@ def configure(mode: str = "auto") -> str:
                 resolved = name
         if auto is not None and "kitty" in getattr(auto, "__module__", ""):
             resolved = "tgp"
-    _state.update(mode=mode, resolved=resolved, configured=True)
+    notice = ""
+    if resolved in ("sixel", "tgp") and os.environ.get("TMUX") and not tmux_passes(resolved):
+        resolved, notice = "halfblock", TMUX_HINT  # drawn blank with stray characters otherwise
+    _state.update(mode=mode, resolved=resolved, configured=True, notice=notice)
     return resolved
+
+
+def notice() -> str:
+    """Why the renderer differs from the one asked for (empty when it does not)."""
+    return str(_state["notice"])
 
 
 def configured() -> bool:

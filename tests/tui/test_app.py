@@ -75,11 +75,13 @@ async def test_keys_switch_screens_palette_and_quit(tmp_path, models_folder):
 
 @pytest.mark.parametrize("mode", ["sixel", "tgp", "unicode", "auto"])
 @run_async
-async def test_enlarged_image_in_every_graphics_mode(tmp_path, models_folder, mode):
+async def test_enlarged_image_in_every_graphics_mode(tmp_path, models_folder, mode, monkeypatch):
     import numpy as np
     import textual_image.widget as widgets
 
     from screens import graphics
+
+    monkeypatch.delenv("TMUX", raising=False)  # tmux's own rules are tested below
 
     app = make_app(tmp_path)
     try:
@@ -203,3 +205,30 @@ async def test_every_footer_fits_80_columns_even_while_a_job_runs(tmp_path, mode
                 assert any("Cancel" in s for s in shown)  # shown while there is something to cancel
                 await pilot.press("x")
                 await wait_for(pilot, lambda: not app.screen.busy(), what="the cancel")
+
+
+@pytest.mark.parametrize(
+    ("asked", "passthrough", "features", "drawn"),
+    [
+        ("sixel", "off", "RGB,title", "halfblock"),
+        ("sixel", "off", "RGB,sixel", "sixel"),
+        ("sixel", "on", "", "sixel"),
+        ("tgp", "off", "RGB,sixel", "halfblock"),
+        ("tgp", "all", "", "tgp"),
+        ("unicode", "off", "", "unicode"),
+    ],
+)
+def test_inside_tmux_images_fall_back_to_half_blocks_with_one_notice(monkeypatch, asked, passthrough, features, drawn):
+    """`--graphics sixel` in a tmux without sixel drew a blank image with stray characters, without a word."""
+    from screens import graphics
+
+    answers = {"show": passthrough, "display": features}
+    monkeypatch.setenv("TMUX", "/tmp/tmux-0/default,1,0")
+    monkeypatch.setattr(graphics, "_tmux", lambda *args: answers[args[0]])
+    try:
+        assert graphics.configure(asked) == drawn == graphics.mode()
+        assert (graphics.notice() == graphics.TMUX_HINT) == (drawn != asked)
+        monkeypatch.delenv("TMUX")
+        assert graphics.configure(asked) == asked and graphics.notice() == ""  # outside tmux: as asked
+    finally:
+        graphics.configure("halfblock")
