@@ -45,6 +45,7 @@ EVERYWHERE = (
     ("Ctrl+P", "command palette: every action of this screen"),
     ("Esc", "leave a text field; close a window"),
     ("x", "cancel this screen's job (finished work is kept)"),
+    ("j", "jobs panel: every running job, whichever screen started it (⚙ in the top line counts them)"),
     ("q", "quit"),
 )
 
@@ -57,7 +58,7 @@ def screen_keys(screen: Screen) -> list[tuple[str, str]]:
         for binding in cls.__dict__.get("BINDINGS", []):
             if not isinstance(binding, Binding) or not binding.description or binding.action in seen:
                 continue
-            if binding.action.startswith("app.") or binding.key in ("x", "q", "escape", "question_mark", "f1"):
+            if binding.action.startswith("app.") or binding.key in ("x", "q", "j", "escape", "question_mark", "f1"):
                 continue  # listed under "everywhere"
             seen.add(binding.action)
             keys.append((binding.key_display or binding.key, binding.description))

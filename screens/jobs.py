@@ -80,6 +80,7 @@ class Job:
         self._throttle = Throttle(self._post, interval)
         self.running = True
         self.progress_posts = 0
+        self.last_line = ""  # the latest progress, for the jobs panel
 
     # thread side -------------------------------------------------------------
     def cancelled(self) -> bool:
@@ -92,6 +93,7 @@ class Job:
 
     def _post(self, event: Event) -> None:
         self.progress_posts += 1
+        self.last_line = event.line()
         self.owner.post_message(JobEvent(self, event))
 
     def context(self, device: str, runs_root: Path, out: Path | None = None) -> RunContext:
@@ -155,6 +157,7 @@ class WorkbenchScreen(Screen):
         Binding("q", "app.quit", "Quit", show=False),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("f1", "help", "Help", show=False),
+        Binding("j", "jobs", "Jobs", show=False),
         Binding("escape", "leave_field", "Leave field", show=False),
     ]
 
@@ -186,6 +189,7 @@ class WorkbenchScreen(Screen):
             self.jobs[name].cancel()
         job = run_job(self, name, work, **kw)
         self.jobs[name] = job
+        self.state.track_job(self.label(), job)
         self.refresh_bindings()
         return job
 
@@ -209,14 +213,22 @@ class WorkbenchScreen(Screen):
         if self.cancel_all():
             self.notify("cancelling: finished work is kept")
 
+    def label(self) -> str:
+        """The screen's name as the navigation bar shows it."""
+        return next((lab for _, _, lab in NAV if f"{lab}Screen" == type(self).__name__), type(self).__name__)
+
     def action_help(self) -> None:
         """What this screen shows, in the paper's terms, and its keys."""
         from screens.help import HelpScreen, screen_keys
-        from screens.widgets import NAV
 
-        mode = next((m for m, _, _ in NAV if self.app.current_mode == m), "")
-        label = next((lab for m, _, lab in NAV if m == mode), type(self).__name__)
-        self.app.push_screen(HelpScreen(mode, label, screen_keys(self)))
+        mode = next((m for m, _, lab in NAV if lab == self.label()), "")
+        self.app.push_screen(HelpScreen(mode, self.label(), screen_keys(self)))
+
+    def action_jobs(self) -> None:
+        """Every running job of the workbench, whichever screen started it, with a cancel key."""
+        from screens.jobs_panel import JobsPanel
+
+        self.app.push_screen(JobsPanel(self.state))
 
     def action_leave_field(self) -> None:
         self.focus_main()
@@ -245,6 +257,7 @@ class WorkbenchScreen(Screen):
         job = message.job
         job.running = False
         self.refresh_bindings()
+        self.state.on_change()  # the jobs indicator
         if self.jobs.get(job.name) is not job:
             return  # replaced by a newer job of the same name: its outcome is stale
         if message.cancelled:

@@ -86,6 +86,7 @@ class WorkbenchState:
         self.store = store
         self.active_model = settings.model
         self.extra_models: list[dict[str, Any]] = []
+        self.jobs: list[tuple[str, Any]] = []  # (screen label, Job) of every job started, for the jobs panel
         self.on_change = on_change
         self._models: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
@@ -100,6 +101,14 @@ class WorkbenchState:
         self.settings.device = device
         self.remember(device=device)
         self.on_change()
+
+    def track_job(self, where: str, job: Any) -> None:
+        """A job started on screen `where`; finished ones are dropped as new ones come."""
+        self.jobs = [(w, j) for w, j in self.jobs if j.running] + [(where, job)]
+        self.on_change()
+
+    def running_jobs(self) -> list[tuple[str, Any]]:
+        return [(w, j) for w, j in self.jobs if j.running]
 
     def remember(self, **choices: Any) -> None:
         """Keep choices made in the app for the next session (merged into the settings file, atomically)."""

@@ -286,6 +286,9 @@ class NavBar(Widget):
             line.append(" ")
             line.append(f" {key} {label} ", style=style)
         state = getattr(self.app, "state", None)  # a WorkbenchState when hosted by the workbench
+        running = len(state.running_jobs()) if state is not None else 0
+        if running:
+            line.append(f" ⚙{running} j", style="bold yellow")  # j opens the jobs panel
         if state is not None:
             name = str(state.active_model).rsplit("/", 1)[-1]
             line.append(

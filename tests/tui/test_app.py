@@ -232,3 +232,33 @@ def test_inside_tmux_images_fall_back_to_half_blocks_with_one_notice(monkeypatch
         assert graphics.configure(asked) == asked and graphics.notice() == ""  # outside tmux: as asked
     finally:
         graphics.configure("halfblock")
+
+
+@run_async
+async def test_the_jobs_panel_lists_and_cancels_a_job_of_another_screen(tmp_path, models_folder):
+    """Training and an attack could run at once with no screen showing the other, and x cancelled only its own."""
+    from screens.jobs_panel import JobsPanel
+    from screens.widgets import NavBar
+
+    app = make_app(tmp_path, models_folder=models_folder, attack={"n": 400, "c_steps": 9, "max_iter": 100})
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        await pilot.press("3")
+        await wait_for(pilot, lambda: isinstance(app.screen, AttackScreen), what="the attack screen")
+        attack = app.screen
+        await pilot.press("s")
+        await wait_for(pilot, lambda: attack.chunks_done >= 1, timeout=120, what="a finished chunk")
+        await pilot.press("1")
+        await wait_for(pilot, lambda: isinstance(app.screen, ModelsScreen), what="the models screen")
+        assert "⚙1 j" in str(app.screen.query_one(NavBar).render())
+        await pilot.press("j")
+        await wait_for(pilot, lambda: isinstance(app.screen, JobsPanel), what="the jobs panel")
+        table = app.screen.query_one("#jobs")
+        assert table.row_count == 1 and [str(c) for c in table.get_row_at(0)[:2]] == ["Attack", "attack"]
+        await pilot.press("x")
+        await wait_for(pilot, lambda: not attack.busy("attack"), what="the attack to stop")
+        await wait_for(pilot, lambda: "no job is running" in text_of(app, "#note"), what="the empty panel")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, ModelsScreen), what="the models screen again")
+        assert "⚙" not in str(app.screen.query_one(NavBar).render())
+        assert list((tmp_path / "runs").glob("attack-*/chunks/*"))  # the cancelled run kept its finished chunks
