@@ -17,7 +17,7 @@ from typing import Any, cast
 from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Static
+from textual.widgets import Input, Static
 
 from engines.core.context import RunContext
 from engines.core.errors import BlindspotError, Cancelled
@@ -158,7 +158,7 @@ class WorkbenchScreen(Screen):
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("f1", "help", "Help", show=False),
         Binding("j", "jobs", "Jobs", show=False),
-        Binding("escape", "leave_field", "Leave field", show=False),
+        Binding("escape", "leave_field", "Leave field"),  # in the footer only while a text field has focus
     ]
 
     def __init__(self) -> None:
@@ -210,8 +210,8 @@ class WorkbenchScreen(Screen):
         return len(running)
 
     def action_cancel_jobs(self) -> None:
-        if self.cancel_all():
-            self.notify("cancelling: finished work is kept")
+        if self.cancel_all():  # on the status line: a toast would cover the line that then says where the run is
+            self.say("cancelling … finished work is kept")
 
     def label(self) -> str:
         """The screen's name as the navigation bar shows it."""
@@ -240,6 +240,8 @@ class WorkbenchScreen(Screen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "cancel_jobs":
             return self.busy()  # in the footer only while there is something to cancel (80 columns are few)
+        if action == "leave_field":
+            return isinstance(self.focused, Input)  # the way out of a field, shown while in one
         return True
 
     def on_job_event(self, message: JobEvent) -> None:

@@ -53,7 +53,7 @@ class ModelsScreen(WorkbenchScreen):
 
     def compose(self) -> ComposeResult:
         yield NavBar("models")
-        table: DataTable = DataTable(id="models", cursor_type="row", zebra_stripes=True)
+        table: DataTable = DataTable(id="models", cursor_type="row", zebra_stripes=True, fixed_columns=1)
         table.border_title = "models"
         yield table
         yield Static("", id="details")

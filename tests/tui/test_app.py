@@ -262,3 +262,26 @@ async def test_the_jobs_panel_lists_and_cancels_a_job_of_another_screen(tmp_path
         await wait_for(pilot, lambda: isinstance(app.screen, ModelsScreen), what="the models screen again")
         assert "⚙" not in str(app.screen.query_one(NavBar).render())
         assert list((tmp_path / "runs").glob("attack-*/chunks/*"))  # the cancelled run kept its finished chunks
+
+
+@run_async
+async def test_the_way_out_of_a_text_field_is_in_the_footer_while_in_one(tmp_path, models_folder):
+    """With a field focused the footer shrank to '^p palette' and nothing said how to get the keys back."""
+    from textual.widgets import Footer
+
+    def footer_text() -> str:
+        return " ".join(str(k.render()) for k in app.screen.query_one(Footer).query("FooterKey"))
+
+    app = make_app(tmp_path, models_folder=models_folder)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("3")
+        await wait_for(pilot, lambda: isinstance(app.screen, AttackScreen), what="the attack screen")
+        assert "Leave field" not in footer_text()
+        await pilot.press("f")  # into the form
+        await wait_for(pilot, lambda: isinstance(app.screen.focused, Input), what="a focused field")
+        await pilot.pause()
+        assert "esc" in footer_text() and "Leave field" in footer_text()
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen.focused, Input), what="the field to be left")
+        await pilot.pause()
+        assert "Leave field" not in footer_text()
