@@ -55,6 +55,8 @@ def screen_keys(screen: Screen) -> list[tuple[str, str]]:
     keys: list[tuple[str, str]] = []
     seen: set[str] = set()
     for cls in type(screen).__mro__:
+        if cls.__module__.startswith("textual"):
+            continue  # Textual's own (copy selected text …), not the workbench's
         for binding in cls.__dict__.get("BINDINGS", []):
             if not isinstance(binding, Binding) or not binding.description or binding.action in seen:
                 continue
