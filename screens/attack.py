@@ -23,7 +23,7 @@ from screens.image_view import ImageView
 from screens.jobs import Job, WorkbenchScreen
 from screens.widgets import GridItem, ImageGrid, NavBar
 
-KEEP_TRIPLETS = 24
+KEEP_BYTES = 256 << 20  # examples kept for paging; past this the run folder holds the rest (ImageNet-sized images)
 HISTORY = 240
 
 
@@ -78,6 +78,7 @@ class AttackScreen(WorkbenchScreen):
     def __init__(self) -> None:
         super().__init__()
         self.triplets: list[dict[str, Any]] = []
+        self.kept_bytes, self.dropped = 0, 0  # memory of the kept examples; found ones not kept for lack of it
         self.success_history: list[float] = []
         self.distortion_history: list[float] = []
         self.run_dir: Path | None = None
@@ -225,6 +226,7 @@ class AttackScreen(WorkbenchScreen):
         out = new_run_folder(Path(settings.runs_dir), "attack", model)
         self.run_dir, self.result, self.split, self.chunks_done = out, None, split, 0
         self.triplets, self.success_history, self.distortion_history = [], [], []
+        self.kept_bytes, self.dropped = 0, 0
         self.query_one("#triplets", ImageGrid).set_items([])
         self.query_one("#bar", ProgressBar).update(total=n, progress=0)
         for sid in ("#spark-success", "#spark-dist"):
@@ -279,9 +281,13 @@ class AttackScreen(WorkbenchScreen):
             self.query_one("#dist-label", Static).update(f"dist {dist:.4f}")
 
     def add_triplets(self, new: list[dict[str, Any]]) -> None:
-        if not new:
+        """Every found example of the run, in image order, paged in the grid (the cursor stays where the user is)."""
+        room = [t for t in new if self.kept_bytes + sum(im.nbytes for im in t["images"]) <= KEEP_BYTES]
+        self.kept_bytes += sum(im.nbytes for t in room for im in t["images"])
+        self.dropped += len(new) - len(room)
+        if not room:
             return
-        self.triplets = (list(reversed(new)) + self.triplets)[:KEEP_TRIPLETS]
+        self.triplets = sorted(self.triplets + room, key=lambda t: t["index"])
         items = [
             GridItem(
                 f"#{t['index']} {t['label']}→{t['target']} d={t['distortion']:.3f}",
@@ -290,7 +296,7 @@ class AttackScreen(WorkbenchScreen):
             )
             for t in self.triplets
         ]
-        self.query_one("#triplets", ImageGrid).set_items(items)
+        self.query_one("#triplets", ImageGrid).set_items(items, keep_cursor=True)
 
     def finished(self, result: Any) -> None:
         self.result = result
@@ -301,7 +307,8 @@ class AttackScreen(WorkbenchScreen):
             f"mean distortion {dist if dist is None else f'{dist:.4f}'} · {result.seconds:.1f} s on "
             f"{result.device}"
         )
-        self.say(f"saved run folder {result.run} (samples, summary.json, figure.png)")
+        shown = f" · {len(self.triplets)} of {len(self.triplets) + self.dropped} examples shown" if self.dropped else ""
+        self.say(f"saved run folder {result.run} (samples, summary.json, figure.png){shown}")
 
     def failed(self, message: str) -> None:
         self.query_one("#stats", Static).update("the attack stopped with an error")

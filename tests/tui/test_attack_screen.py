@@ -100,10 +100,10 @@ async def test_finished_examples_come_from_chunk_events_while_the_run_goes_on(tm
         assert chunks[1][1] == sum(found) == screen.result.n_success
         grid = screen.query_one("#triplets", ImageGrid)
         assert len(grid.items) == sum(found)
-        # newest first; each tile is drawn from the event's own arrays
+        # in image order; each tile is drawn from the event's own arrays
         last = chunks[-1][0]
         i = int(last.results["success"].nonzero().flatten()[-1])
-        item = grid.items[0]
+        item = grid.items[-1]
         assert item.title.startswith(f"#{int(last.index[i])} {int(last.label[i])}→{int(last.results['target'][i])}")
         assert np.array_equal(item.images[0], to_uint8(last.x[i]))
         assert np.array_equal(item.images[2], to_uint8(last.results["x_adv"][i]))
@@ -129,7 +129,7 @@ async def test_cancelling_an_attack_keeps_finished_chunks(tmp_path, models_folde
         assert run["status"] == "interrupted" and 1 <= len(chunks) < 8
         assert len(chunks) == screen.chunks_done  # every saved chunk was announced, none after the cancel
         found = sum(int(e.results["success"].sum()) for e, *_ in seen if isinstance(e, ChunkDone))
-        assert found and len(screen.query_one("#triplets", ImageGrid).items) == min(found, 24)  # shown
+        assert found and len(screen.query_one("#triplets", ImageGrid).items) == found  # shown
         assert found == sum(int(load_file(str(p))["success"].sum()) for p in chunks)
 
 
@@ -210,3 +210,23 @@ async def test_attack_on_cuda(tmp_path, models_folder):
         ok = samples["success"].bool()
         assert ok.any() and float(samples["x_adv"].min()) >= 0 and float(samples["x_adv"].max()) <= 1
         assert len(screen.query_one("#triplets", ImageGrid).items) == int(ok.sum())
+
+
+@run_async
+async def test_every_example_of_a_run_can_be_paged_not_only_the_newest_24(tmp_path, models_folder):
+    app = make_app(tmp_path, attack={"n": 60, "c_steps": 2, "max_iter": 10})
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("3")
+        await wait_for(pilot, lambda: isinstance(app.screen, AttackScreen), what="the attack screen")
+        screen = app.screen
+        await pilot.press("s")
+        await wait_for(pilot, lambda: screen.result is not None, timeout=120, what="the attack")
+        grid = screen.query_one("#triplets", ImageGrid)
+        found = screen.result.n_success
+        assert found > 24 and len(grid.items) == found
+        indices = [item.payload["index"] for item in grid.items]
+        assert indices == sorted(indices)  # in image order
+        grid.focus()
+        for _ in range(30):
+            await pilot.press("pagedown")
+        assert grid.cursor[0] == found - 1 and grid.position_text().endswith(f"of {found}")
