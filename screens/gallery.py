@@ -206,10 +206,9 @@ class GalleryScreen(WorkbenchScreen):
 
     def _item(self, scores: Any, row: int, kind: str) -> GridItem:
         top = [int(i) for i in scores.top[row]]
-        labels = "".join(str(int(self.labels[i])) for i in top) if self.labels is not None else ""
-        purity = scores.purity[row]
-        title = f"{kind} {int(scores.ids[row])} · purity {purity:.2f} · {labels}"
-        return GridItem(title, [self.thumbs[i] for i in top], payload=(kind, row, top))
+        tags = [str(int(self.labels[i])) for i in top] if self.labels is not None else None
+        title = f"{kind} {int(scores.ids[row])} · purity {scores.purity[row]:.2f}"
+        return GridItem(title, [self.thumbs[i] for i in top], payload=(kind, row, top), tags=tags)
 
     # ---------------------------------------------------------------- actions
     def action_page(self, delta: int) -> None:

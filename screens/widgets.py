@@ -29,8 +29,16 @@ class GridItem:
     title: str
     images: list[np.ndarray]  # uint8, (H, W) or (H, W, 3)
     captions: list[str] | None = None
+    tags: list[str] | None = None  # one short tag per image (a label): the title lists those of the images shown
     payload: Any = None  # handed back when an image is opened
     style: str = ""
+
+    def shown_title(self, shown: int) -> str:
+        """The title with the tags of the first `shown` images (a narrow grid shows fewer than it has)."""
+        if not self.tags:
+            return self.title
+        tags = self.tags[:shown]
+        return f"{self.title} · {('' if all(len(t) == 1 for t in tags) else ',').join(tags)}"
 
 
 class ImageGrid(Widget, can_focus=True):
@@ -243,7 +251,7 @@ class ImageGrid(Widget, can_focus=True):
             members = list(range(line * per_line, min(len(self.items), (line + 1) * per_line)))
             if not members:
                 break
-            titles = [self.items[i].title for i in members]
+            titles = [self.items[i].shown_title(shown) for i in members]
             styles = [self.items[i].style or ("bold" if i == self.cursor[0] else "") for i in members]
             parts.append(self._text_line(members, item_w, titles, styles))
             picture = self._line_picture(members, tile, shown, item_w)

@@ -36,7 +36,10 @@ async def test_gallery_pages_and_enlarges(tmp_path, models_folder):
         assert (res.layer, res.n_images, len(res.random)) == ("act1", 500, 200)
         assert len(units.items) == int((~res.units.degenerate).sum()) and len(rand.items) >= len(units.items)
         first_id, first_top = int(res.units.ids[0]), [int(i) for i in res.units.top[0]]
-        assert units.items[0].title.startswith(f"unit {first_id} · purity {res.units.purity[0]:.2f} · ")
+        assert units.items[0].title == f"unit {first_id} · purity {res.units.purity[0]:.2f}"
+        shown = units.geometry()[1]  # at 80 columns fewer than the 8 top images fit: the title lists only those
+        labels = "".join(str(int(screen.labels[i])) for i in first_top[:shown])
+        assert shown < 8 and units.items[0].shown_title(shown) == f"{units.items[0].title} · {labels}"
         assert units.items[0].payload == ("unit", 0, first_top)
         assert text_of(app, "#verdict") == f"verdict {res.brief()}"
         assert text_of(app, "#status") == (
