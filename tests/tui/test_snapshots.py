@@ -49,3 +49,22 @@ def test_snapshot_enlarged_image(snap_compare, tmp_path, models_folder):
         await pilot.pause()
 
     assert snap_compare(make_app(tmp_path, units_images=1000), terminal_size=SIZE, run_before=run_before)
+
+
+LARGE = (160, 48)
+
+
+@pytest.mark.parametrize(
+    ("key", "changes"),
+    [("1", {}), ("2", {"units_images": 1000}), ("3", {}), ("4", None), ("5", {})],
+    ids=["models", "gallery", "attack", "transfer", "bounds"],
+)
+def test_snapshot_160x48(snap_compare, tmp_path, models_folder, matrix_dir, key, changes):
+    """Every screen at 160×48 as well as at 80×24: wide layouts (the bounds table's power and method columns)."""
+
+    async def run_before(pilot):
+        await pilot.press(key)
+        await settle(pilot, pilot.app)
+
+    app = make_app(tmp_path, **(changes if changes is not None else {"matrix_path": matrix_dir}))
+    assert snap_compare(app, terminal_size=LARGE, run_before=run_before)
