@@ -14,7 +14,7 @@
 #   snap:NAME    save the pane to OUT_DIR/NAME.txt
 #   alive:KEY:TEXT  press KEY and require TEXT on screen within 2 s (the UI answers while jobs run)
 # Every capture is also appended to OUT_DIR/log.txt with the time since the start. The app runs in
-# OUT_DIR, so its run folders land in OUT_DIR/runs.
+# OUT_DIR, so its run folders land in OUT_DIR/runs, and keeps its settings in OUT_DIR/config (not the user's).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -75,7 +75,7 @@ wait_for() {
 }
 
 tmux new-session -d -s "$SESSION" -x "$WIDTH" -y "$HEIGHT" \
-    "cd '$OUT' && OMP_NUM_THREADS=1 TERM=xterm-256color '$PY' -m blindspot tui --graphics $GRAPHICS; sleep 2"
+    "cd '$OUT' && XDG_CONFIG_HOME='$OUT/config' OMP_NUM_THREADS=1 TERM=xterm-256color '$PY' -m blindspot tui --graphics $GRAPHICS; sleep 2"
 tmux set-option -t "$SESSION" window-size manual >/dev/null 2>&1 || true
 tmux resize-window -t "$SESSION" -x "$WIDTH" -y "$HEIGHT" >/dev/null 2>&1 || true
 
