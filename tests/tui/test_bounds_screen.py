@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from textual.widgets import DataTable
 
 from engines.core.runs import read_run_record
-from tests.test_bounds import comparable
+from tests.test_bounds_cli_and_runs import comparable
 from tests.tui.conftest import SIZE, make_app, run_async, settle, text_of, wait_for  # noqa: F401
 
 
