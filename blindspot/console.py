@@ -45,10 +45,11 @@ def route_engine_warnings(to_stderr: bool = True) -> None:
     the terminal and shows them itself)."""
     log = logging.getLogger("engines")
     mine = [h for h in log.handlers if isinstance(h, _EngineLogLines)]
-    if to_stderr and not mine:
+    if not to_stderr:
+        for handler in mine:
+            log.removeHandler(handler)
+    elif not mine:
         log.addHandler(_EngineLogLines(logging.WARNING))
-    for handler in mine if not to_stderr else ():
-        log.removeHandler(handler)
 
 
 def print_json(obj: Any) -> None:

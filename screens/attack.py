@@ -87,7 +87,7 @@ class AttackScreen(WorkbenchScreen):
         self.split = "test"
 
     def compose(self) -> ComposeResult:
-        defaults = self.state.settings.attack
+        defaults, devices = self.state.settings.attack, usable_devices()
         yield NavBar("attack")
         with Horizontal(id="main"):
             with Vertical(id="form") as form:
@@ -124,8 +124,8 @@ class AttackScreen(WorkbenchScreen):
                 yield from self._field(
                     "device",
                     Select(
-                        [(d, d) for d in usable_devices()],
-                        value=self.state.settings.device if self.state.settings.device in usable_devices() else "auto",
+                        [(d, d) for d in devices],
+                        value=self.state.settings.device if self.state.settings.device in devices else "auto",
                         allow_blank=False,
                         compact=True,
                         id="device",

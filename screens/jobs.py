@@ -213,16 +213,20 @@ class WorkbenchScreen(Screen):
         if self.cancel_all():  # on the status line: a toast would cover the line that then says where the run is
             self.say("cancelling … finished work is kept")
 
+    def nav_entry(self) -> tuple[str, str]:
+        """(mode, label) of this screen as the navigation bar names it."""
+        name = type(self).__name__
+        return next(((m, lab) for m, _, lab in NAV if f"{lab}Screen" == name), ("", name))
+
     def label(self) -> str:
-        """The screen's name as the navigation bar shows it."""
-        return next((lab for _, _, lab in NAV if f"{lab}Screen" == type(self).__name__), type(self).__name__)
+        return self.nav_entry()[1]
 
     def action_help(self) -> None:
         """What this screen shows, in the paper's terms, and its keys."""
         from screens.help import HelpScreen, screen_keys
 
-        mode = next((m for m, _, lab in NAV if lab == self.label()), "")
-        self.app.push_screen(HelpScreen(mode, self.label(), screen_keys(self)))
+        mode, label = self.nav_entry()
+        self.app.push_screen(HelpScreen(mode, label, screen_keys(self)))
 
     def action_jobs(self) -> None:
         """Every running job of the workbench, whichever screen started it, with a cancel key."""

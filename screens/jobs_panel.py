@@ -49,8 +49,9 @@ class JobsPanel(ModalScreen):
         table = self.query_one("#jobs", DataTable)
         row = table.cursor_row
         table.clear()
-        self.shown = [job for _, job in self.state.running_jobs()]
-        for where, job in self.state.running_jobs():
+        running = self.state.running_jobs()
+        self.shown = [job for _, job in running]
+        for where, job in running:
             state = "cancelling" if job.cancelled() else "running"
             table.add_row(where, job.name, state, job.last_line or "starting …")
         if self.shown:

@@ -85,23 +85,24 @@ def adversarial_set(request: AttackRequest, ctx: RunContext) -> AdversarialSet:
         return AdversarialSet(source=lm.id, folder=None, samples=samples, summary=summary, cached=False)
     folder = root / key
     cached = _read_entry(folder)
-    if cached is None:
-        inner = replace(ctx, out=folder, overwrite=False)
-        try:
-            if not (folder / RUN_FILE).is_file() or (folder / SUMMARY_FILE).is_file():
-                raise _Recompute  # new, or a finished entry that was damaged afterwards
-            resume_attack(folder, inner)
-        except RunInUse:
-            raise
-        except (_Recompute, InputError):  # a damaged entry is computed again
-            run_attack(replace(request, model=str(lm.path)), replace(inner, overwrite=True))
+    if cached is None and not _resumed(folder, replace(ctx, out=folder, overwrite=False)):
+        run_attack(replace(request, model=str(lm.path)), replace(ctx, out=folder, overwrite=True))
     summary, samples = cached or (read_json(folder / SUMMARY_FILE), load_samples(folder))
     summary["model"] = lm.id
     return AdversarialSet(source=lm.id, folder=folder, samples=samples, summary=summary, cached=cached is not None)
 
 
-class _Recompute(Exception):
-    pass
+def _resumed(folder: Path, ctx: RunContext) -> bool:
+    """Finish an interrupted entry; False when there is none to finish, or it is damaged (computed again)."""
+    if not (folder / RUN_FILE).is_file() or (folder / SUMMARY_FILE).is_file():
+        return False  # new, or a finished entry whose files were damaged afterwards
+    try:
+        resume_attack(folder, ctx)
+    except RunInUse:
+        raise  # another process is computing it: not ours to overwrite
+    except InputError:
+        return False
+    return True
 
 
 def _read_entry(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:

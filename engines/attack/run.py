@@ -171,7 +171,7 @@ def _carry_on(run: RunFolder, request: AttackRequest, lm: LoadedModel, data: Dat
         chunk = min(chunk, request.chunk_images)
     image_shape = tuple(data.images.shape[1:])
     checksummed = run.record().get("format", 1) >= 2  # chunks carry their checksum since run format 2
-    done = valid_chunks(out, len(data), image_shape, checksummed)
+    done = valid_chunks(out, len(data), image_shape, checksummed)  # read and checked once, here
     tally = RunTally.from_chunks(out, done)
     finished = sum(b - a for a, b in done)
     for a, b in remaining(done, len(data)):
@@ -189,6 +189,7 @@ def _carry_on(run: RunFolder, request: AttackRequest, lm: LoadedModel, data: Dat
                 torch.cuda.empty_cache()
                 continue
             save_chunk(out, pos, stop, part)
+            done.append((pos, stop))
             tally.add(part)
             finished += stop - pos
             ctx.emit(
@@ -205,7 +206,7 @@ def _carry_on(run: RunFolder, request: AttackRequest, lm: LoadedModel, data: Dat
                 )
             )
             pos = stop
-    return _finish(run, lm, request, data, device, run.seconds(), checksummed)
+    return _finish(run, lm, request, data, device, run.seconds(), done)
 
 
 def _attack_chunk(
@@ -268,13 +269,11 @@ def _finish(
     data: Dataset,
     device: torch.device,
     seconds: float,
-    checksummed: bool,
+    chunks: list[tuple[int, int]],
 ) -> AttackResult:
+    """Merge the run's chunks (checked when the run started, or written by it under its lock)."""
     out = run.path
-    ranges = sorted(valid_chunks(out, len(data), tuple(data.images.shape[1:]), checksummed))
-    if sum(b - a for a, b in ranges) != len(data):  # a chunk was damaged while this run went on
-        raise InputError(f"a chunk of {out} was changed by another process; resume the run to recompute it")
-    parts = [read_chunk(out, a, b) for a, b in ranges]
+    parts = [read_chunk(out, a, b) for a, b in sorted(chunks)]
     merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     samples = {
         "x": data.images.contiguous(),

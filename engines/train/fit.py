@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from engines.core.checkpoint import check_classifier, save_checkpoint
 from engines.core.choices import OPTIMIZERS
-from engines.core.data import IDX_NAME, PAPER_SPLIT_SEED, Dataset, data_fingerprint, dataset_identity, load_split
+from engines.core.data import IDX_NAME, PAPER_SPLIT_SEED, Dataset, dataset_identity, load_split
 from engines.core.device import cpu_speed_settings
 from engines.core.errors import Cancelled, DataError, InputError, ModelError
 from engines.core.events import CancelCheck, EpochDone, EventSink, ignore_events, never_cancel
@@ -353,7 +353,7 @@ def train_zoo_model(
         "metrics": metrics,
         "paper": entry.paper if identity["name"] == "MNIST" else {},  # the paper's figures are MNIST figures
         "data": identity,
-        "data_md5": data_fingerprint(data_dir),
+        "data_md5": identity["md5s"],  # hashed once, by check_data_fits
         "torch": torch.__version__,
     }
     path = save_checkpoint(model.to("cpu"), meta, Path(out_dir) / f"{meta['id']}.safetensors") if out_dir else None
