@@ -57,10 +57,10 @@ def run_ours(model, x, t, device):
     return seconds, ok, paper_distortion(x, x_adv)
 
 
-def run_advertorch(model, x, t, device, flush: bool = False):
+def run_advertorch(model, x, t, device, flush: bool = False, num_classes: int = 10):
     torch.set_flush_denormal(flush)
     attack = _advertorch()(
-        model, num_classes=10, batch_size=len(x), binary_search_steps=9, max_iterations=100, targeted=True
+        model, num_classes=num_classes, batch_size=len(x), binary_search_steps=9, max_iterations=100, targeted=True
     )
     start = time.perf_counter()
     x_adv = attack.perturb(x.to(device), t.to(device)).cpu()

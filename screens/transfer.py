@@ -152,7 +152,7 @@ class TransferScreen(WorkbenchScreen):
         table = self.query_one("#matrix", DataTable)
         table.clear(columns=True)  # the old matrix must not pass for the new one while it computes
         table.border_subtitle = (
-            f"computing {', '.join(request.sources)} → {', '.join(request.targets or request.sources)} …"
+            f"computing {', '.join(map(str, request.sources))} → {', '.join(map(str, request.targets))} …"
         )
         self.query_one("#cell", Static).update("")
         self.focus_main()

@@ -308,7 +308,10 @@ def _reference(raw: bytes) -> np.ndarray | None:
     body = raw[4 + 4 * ndim :]
     if len(body) != math.prod(dims):
         return None
-    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+    try:
+        return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+    except ValueError:  # a zero dimension beside absurd ones: no array has that shape
+        return None
 
 
 def _parse(tmp_path, raw: bytes, gz: bool) -> np.ndarray | str:

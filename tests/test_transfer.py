@@ -23,6 +23,7 @@ from engines.core.context import RunContext
 from engines.core.errors import Cancelled, InputError
 from engines.core.events import SetReady, Step
 from engines.core.io import read_json, write_json_atomic
+from engines.core.models import ModelRef
 
 QUICK = AttackConfig(c_steps=3, max_iter=30)
 CPU = RunContext(device="cpu")
@@ -123,7 +124,8 @@ def test_matrix_diagonal_noise_amplified_round_trip_and_events(tmp_path):
 
 def test_request_validation_and_defaults(tmp_path):
     r = TransferRequest(sources=["softmax1"], noise=[0.1])
-    assert r.targets == ("softmax1",) and r.noise == (0.1,)
+    assert r.targets == (ModelRef("softmax1"),) and r.noise == (0.1,)
+    assert TransferRequest.from_json(r.to_json()) == r and r.to_json()["targets"] == ["softmax1"]
     for bad, message in (
         (dict(), "nothing to evaluate"),
         (dict(noise=(0.1,)), "at least one target"),

@@ -1,4 +1,4 @@
-"""`blindspot attack`: the box-constrained L-BFGS attack of §4.1 on a slice of MNIST."""
+"""`blindspot attack`: the box-constrained L-BFGS attack of §4.1 on a slice of any image data."""
 
 from __future__ import annotations
 
@@ -11,7 +11,26 @@ from rich.table import Table
 
 from blindspot.console import cli_context, note, print_json
 from blindspot.console import out as stdout_console
-from blindspot.options import CSteps, DataDir, Device, Json, MaxIter, Offset, Overwrite, Seed, Threads
+from blindspot.options import (
+    ClassesFile,
+    CSteps,
+    DataDir,
+    Device,
+    ImageSize,
+    Json,
+    MaxIter,
+    ModelFactory,
+    Normalize,
+    NumClasses,
+    Offset,
+    OptionalModel,
+    Overwrite,
+    Seed,
+    Threads,
+    Weights,
+    model_ref,
+    optional_path,
+)
 from engines.attack.problems import AttackConfig
 from engines.attack.run import AttackRequest, AttackResult, resume_attack, run_attack
 from engines.core.choices import DISTANCES, SPLITS, TARGETS
@@ -20,7 +39,11 @@ from engines.core.runs import new_run_folder
 
 
 def attack(
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Zoo id or checkpoint path.")] = None,
+    model: OptionalModel = None,
+    weights: Weights = None,
+    model_factory: ModelFactory = None,
+    num_classes: NumClasses = None,
+    normalize: Normalize = None,
     split: Annotated[str, typer.Option(help=", ".join(SPLITS) + ".")] = "test",
     n: Annotated[int, typer.Option("--n", help="Number of images.")] = 100,
     offset: Offset = 0,
@@ -50,6 +73,8 @@ def attack(
     out: Annotated[Path | None, typer.Option("--out", help="Run folder (default: runs/attack-MODEL-TIME).")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Finish an interrupted run in this folder.")] = None,
     data: DataDir = None,
+    image_size: ImageSize = None,
+    classes: ClassesFile = None,
     json_out: Json = False,
     threads: Threads = None,
     overwrite: Overwrite = False,
@@ -60,10 +85,12 @@ def attack(
     keeping the LARGEST c whose minimiser reaches the target (c multiplies the distance here, as in the paper).
     """
     if resume is None:
-        if model is None:
-            raise InputError("say which model to attack: --model ID|PATH (or --resume DIR)")
+        if model is None and model_factory is None:
+            raise InputError(
+                "say which model to attack: --model ID|PATH|TORCHVISION_NAME or --model-factory (or --resume DIR)"
+            )
         request = AttackRequest(
-            model=model,
+            model=model_ref(model, weights, model_factory, num_classes, normalize),
             split=split,
             n=n,
             offset=offset,
@@ -73,11 +100,13 @@ def attack(
                 c_steps=c_steps, max_iter=max_iter, distance=distance, c_init=c_init, warm_start=warm_start
             ),
             batch_size=batch_size,
-            data_dir=str(data) if data else None,
+            data_dir=optional_path(data),
+            image_size=image_size,
+            classes_file=optional_path(classes),
         )
     else:
         _note_ignored(resume, ctx_options=locals())
-    folder = resume or out or new_run_folder(Path("runs"), "attack", model or "model")
+    folder = resume or out or new_run_folder(Path("runs"), "attack", str(request.model) if resume is None else "model")
     with cli_context(
         device,
         threads=threads,
@@ -92,7 +121,24 @@ def attack(
         print_summary(result)
 
 
-RESUME_FIXED = ("model", "split", "n", "offset", "target", "c_steps", "max_iter", "distance", "c_init", "seed")
+RESUME_FIXED = (
+    "model",
+    "weights",
+    "model_factory",
+    "num_classes",
+    "normalize",
+    "split",
+    "n",
+    "offset",
+    "target",
+    "c_steps",
+    "max_iter",
+    "distance",
+    "c_init",
+    "seed",
+    "image_size",
+    "classes",
+)
 
 
 def _note_ignored(resume: Path, ctx_options: dict) -> None:
@@ -109,7 +155,8 @@ def _fmt(v: float | None, spec: str = ".4f") -> str:
 
 def print_summary(r: AttackResult) -> None:
     s = r.to_json()
-    table = Table(title=f"attack on {s['model']} ({s['split']}, n={s['n']}, target={s['target']})")
+    shape = "×".join(str(v) for v in s.get("image_shape") or [])
+    table = Table(title=f"attack on {s['model']} ({s['split']}, n={s['n']}, {shape}, target={s['target']})")
     for col in ("success", "mean distortion", "median", "mean L2", "mean L∞", "seconds", "device"):
         table.add_column(col, justify="right")
     table.add_row(
@@ -122,6 +169,10 @@ def print_summary(r: AttackResult) -> None:
         s["device"],
     )
     stdout_console.print(table)
+    if s.get("random_init"):
+        note(
+            f"{s['model']} has random weights ({s['model_source']}): these figures say nothing about a trained network"
+        )
     note(f"run folder: {s['run']}")
 
 

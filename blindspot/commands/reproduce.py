@@ -8,7 +8,19 @@ from typing import Annotated
 import typer
 
 from blindspot.console import cli_context, note, print_json
-from blindspot.options import SETS_CACHED, CSteps, DataDir, Device, Json, MaxIter, Overwrite, Seed, Threads
+from blindspot.options import (
+    SETS_CACHED,
+    ClassesFile,
+    CSteps,
+    DataDir,
+    Device,
+    Json,
+    MaxIter,
+    Overwrite,
+    Seed,
+    Threads,
+    optional_path,
+)
 from engines.attack.problems import AttackConfig
 from engines.core.runs import new_run_folder
 from engines.reproduce.run import FULL_N, QUICK_N, ReproduceRequest, run_reproduce
@@ -25,6 +37,18 @@ def reproduce_cmd(
     device: Device = "auto",
     out: Annotated[Path | None, typer.Option("--out", help="Report folder (default: runs/reproduce-TIME).")] = None,
     data: DataDir = None,
+    imagenet_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--imagenet-dir",
+            help="Your ImageNet images (e.g. the validation folder, DIR/<wnid>/*.JPEG): adds Fig. 5 on AlexNet.",
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option("--weights", help="A trained AlexNet state dict (torchvision layout): Table 5 and Fig. 5 on it."),
+    ] = None,
+    classes: ClassesFile = None,
     json_out: Json = False,
     threads: Threads = None,
     overwrite: Overwrite = False,
@@ -35,7 +59,10 @@ def reproduce_cmd(
         n=n,
         seed=seed,
         config=AttackConfig(c_steps=c_steps, max_iter=max_iter),
-        data_dir=str(data) if data else None,
+        data_dir=optional_path(data),
+        imagenet_dir=optional_path(imagenet_dir),
+        alexnet_weights=optional_path(weights),
+        classes_file=optional_path(classes),
     )
     folder = out or new_run_folder(Path("runs"), "reproduce", "paper")  # named here: the hint shows it
     with cli_context(device, threads=threads, overwrite=overwrite, out=folder, hint=f"{SETS_CACHED} ({folder})") as ctx:

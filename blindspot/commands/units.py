@@ -9,7 +9,24 @@ from rich import box
 from rich.table import Table
 
 from blindspot.console import cli_context, note, out, print_json
-from blindspot.options import DataDir, Device, Json, ModelRef, OutDir, Overwrite, Seed, Threads
+from blindspot.options import (
+    ClassesFile,
+    DataDir,
+    Device,
+    ImageSize,
+    Json,
+    ModelFactory,
+    Normalize,
+    NumClasses,
+    OptionalModel,
+    OutDir,
+    Overwrite,
+    Seed,
+    Threads,
+    Weights,
+    model_ref,
+    optional_path,
+)
 from engines.core.context import RunContext
 from engines.units.operation import LayersRequest, UnitsRequest, UnitsResult, run_layers, run_units
 
@@ -60,7 +77,6 @@ def _print_result(result: UnitsResult) -> None:
 
 
 def units(
-    model: ModelRef,
     layer: Annotated[str, typer.Option("--layer", "-l", help="Layer name (see `blindspot layers --model ID`).")],
     k: Annotated[int, typer.Option("--k", help="Images per direction: the top-k of ⟨φ(x), v⟩.")] = 8,
     shown_units: Annotated[int, typer.Option("--units", help="Units drawn in the figure (a seeded sample).")] = 16,
@@ -73,8 +89,14 @@ def units(
         int, typer.Option("--max-units", help="Score all units up to this many; a seeded sample beyond.")
     ] = 5000,
     pool: Annotated[
-        str, typer.Option("--pool", help="none: φ = flattened C×H×W; max/mean: one value per channel.")
-    ] = "none",
+        str,
+        typer.Option(
+            "--reduce",
+            "--pool",
+            help="A unit of a conv layer is a channel: its spatial max (auto, the default), mean or center value; "
+            "none: φ = the flattened C×H×W output.",
+        ),
+    ] = "auto",
     space: Annotated[
         str, typer.Option("--space", help="Where the label-free cosine is read: 'pixel' or another layer's name.")
     ] = "pixel",
@@ -83,8 +105,18 @@ def units(
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Recompute activations; do not touch the cache.")
     ] = False,
+    n: Annotated[
+        int | None, typer.Option("--n", min=1, help="Use the first N images (default: all; 2000 of a folder).")
+    ] = None,
     seed: Seed = 0,
+    model: OptionalModel = None,
+    weights: Weights = None,
+    model_factory: ModelFactory = None,
+    num_classes: NumClasses = None,
+    normalize: Normalize = None,
     data: DataDir = None,
+    image_size: ImageSize = None,
+    classes: ClassesFile = None,
     device: Device = "auto",
     out_dir: OutDir = None,
     json_out: Json = False,
@@ -93,9 +125,10 @@ def units(
 ) -> None:
     """Top-k images of each unit and of random directions, scored and compared (§3, Figures 1–4)."""
     request = UnitsRequest(
-        model=model,
+        model=model_ref(model, weights, model_factory, num_classes, normalize),
         layer=layer,
         split=split,
+        n=n,
         k=k,
         n_random=stat_random,
         max_units=max_units,
@@ -105,8 +138,10 @@ def units(
         space=space,
         bottom=bottom,
         seed=seed,
-        data_dir=str(data) if data else None,
+        data_dir=optional_path(data),
         use_cache=not no_cache,
+        image_size=image_size,
+        classes_file=optional_path(classes),
     )
     with cli_context(
         device, threads=threads, out=out_dir, overwrite=overwrite, hint="finished activations stay cached"
@@ -120,9 +155,19 @@ def units(
     _print_result(result)
 
 
-def layers(model: ModelRef, device: Device = "auto", json_out: Json = False) -> None:
+def layers(
+    model: OptionalModel = None,
+    weights: Weights = None,
+    model_factory: ModelFactory = None,
+    num_classes: NumClasses = None,
+    normalize: Normalize = None,
+    image_size: ImageSize = None,
+    device: Device = "auto",
+    json_out: Json = False,
+) -> None:
     """The model's named layers with their kinds and output shapes (the names `units --layer` takes)."""
-    result = run_layers(LayersRequest(model=model), RunContext(device=device))  # one forward pass: nothing to cancel
+    request = LayersRequest(model_ref(model, weights, model_factory, num_classes, normalize), image_size)
+    result = run_layers(request, RunContext(device=device))  # one forward pass: nothing to cancel
     if json_out:
         print_json(result.to_json())
         return

@@ -20,11 +20,11 @@ from engines.attack.chunks import load_samples
 from engines.attack.problems import AttackConfig
 from engines.attack.run import SUMMARY_FILE, AttackRequest, resume_attack, run_attack
 from engines.core.cache import cache_key, writable_cache_dir
-from engines.core.checkpoint import load_checkpoint
 from engines.core.context import RunContext
-from engines.core.data import data_fingerprint
 from engines.core.errors import InputError, RunInUse
 from engines.core.io import read_json
+from engines.core.model_data import data_record, open_model_data
+from engines.core.models import load_model
 from engines.core.runs import RUN_FILE
 
 ADVSET_VERSION = 2  # bump when the attack's results change for the same settings (2: trivial images apart)
@@ -40,7 +40,7 @@ class AdversarialSet:
 
 
 def advset_key(
-    model_sha256: str, split: str, n: int, offset: int, seed: int, config: AttackConfig, data_md5: dict[str, str]
+    model_sha256: str, split: str, n: int, offset: int, seed: int, config: AttackConfig, data_md5: Any
 ) -> str:
     return cache_key(
         kind="advset",
@@ -64,21 +64,18 @@ def adversarial_set(request: AttackRequest, ctx: RunContext) -> AdversarialSet:
     """
     if request.target != "all":
         raise InputError("adversarial sets use --target all (the closest wrong label of each image)")
-    lm = load_checkpoint(request.model, "cpu")
+    lm = load_model(request.model, "cpu")
+    source = open_model_data(lm, request.data_dir, request.split, request.image_size, request.classes_file)
     key = advset_key(
-        lm.sha256,
-        request.split,
-        request.n,
-        request.offset,
-        request.seed,
-        request.config,
-        data_fingerprint(request.data_dir),
+        lm.sha256, request.split, request.n, request.offset, request.seed, request.config, _data_key(source)
     )
+    # a checkpoint is pinned to its file (a zoo id could point elsewhere later); other models are their reference
+    pinned = replace(request, model=str(lm.path)) if lm.kind == "checkpoint" and not lm.normalization else request
     root = writable_cache_dir("advsets")
     if root is None:  # no usable cache (one warning was printed): compute in a temporary folder
         with tempfile.TemporaryDirectory(prefix="blindspot-advset-") as tmp:
             folder = Path(tmp) / key
-            run_attack(replace(request, model=str(lm.path)), replace(ctx, out=folder, overwrite=False))
+            run_attack(pinned, replace(ctx, out=folder, overwrite=False))
             summary = read_json(folder / SUMMARY_FILE)
             summary["model"] = lm.id
             samples = load_samples(folder)
@@ -86,10 +83,20 @@ def adversarial_set(request: AttackRequest, ctx: RunContext) -> AdversarialSet:
     folder = root / key
     cached = _read_entry(folder)
     if cached is None and not _resumed(folder, replace(ctx, out=folder, overwrite=False)):
-        run_attack(replace(request, model=str(lm.path)), replace(ctx, out=folder, overwrite=True))
+        run_attack(pinned, replace(ctx, out=folder, overwrite=True))
     summary, samples = cached or (read_json(folder / SUMMARY_FILE), load_samples(folder))
     summary["model"] = lm.id
     return AdversarialSet(source=lm.id, folder=folder, samples=samples, summary=summary, cached=cached is not None)
+
+
+def _data_key(source: Any) -> Any:
+    """The data part of a set's key: the files' md5s for IDX data (as keys have always been), else the
+    source's whole record (fingerprint, decoded shape, class mapping)."""
+    record = data_record(source)
+    if record.get("kind", "idx") == "idx" and "md5" in record and record.get("image_shape", [1])[0] == 1:
+        shape = record.get("image_shape")
+        return record["md5"] if shape is None or list(shape)[1:] == [28, 28] else {"md5": record["md5"], "shape": shape}
+    return record
 
 
 def _resumed(folder: Path, ctx: RunContext) -> bool:

@@ -38,18 +38,25 @@ class AttackResult:
     seed: int
     config: dict[str, Any]
     run: str = ""
+    image_shape: list[int] | None = None  # (C, H, W) of the attacked images, in pixel space
+    model_source: str = ""  # a checkpoint, torchvision weights, or "random init": said in every output
+    random_init: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
             **{k: getattr(self, k) for k in self.__dataclass_fields__},
-            "distortion_definition": "sqrt(sum((x'-x)^2)/n), n = pixels; statistics over successful images",
+            "distortion_definition": "sqrt(sum((x'-x)^2)/n), n = C*H*W pixel values in [0,1]; l2 and linf in the same pixel units; statistics over successful images",
             "trivial_definition": "images the model already sends to the target (target all: misclassified), left out",
             "c_convention": "c multiplies the distance term: the largest c whose minimiser reaches the target is kept",
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> AttackResult:
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
+        doc = {k: d.get(k) for k in cls.__dataclass_fields__}
+        doc["run"] = doc["run"] or ""
+        doc["model_source"] = doc["model_source"] or ""
+        doc["random_init"] = bool(doc["random_init"])
+        return cls(**doc)
 
 
 def trivial_mask(samples: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -118,6 +125,8 @@ def summarize(
     request: Any,
     seconds: float,
     device: torch.device,
+    model_source: str = "",
+    random_init: bool = False,
 ) -> AttackResult:
     """Success rate over the images there was something to attack; distortion statistics over the successes.
 
@@ -155,4 +164,7 @@ def summarize(
         device=str(device),
         seed=request.seed,
         config=request.config.as_dict(),
+        image_shape=[int(v) for v in samples["x"].shape[1:]],
+        model_source=model_source,
+        random_init=random_init,
     )

@@ -28,29 +28,26 @@ from engines.attack.chunks import SAMPLES_FILE, read_chunk, remaining, save_chun
 from engines.attack.problems import AttackConfig, attack_problems, paper_distortion, validate_images
 from engines.attack.results import AttackResult, RunTally, summarize
 from engines.attack.targets import choose_targets, expand_all_targets, parse_target
-from engines.core.checkpoint import (
-    LoadedModel,
-    check_classifier,
-    check_finite_logits,
-    load_checkpoint,
-    warn_if_trained_on_other_data,
-)
+from engines.core.checkpoint import LoadedModel, check_classifier, check_finite_logits, warn_if_trained_on_other_data
 from engines.core.context import RunContext
-from engines.core.data import Dataset, dataset_identity, load_split
+from engines.core.data import Dataset
 from engines.core.errors import InputError
 from engines.core.events import ChunkDone, EventSink
 from engines.core.io import atomic_write, read_json, write_json_atomic
+from engines.core.memory import activation_floats, available_memory
+from engines.core.model_data import check_labels, data_record, open_model_data
+from engines.core.models import ModelRef, load_model
 from engines.core.runs import RunFolder, open_run, read_run_record, reopen_run
 from engines.report.figures import attack_figure
 
-SUMMARY_FILE, FIGURE_FILE = "summary.json", "figure.png"
+SUMMARY_FILE, FIGURE_FILE, IMAGES_FILE = "summary.json", "figure.png", "images.json"
 
 
 @dataclass(frozen=True)
 class AttackRequest:
     """What to attack and how: everything that fixes the result. Stored in run.json for --resume."""
 
-    model: str
+    model: ModelRef | str
     split: str = "test"
     n: int = 100
     offset: int = 0
@@ -60,8 +57,13 @@ class AttackRequest:
     batch_size: int | None = None
     data_dir: str | None = None
     chunk_images: int | None = None  # images per saved chunk (at most); None: as many as batch_size allows
+    image_size: int | None = None  # images resized and centre-cropped to this side; None: the model's own
+    classes_file: str | None = None  # folder class names in the model's class order (ImageNet's WordNet ids)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "model", ModelRef.from_json(self.model))
+        if self.image_size is not None and not 1 <= self.image_size <= 16384:
+            raise InputError(f"--image-size must lie in 1..16384, got {self.image_size}")
         if self.n < 1:
             raise InputError("--n must be at least 1")
         if self.offset < 0:
@@ -72,8 +74,9 @@ class AttackRequest:
             raise InputError("chunk_images must be at least 1")
 
     def to_json(self) -> dict[str, Any]:
+        extra = {k: v for k, v in (("image_size", self.image_size), ("classes_file", self.classes_file)) if v}
         return {
-            "model": self.model,
+            "model": self.model.to_json(),
             "split": self.split,
             "n": self.n,
             "offset": self.offset,
@@ -83,13 +86,14 @@ class AttackRequest:
             "batch_size": self.batch_size,
             "data_dir": self.data_dir,
             "chunk_images": self.chunk_images,
+            **extra,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> AttackRequest:
         try:
             return cls(
-                model=str(d["model"]),
+                model=ModelRef.from_json(d["model"]),
                 split=str(d["split"]),
                 n=int(d["n"]),
                 offset=int(d["offset"]),
@@ -99,28 +103,36 @@ class AttackRequest:
                 batch_size=d.get("batch_size"),
                 data_dir=d.get("data_dir"),
                 chunk_images=d.get("chunk_images"),
+                image_size=d.get("image_size"),
+                classes_file=d.get("classes_file"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"the recorded attack request is damaged ({type(exc).__name__}: {exc})") from None
 
 
-def auto_batch_size(n_pixels: int, history: int, device: torch.device) -> int:
-    """Problems per chunk: bounded by free GPU memory on CUDA, a cache-friendly size on the CPU."""
-    if device.type != "cuda":
-        return 2048
-    free, _ = torch.cuda.mem_get_info(device)
-    per_problem = (4 * history + 64) * n_pixels * 4
-    return int(max(64, min(65536, 0.5 * free // per_problem)))
+def auto_batch_size(n_pixels: int, history: int, device: torch.device, activation_floats: int = 0) -> int:
+    """Problems per chunk, bounded by free memory: per problem the L-BFGS history (2·m·n floats), the solver's
+    working vectors, and the model's activations for one image (kept for the backward pass).
+
+    On CUDA half the free memory; on the CPU a quarter of the available memory and at most 2048 (a
+    cache-friendly size for the paper's small models)."""
+    per_problem = ((2 * history + 24) * n_pixels + 3 * activation_floats) * 4
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(max(1, min(65536, 0.5 * free // per_problem)))
+    return int(max(1, min(2048, 0.25 * available_memory() // per_problem)))
 
 
 def run_attack(request: AttackRequest, ctx: RunContext) -> AttackResult:
     """Start a new run in the context's folder (a new one under runs/ by default) and carry it to the end."""
     device = ctx.torch_device()
-    with open_run(ctx, "attack", request.model, request.to_json()) as run:
-        lm = load_checkpoint(request.model, device)
-        data = _load_data(request)
+    with open_run(ctx, "attack", str(request.model), request.to_json()) as run:
+        lm = load_model(request.model, device)
+        data, identity = _load_data(request, lm)
         warn_if_trained_on_other_data(lm, request.data_dir)
-        run.update(model={"id": lm.id, "path": str(lm.path), "sha256": lm.sha256}, data=_data_identity(request))
+        run.update(model=lm.identity(), data=identity)
+        if data.files is not None:
+            write_json_atomic(run.path / IMAGES_FILE, {"root": identity.get("root"), "files": list(data.files)})
         return _carry_on(run, request, lm, data, ctx)
 
 
@@ -133,26 +145,28 @@ def resume_attack(folder: Path, ctx: RunContext) -> AttackResult:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # a damaged summary is rebuilt below
             return replace(AttackResult.from_json(read_json(folder / SUMMARY_FILE)), run=str(folder))
     with reopen_run(folder, "attack") as run:
-        lm = load_checkpoint(request.model, ctx.torch_device())
+        lm = load_model(request.model, ctx.torch_device())
         recorded = (record.get("model") or {}).get("sha256")
         if recorded and lm.sha256 != recorded:
             raise InputError(f"the model {request.model} changed since the run started (weights hash differs)")
-        identity = record.get("data")
-        if identity is not None and identity != _data_identity(request):
+        data, identity = _load_data(request, lm)
+        if record.get("data") is not None and not same_data(record["data"], identity):
             raise InputError(f"the data files of {folder} changed since the run started (md5 differs)")
-        return _carry_on(run, request, lm, _load_data(request), ctx)
+        return _carry_on(run, request, lm, data, ctx)
 
 
-def _load_data(request: AttackRequest) -> Dataset:
-    data = load_split(request.split, request.data_dir).subset(request.offset, request.n)
+def _load_data(request: AttackRequest, lm: LoadedModel) -> tuple[Dataset, dict[str, Any]]:
+    """The request's images as the model reads them, and what run.json records of them."""
+    source = open_model_data(lm, request.data_dir, request.split, request.image_size, request.classes_file)
+    data = source.take(request.offset, request.n)
     validate_images(data.images)
-    return data
+    return data, data_record(source)
 
 
-def _data_identity(request: AttackRequest) -> dict[str, Any]:
-    """What run.json records of the data, and what --resume checks: a changed file refuses the resume."""
-    identity = dataset_identity(request.data_dir)
-    return {"split": request.split, "md5": identity.pop("md5s"), **identity}
+def same_data(recorded: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether a run's recorded data is the data now: the files' fingerprints and the decoded shape agree."""
+    keys = ("md5", "fingerprint", "image_shape", "split")
+    return all(recorded.get(k) == now.get(k) for k in keys if k in recorded or k in now)
 
 
 def _carry_on(run: RunFolder, request: AttackRequest, lm: LoadedModel, data: Dataset, ctx: RunContext) -> AttackResult:
@@ -160,12 +174,16 @@ def _carry_on(run: RunFolder, request: AttackRequest, lm: LoadedModel, data: Dat
     out = run.path
     classes = check_classifier(lm.model, tuple(data.images.shape[1:]), device)
     check_finite_logits(lm.model, data.images, device)
-    if len(data) and int(data.labels.max()) >= classes:
-        raise InputError(f"the data has label {int(data.labels.max())} but {lm.id} has only {classes} classes")
+    check_labels(data, classes, lm.id)
     mode = parse_target(request.target, classes)
     targets = None if mode == "all" else choose_targets(mode, data.labels, classes, request.seed, lm.model, data.images)
     per_image = classes - 1 if mode == "all" else 1
-    batch = request.batch_size or auto_batch_size(int(data.images[0].numel()), request.config.history, device)
+    batch = request.batch_size or auto_batch_size(
+        int(data.images[0].numel()),
+        request.config.history,
+        device,
+        activation_floats(lm.model, data.images[:1], device),
+    )
     chunk = max(1, batch // per_image)
     if request.chunk_images is not None:  # a screen streams finished examples: several chunks per run
         chunk = min(chunk, request.chunk_images)
@@ -282,7 +300,16 @@ def _finish(
         **merged,
     }
     atomic_write(out / SAMPLES_FILE, lambda p: save_file(samples, str(p)))
-    result = summarize(samples, model_id=lm.id, model_sha256=lm.sha256, request=request, seconds=seconds, device=device)
+    result = summarize(
+        samples,
+        model_id=lm.id,
+        model_sha256=lm.sha256,
+        request=request,
+        seconds=seconds,
+        device=device,
+        model_source=lm.source,
+        random_init=lm.random_init,
+    )
     result = replace(result, run=str(out))
     write_json_atomic(out / SUMMARY_FILE, result.to_json())
     attack_figure(samples, lm.model, device, out / FIGURE_FILE, seed=request.seed)

@@ -24,12 +24,13 @@ from engines.attack.adversarial_sets import adversarial_set
 from engines.attack.perturb import amplify, gaussian_noise, unclipped_noise
 from engines.attack.problems import AttackConfig, paper_distortion
 from engines.attack.run import AttackRequest
-from engines.core.checkpoint import load_checkpoint, warn_if_trained_on_other_data
+from engines.core.checkpoint import LoadedModel, check_classifier, warn_if_trained_on_other_data
 from engines.core.context import RunContext
-from engines.core.data import load_split
 from engines.core.errors import InputError
 from engines.core.events import SetReady, Step
 from engines.core.io import atomic_write, read_json, write_json_atomic, write_text_atomic
+from engines.core.model_data import check_labels, fit_images, open_model_data
+from engines.core.models import ModelRef, load_model
 from engines.core.runs import RUN_FILE, open_run, read_run_record
 from engines.report.figures import heatmap_png, predict
 
@@ -42,8 +43,8 @@ class TransferRequest:
     (`--target all`) on images [offset, offset + n) of `split`, with `config` and `seed`.
     """
 
-    sources: tuple[str, ...] = ()
-    targets: tuple[str, ...] = ()
+    sources: tuple[ModelRef | str, ...] = ()
+    targets: tuple[ModelRef | str, ...] = ()
     split: str = "train"
     n: int = 100
     offset: int = 0
@@ -53,11 +54,12 @@ class TransferRequest:
     noise: tuple[float, ...] = ()  # clipped Gaussian-noise rows at these rms values
     unclipped: tuple[float, ...] = ()  # x + N(0, sd²) rows left outside [0, 1]
     amplify_rms: float | None = None  # also each set amplified to this rms (Table 4)
+    classes_file: str | None = None  # folder class names in the models' class order
 
     def __post_init__(self) -> None:
         fix = object.__setattr__  # frozen: normalise once, here
-        fix(self, "sources", tuple(str(s) for s in self.sources))
-        fix(self, "targets", tuple(str(t) for t in self.targets) or self.sources)
+        fix(self, "sources", tuple(ModelRef.from_json(s) for s in self.sources))
+        fix(self, "targets", tuple(ModelRef.from_json(t) for t in self.targets) or self.sources)
         fix(self, "noise", tuple(float(v) for v in self.noise))
         fix(self, "unclipped", tuple(float(v) for v in self.unclipped))
         if self.data_dir is not None:
@@ -75,7 +77,7 @@ class TransferRequest:
             if not 0 < sd < 1:
                 raise InputError(f"rms/stddev {sd} must lie in (0, 1)")
 
-    def attack_request(self, source: str) -> AttackRequest:
+    def attack_request(self, source: ModelRef) -> AttackRequest:
         """The attack that makes `source`'s adversarial set."""
         return AttackRequest(
             model=source,
@@ -86,12 +88,14 @@ class TransferRequest:
             seed=self.seed,
             config=self.config,
             data_dir=self.data_dir,
+            classes_file=self.classes_file,
         )
 
     def to_json(self) -> dict[str, Any]:
+        extra = {"classes_file": self.classes_file} if self.classes_file else {}
         return {
-            "sources": list(self.sources),
-            "targets": list(self.targets),
+            "sources": [s.to_json() for s in self.sources],
+            "targets": [t.to_json() for t in self.targets],
             "split": self.split,
             "n": self.n,
             "offset": self.offset,
@@ -101,6 +105,7 @@ class TransferRequest:
             "noise": list(self.noise),
             "unclipped": list(self.unclipped),
             "amplify_rms": self.amplify_rms,
+            **extra,
         }
 
     @classmethod
@@ -118,6 +123,7 @@ class TransferRequest:
                 noise=tuple(d.get("noise", ())),
                 unclipped=tuple(d.get("unclipped", ())),
                 amplify_rms=d.get("amplify_rms"),
+                classes_file=d.get("classes_file"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"the recorded transfer request is damaged ({type(exc).__name__}: {exc})") from None
@@ -197,45 +203,77 @@ def run_transfer(request: TransferRequest, ctx: RunContext) -> TransferMatrix:
     device = ctx.torch_device()
     with open_run(ctx, "transfer", "matrix", request.to_json()) as run:
         out = run.path
-        data = load_split(request.split, request.data_dir).subset(request.offset, request.n)
+        models = _load_targets(request.targets, device)  # fail early on a bad target
+        base = open_model_data(next(iter(models.values())), request.data_dir, request.split, None, request.classes_file)
+        data = base.take(request.offset, request.n)
         x, y = data.images, data.labels
-        models = {t: load_checkpoint(t, device) for t in request.targets}  # fail early on a bad target
         for lm in models.values():
             warn_if_trained_on_other_data(lm, request.data_dir)
-        sets: list[tuple[MatrixRow, torch.Tensor]] = []
+            check_labels(
+                data, check_classifier(lm.model, tuple(fit_images(x[:1], lm.input_shape).shape[1:]), device), lm.id
+            )
+        sets: list[tuple[MatrixRow, torch.Tensor, torch.Tensor]] = []
         sources_info = {}
         total = len(request.sources)
         for i, src in enumerate(request.sources):
             ctx.check_cancel()
             ctx.emit(Step(task="adversarial sets", done=i, total=total, message=f"attacking with {src}"))
             aset = adversarial_set(request.attack_request(src), ctx)
+            name = aset.source
+            if not torch.equal(aset.samples["label"], y):
+                raise InputError(f"{name}'s adversarial set holds other images than the matrix (labels differ)")
             cache = None if aset.folder is None else str(aset.folder)
-            sources_info[src] = {"cache": cache, "cached": aset.cached, "summary": aset.summary}
-            ctx.emit(SetReady(task="adversarial sets", done=i + 1, total=total, source=src, cached=aset.cached))
-            sets += _source_rows(src, x, aset.samples, request.amplify_rms)
+            sources_info[name] = {"cache": cache, "cached": aset.cached, "summary": aset.summary, "ref": src.to_json()}
+            ctx.emit(SetReady(task="adversarial sets", done=i + 1, total=total, source=name, cached=aset.cached))
+            sets += _source_rows(name, aset.samples["x"], aset.samples, request.amplify_rms)
         ctx.emit(Step(task="adversarial sets", done=total, total=total))
         sets += _noise_rows(x, request)
-        errors = np.zeros((len(sets), len(request.targets)), dtype=np.int64)
-        for i, (_, x_row) in enumerate(sets):
+        errors = np.zeros((len(sets), len(models)), dtype=np.int64)
+        resized: dict[str, list[str]] = {}
+        for i, (row, x_row, _) in enumerate(sets):
             ctx.check_cancel()
-            for j, t in enumerate(request.targets):
-                errors[i, j] = int((predict(models[t].model, x_row, device) != y).sum())
+            for j, (name, lm) in enumerate(models.items()):
+                fitted = fit_images(x_row, lm.input_shape)
+                if fitted is not x_row:
+                    resized.setdefault(name, []).append(row.name)
+                errors[i, j] = int((predict(lm.model, fitted, device) != y).sum())
             ctx.emit(Step(task="evaluate", done=i + 1, total=len(sets)))
         settings = {
             "offset": request.offset,
             "seed": request.seed,
             "attack": request.config.as_dict(),
             "target_mode": "all",
-            "models": {t: {"path": str(m.path), "sha256": m.sha256} for t, m in models.items()},
+            "models": {
+                name: {**m.identity(), "ref": t.to_json()}
+                for (name, m), t in zip(models.items(), request.targets, strict=True)
+            },
+            "image_shapes": {r.name: list(x_row.shape[1:]) for r, x_row, _ in sets},
+            "resized": {
+                name: f"rows {', '.join(rows)} resized to {list(models[name].input_shape or [])} for this model "
+                "(bilinear, antialiased)"
+                for name, rows in resized.items()
+            },
             "sources": sources_info,
             "noise": "Gaussian, clipped to [0,1], scaled per image to the rms",
             "unclipped_noise": "x + N(0, sigma^2), not clipped to [0,1]",
             "amplify": "x + s(x'-x), s per image so that the clipped rms is the requested value",
         }
-        rows = [r for r, _ in sets]
-        matrix = TransferMatrix(rows, list(request.targets), errors, request.split, len(y), settings, out)
-        save_matrix(matrix, out, x, y, [x_row for _, x_row in sets])
+        rows = [r for r, _, _ in sets]
+        matrix = TransferMatrix(rows, list(models), errors, request.split, len(y), settings, out)
+        save_matrix(matrix, out, x, y, [x_row for _, x_row, _ in sets], [x_own for _, _, x_own in sets])
     return matrix
+
+
+def _load_targets(targets: tuple[ModelRef, ...], device: torch.device) -> dict[str, LoadedModel]:
+    """The target models by column name: their ids, numbered when two share one."""
+    models: dict[str, LoadedModel] = {}
+    for ref in targets:
+        lm = load_model(ref, device)
+        name, k = lm.id, 2
+        while name in models:
+            name, k = f"{lm.id}#{k}", k + 1
+        models[name] = lm
+    return models
 
 
 def redo_interrupted(ctx: RunContext, kind: str) -> RunContext:
@@ -258,28 +296,28 @@ def redo_interrupted(ctx: RunContext, kind: str) -> RunContext:
 
 def _source_rows(
     src: str, x: torch.Tensor, samples: dict[str, torch.Tensor], amplify_rms: float | None
-) -> list[tuple[MatrixRow, torch.Tensor]]:
-    """A source's adversarial row, and its amplified row when asked."""
+) -> list[tuple[MatrixRow, torch.Tensor, torch.Tensor]]:
+    """A source's adversarial row, and its amplified row when asked, with the clean images at the source's size."""
     x_adv, ok = samples["x_adv"], samples["success"].bool()
-    rows = [(_row(src, "adversarial", src, x, x_adv, ok), x_adv)]
+    rows = [(_row(src, "adversarial", src, x, x_adv, ok), x_adv, x)]
     if amplify_rms is not None:
         moved = ok & (paper_distortion(x, x_adv) > 0)  # images misclassified as they are have no direction
         x_amp = torch.where(moved.view(-1, 1, 1, 1), amplify(x, x_adv, amplify_rms), x)
         name = f"{src} amplified to rms {amplify_rms:g}"
-        rows.append((_row(name, "amplified", src, x, x_amp, moved, amplify_rms), x_amp))
+        rows.append((_row(name, "amplified", src, x, x_amp, moved, amplify_rms), x_amp, x))
     return rows
 
 
-def _noise_rows(x: torch.Tensor, request: TransferRequest) -> list[tuple[MatrixRow, torch.Tensor]]:
+def _noise_rows(x: torch.Tensor, request: TransferRequest) -> list[tuple[MatrixRow, torch.Tensor, torch.Tensor]]:
     everyone = torch.ones(len(x), dtype=torch.bool)
     rows = []
     for sd in request.noise:
         x_noise = gaussian_noise(x, sd, request.seed)
-        rows.append((_row(f"Gaussian noise rms {sd:g}", "noise", None, x, x_noise, everyone, sd), x_noise))
+        rows.append((_row(f"Gaussian noise rms {sd:g}", "noise", None, x, x_noise, everyone, sd), x_noise, x))
     for sd in request.unclipped:
         x_noise = unclipped_noise(x, sd, request.seed)
         name = f"Gaussian noise sd {sd:g}, unclipped"
-        rows.append((_row(name, "noise", None, x, x_noise, everyone, sd, clipped=False), x_noise))
+        rows.append((_row(name, "noise", None, x, x_noise, everyone, sd, clipped=False), x_noise, x))
     return rows
 
 
@@ -308,14 +346,23 @@ def _row(
 
 
 def save_matrix(
-    matrix: TransferMatrix, out: str | Path, x: torch.Tensor, y: torch.Tensor, row_images: list[torch.Tensor]
+    matrix: TransferMatrix,
+    out: str | Path,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    row_images: list[torch.Tensor],
+    row_clean: list[torch.Tensor] | None = None,
 ) -> None:
+    """The matrix files and every row's images; a row made at another size than `x` keeps its own clean images."""
     out = Path(out)
     atomic_write(
         out / "sets" / "images.safetensors", lambda p: save_file({"x": x.contiguous(), "label": y.contiguous()}, str(p))
     )
-    for row, xr in zip(matrix.rows, row_images, strict=True):
-        atomic_write(out / row.set_file, lambda p, xr=xr: save_file({"x_pert": xr.contiguous()}, str(p)))
+    for i, (row, xr) in enumerate(zip(matrix.rows, row_images, strict=True)):
+        tensors = {"x_pert": xr.contiguous()}
+        if row_clean is not None and row_clean[i].shape != x.shape:
+            tensors["x"] = row_clean[i].contiguous()
+        atomic_write(out / row.set_file, lambda p, t=tensors: save_file(t, str(p)))
     write_json_atomic(out / "matrix.json", matrix.to_json())
     write_text_atomic(out / "matrix.csv", matrix_csv(matrix))
     heatmap_png(
@@ -367,11 +414,14 @@ def cell_examples(
     if matrix.folder is None:
         raise InputError("this matrix has no folder with its image sets")
     base = load_file(str(matrix.folder / "sets" / "images.safetensors"))
-    x_pert = load_file(str(matrix.folder / matrix.rows[row].set_file))["x_pert"]
-    model = load_checkpoint(matrix.columns[col], device).model
-    pred = predict(model, x_pert, device)
+    row_set = load_file(str(matrix.folder / matrix.rows[row].set_file))
+    x_pert, x = row_set["x_pert"], row_set.get("x", base["x"])
+    column = matrix.columns[col]
+    ref = (matrix.settings.get("models") or {}).get(column, {}).get("ref", column)
+    lm = load_model(ModelRef.from_json(ref), device)
+    pred = predict(lm.model, fit_images(x_pert, lm.input_shape), device)
     fooled = (pred != base["label"]).nonzero().squeeze(1)[:k]
     return [
-        {"x": base["x"][i], "x_pert": x_pert[i], "label": int(base["label"][i]), "pred": int(pred[i]), "index": int(i)}
+        {"x": x[i], "x_pert": x_pert[i], "label": int(base["label"][i]), "pred": int(pred[i]), "index": int(i)}
         for i in fooled
     ]

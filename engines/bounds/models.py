@@ -1,21 +1,22 @@
-"""Models for `blindspot bounds`: zoo checkpoints, files, and torchvision classifiers by name.
+"""Models for `blindspot bounds`: every model `engines.core.models.load_model` takes, on the CPU.
 
-torchvision models are built with random weights from a fixed seed (no downloads); `weights` loads a
-local state dict through `torch.load(weights_only=True)` or safetensors only, never a full pickle.
+The bounds are those of the network itself; a model's input normalization (ImageNet's for the
+torchvision names) is a diagonal map in front of it, reported apart with its own factor max 1/std.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-import torch
 from torch import nn
 
-from engines.core.checkpoint import TORCH_SUFFIXES, WEIGHT_SUFFIXES, load_checkpoint, load_state_file
-from engines.core.errors import CheckpointError, InputError, ModelError
-from engines.core.zoo import ZOO
+from engines.core.errors import InputError
+from engines.core.models import ModelRef, load_model, parse_normalization, torchvision_names
+
+__all__ = ["BoundsModel", "load_bounds_model", "parse_input_shape", "torchvision_names"]
 
 
 @dataclass
@@ -26,6 +27,7 @@ class BoundsModel:
     name: str
     input_shape: tuple[int, int, int]
     source: str
+    normalization: dict[str, Any] | None = None
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:
@@ -39,58 +41,27 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
     return c, h, w
 
 
-def torchvision_names() -> list[str]:
-    """Classification models torchvision can build (``torchvision.models`` top level)."""
-    import torchvision
+def load_bounds_model(ref: ModelRef | str, weights: str | Path | None = None, seed: int = 0) -> BoundsModel:
+    """A zoo id, a checkpoint path, a torchvision classifier name or the user's factory; on the CPU.
 
-    return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
-def _build_torchvision(name: str, seed: int) -> nn.Module:
-    import torchvision
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        try:
-            return torchvision.models.get_model(name, weights=None)
-        except Exception as exc:
-            raise ModelError(f"torchvision cannot build {name!r}: {str(exc)[:200]}") from exc
-
-
-def load_bounds_model(ref: str, weights: str | Path | None = None, seed: int = 0) -> BoundsModel:
-    """A zoo id, a checkpoint path, 'alexnet' or any torchvision classifier name; on the CPU."""
-    ref = ref.strip()
-    if not ref:
-        raise InputError("say which model: --model ID|alexnet|TORCHVISION_NAME|PATH")
-    path = Path(ref)
-    is_file = ref in ZOO or path.suffix in WEIGHT_SUFFIXES + TORCH_SUFFIXES + (".json",) or path.is_file()
-    if is_file:
-        if weights is not None:
-            raise InputError("--weights applies to torchvision models; a checkpoint carries its own weights")
-        loaded = load_checkpoint(ref, "cpu")
-        spec_input = loaded.meta.get("spec", {}).get("input", [1, 28, 28])
-        c, h, w = (int(v) for v in spec_input)
-        return BoundsModel(
-            loaded.model, loaded.id, (c, h, w), f"checkpoint {loaded.path} (sha256 {loaded.sha256[:12]})"
-        )
-    names = torchvision_names()
-    if ref not in names:
-        close = [n for n in names if ref.lower() in n][:5]
-        hint = f" (torchvision has {', '.join(close)})" if close else ""
-        raise ModelError(
-            f"unknown model {ref!r}: not a zoo id ({', '.join(ZOO)}), an existing checkpoint file "
-            f"nor a torchvision classifier{hint}"
-        )
-    model = _build_torchvision(ref, seed)
-    source = f"torchvision {ref}, random init (seed {seed})"
-    if weights is not None:
-        state = load_state_file(Path(weights))
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            reason = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
-            raise CheckpointError(f"{weights}: weights do not fit torchvision {ref}: {reason[:300]}") from exc
-        source = f"torchvision {ref} with weights {weights}"
-    model.eval()
-    size = 299 if ref == "inception_v3" else 224
-    return BoundsModel(model, ref, (3, size, size), source)
+    `seed` is kept for records made before torchvision models had one fixed random initialisation.
+    """
+    del seed
+    if isinstance(ref, str):
+        ref = ModelRef(ref.strip(), weights=str(weights) if weights is not None else None)
+    elif weights is not None:
+        raise InputError("give the weights in the model reference")
+    # the network itself is bounded; its input normalization (a diagonal map in front of it) is reported apart
+    lm = load_model(replace(ref, normalize="none"), "cpu")
+    norm = parse_normalization(ref.normalize or ("imagenet" if lm.kind == "torchvision" else "none"))
+    c, h, w = lm.input_shape or (3, 224, 224)
+    # a torchvision model keeps its architecture's name (the paper's rows are matched on "alexnet"); whether its
+    # weights are random is said by `source`, which every output of the bounds shows
+    name = ref.name if lm.kind == "torchvision" else lm.id
+    return BoundsModel(
+        lm.model,
+        name,
+        (int(c), int(h), int(w)),
+        lm.source,
+        norm.to_json() | {"factor": norm.lipschitz} if norm else None,
+    )

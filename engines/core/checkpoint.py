@@ -37,12 +37,25 @@ class LoadedModel:
 
     model: nn.Module
     meta: dict[str, Any]
-    path: Path
-    sha256: str
+    path: Path | None  # the weights file (None: a torchvision model with random weights)
+    sha256: str  # the model's identity for caches and --resume (the file's hash for a plain checkpoint)
+    input_shape: tuple[int, ...] | None = None  # (C, H, W) the model expects, when it says (None: the data's)
+    kind: str = "checkpoint"
+    source: str = ""
+    random_init: bool = False
+    normalization: dict[str, Any] | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """What run records say about the model."""
+        doc: dict[str, Any] = {"id": self.id, "path": str(self.path) if self.path else None, "sha256": self.sha256}
+        if self.kind != "checkpoint" or self.normalization:
+            doc |= {"kind": self.kind, "source": self.source, "random_init": self.random_init}
+            doc["normalization"] = self.normalization
+        return doc
 
     @property
     def id(self) -> str:
-        return str(self.meta.get("id", self.path.stem))
+        return str(self.meta.get("id", self.path.stem if self.path else "model"))
 
 
 def models_dir() -> Path:
@@ -115,8 +128,8 @@ def _load_torch_state(path: Path) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{path}: refused, loading it would execute code (it is a pickle with non-tensor objects); "
-            "save a plain state_dict or use safetensors"
+            f"{path}: refused, loading it would execute code (a pickled module or other objects); save "
+            "model.state_dict() instead and load it with a torchvision name or --model-factory plus --weights"
         ) from exc
     except Exception as exc:  # torch raises many kinds for corrupt files
         raise CheckpointError(

@@ -68,12 +68,13 @@ _KNOWN: dict[str, dict[str, set[str]]] = {
 
 @dataclass(frozen=True)
 class Dataset:
-    """A labelled image set; `indices` are positions in the source file (for provenance)."""
+    """A labelled image set; `indices` are positions in the source file, `files` the images' paths (provenance)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     name: str
     indices: np.ndarray
+    files: tuple[str, ...] | None = None  # image paths relative to the data folder (None for IDX, CIFAR)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -82,7 +83,8 @@ class Dataset:
         stop = len(self) if count is None else start + count
         if start < 0 or start >= len(self) or stop > len(self) or (count is not None and count <= 0):
             raise DataError(f"cannot take {count} images from offset {start}: {self.name} has {len(self)} images")
-        return Dataset(self.images[start:stop], self.labels[start:stop], self.name, self.indices[start:stop])
+        files = self.files[start:stop] if self.files is not None else None
+        return Dataset(self.images[start:stop], self.labels[start:stop], self.name, self.indices[start:stop], files)
 
 
 def sample_data_dir() -> Path:
@@ -144,7 +146,10 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise DataError(
             f"{path}: header announces {dims} = {expected} bytes of data but the file holds {body} (truncated?)"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    try:
+        return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    except ValueError as exc:  # a zero dimension beside absurd ones: the length matches, the shape cannot exist
+        raise DataError(f"{path}: impossible dimensions {dims} in the header ({exc})") from exc
 
 
 def _candidates(folder: Path) -> list[Path]:

@@ -39,12 +39,15 @@ def image_grid(
     rows: list[list[torch.Tensor]],
     captions: list[list[str]] | None = None,
     row_titles: list[str] | None = None,
-    scale: int = 3,
+    scale: int | None = None,
     pad: int = 4,
 ) -> Image.Image:
-    """A grid of equally sized images with an optional caption under each and a title per row."""
+    """A grid of equally sized images with an optional caption under each and a title per row.
+
+    `scale` None: MNIST-sized images are enlarged ×3, ImageNet-sized ones shown at their own size."""
     font = ImageFont.load_default()
     h, w = to_uint8(rows[0][0]).shape[:2]
+    scale = scale if scale is not None else max(1, round(84 / max(h, w)))
     cell_w, cell_h = w * scale, h * scale
     cap_h = 12 if captions else 0
     title_w = 90 if row_titles else 0

@@ -76,6 +76,14 @@ def render_report(tables: dict[str, Any], settings: dict[str, Any], figures: dic
     )
     lines += _table5_section(tables["table5"])
     lines += ["## Figures", ""]
+    if "figure5-alexnet" in figures:
+        lines += [
+            "Fig. 5 on the trained AlexNet and your ImageNet images (original | difference ×10, shifted to mid-grey | "
+            "adversarial | Gaussian noise of the same rms):",
+            "",
+            f"![figure5]({figures['figure5-alexnet']})",
+            "",
+        ]
     for name, path in figures.items():
         if name.startswith("examples-"):
             lines += [

@@ -21,12 +21,14 @@ from typing import Any
 import torch
 
 from engines.attack.problems import AttackConfig
+from engines.attack.run import FIGURE_FILE, AttackRequest, run_attack
 from engines.attack.transfer import TransferMatrix, TransferRequest, redo_interrupted, run_transfer
 from engines.core import paper
 from engines.core.context import RunContext
 from engines.core.errors import InputError
 from engines.core.events import Step, TableDone
 from engines.core.io import write_json_atomic, write_text_atomic
+from engines.core.models import ModelRef
 from engines.core.runs import open_run
 from engines.report.reproduce_markdown import render_report
 from engines.reproduce.tables import matrix_vs_paper, table1, table2_key, table3, table4_key, table5
@@ -45,12 +47,24 @@ class ReproduceRequest:
     seed: int = 0
     config: AttackConfig = field(default_factory=AttackConfig)
     data_dir: str | None = None
+    imagenet_dir: str | None = None  # the user's ImageNet images: Fig. 5 on AlexNet
+    alexnet_weights: str | None = None  # a trained AlexNet state dict: Table 5 and Fig. 5 on it
+    classes_file: str | None = None  # the ImageNet folder's class ids in AlexNet's output order
+    figure5_n: int = 8
 
     def __post_init__(self) -> None:
         if self.n is not None and self.n < 1:
             raise InputError("--n must be at least 1")
         if self.data_dir is not None:
             object.__setattr__(self, "data_dir", str(self.data_dir))
+        if self.imagenet_dir is not None and self.alexnet_weights is None:
+            raise InputError(
+                "--imagenet-dir needs --weights (a trained AlexNet state dict): Fig. 5 on random weights says nothing"
+            )
+
+    def alexnet(self) -> ModelRef:
+        """AlexNet as Table 5 and Fig. 5 use it: torchvision's, with the user's weights when given."""
+        return ModelRef("alexnet", weights=self.alexnet_weights)
 
     @property
     def images(self) -> int:
@@ -64,6 +78,15 @@ class ReproduceRequest:
             "seed": self.seed,
             "config": self.config.as_dict(),
             "data_dir": self.data_dir,
+            **{
+                k: v
+                for k, v in (
+                    ("imagenet_dir", self.imagenet_dir),
+                    ("alexnet_weights", self.alexnet_weights),
+                    ("classes_file", self.classes_file),
+                )
+                if v is not None
+            },
         }
 
     @classmethod
@@ -75,6 +98,9 @@ class ReproduceRequest:
                 seed=int(d["seed"]),
                 config=AttackConfig(**d["config"]),
                 data_dir=d.get("data_dir"),
+                imagenet_dir=d.get("imagenet_dir"),
+                alexnet_weights=d.get("alexnet_weights"),
+                classes_file=d.get("classes_file"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"the recorded reproduce request is damaged ({type(exc).__name__}: {exc})") from None
@@ -153,11 +179,13 @@ def run_reproduce(request: ReproduceRequest, ctx: RunContext) -> ReproduceResult
         t4 = transfer_table("table4", paper.TABLE3_MODELS, "test", [0.06, 0.1], amplify_rms=0.1)
         stage.done("Table 4")
         stage.start("Table 5: frame bounds of AlexNet")
-        t5 = table5(ctx)
+        t5 = table5(ctx, request.alexnet())
         write_json_atomic(out / "table5.json", t5)
         stage.done("Table 5")
         stage.start("report")  # done = total: the tables are finished
         figures = collect_figures(out, t2, t4)
+        if request.imagenet_dir is not None:
+            figures["figure5-alexnet"] = figure5(request, ctx, out)
         seconds = time.perf_counter() - start
         settings = {
             "n": request.images,
@@ -198,6 +226,23 @@ class _Stages:
     def done(self, name: str) -> None:
         self.finished += 1
         self.ctx.emit(TableDone(task="reproduce", done=self.finished, total=TABLES, name=name))
+
+
+def figure5(request: ReproduceRequest, ctx: RunContext, out: Path) -> str:
+    """Fig. 5 on the user's trained AlexNet and ImageNet images: the attack's own run, its figure beside the report."""
+    attack = AttackRequest(
+        model=request.alexnet(),
+        n=request.figure5_n,
+        target="random",
+        seed=request.seed,
+        config=request.config,
+        data_dir=request.imagenet_dir,
+        classes_file=request.classes_file,
+    )
+    result = run_attack(attack, replace(ctx, out=out / "figure5", overwrite=True))
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(result.run) / FIGURE_FILE, out / "figures" / "figure5-alexnet.png")
+    return "figures/figure5-alexnet.png"
 
 
 def collect_figures(out: Path, t2: TransferMatrix, t4: TransferMatrix) -> dict[str, str]:

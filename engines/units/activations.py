@@ -2,8 +2,10 @@
 
 A layer is any named module of the model (``model.named_modules()``), e.g. ``fc1`` or ``pool1``.
 φ(x) is the layer's output flattened per image, so for a conv layer it is the C×H×W activation read
-as one vector (the paper's φ). ``pool="max"`` or ``"mean"`` instead reduces each channel over its
-spatial positions, giving one value per channel; it does not apply to layers without spatial axes.
+as one vector (the paper's φ) with ``pool="none"``; ``"max"``, ``"mean"`` or ``"center"`` instead make a unit
+a channel: the spatial max, mean or centre value of its activation map, one value per channel, and random
+directions then live in channel space. ``"auto"`` (the default) is ``"max"`` for layers with spatial axes;
+no pooling applies to layers without them.
 The cache key holds the checkpoint hash, the layer, the pooling and a hash of the images, so a
 changed model, layer or image set can never be served a stale entry.
 """
@@ -23,7 +25,7 @@ from engines.core.data import Dataset
 from engines.core.errors import Cancelled, InputError, ModelError
 from engines.core.events import CancelCheck, EventSink, Step, ignore_events, never_cancel
 
-POOLINGS = ("none", "max", "mean")
+POOLINGS = ("auto", "none", "max", "mean", "center")
 CACHE_KIND = "activations"
 CACHE_VERSION = 1
 
@@ -104,11 +106,23 @@ def find_layer(
     raise InputError(f"unknown layer {layer!r}: this model has {', '.join(i.name for i in layers)}")
 
 
+def effective_pooling(pool: str, shape: tuple[int, ...]) -> str:
+    """The pooling a layer of per-image output `shape` gets: none without spatial axes, max for "auto"."""
+    if len(shape) < 2:
+        return "none"
+    return "max" if pool == "auto" else pool
+
+
 def _reduce(out: torch.Tensor, pool: str) -> torch.Tensor:
     if pool == "none" or out.ndim <= 2:
         return out.flatten(1)
+    if pool == "center":
+        centre = out
+        for axis in range(2, out.ndim):
+            centre = centre.select(2, out.shape[axis] // 2)
+        return centre
     spatial = out.flatten(2)
-    return spatial.amax(2) if pool == "max" else spatial.mean(2)
+    return spatial.amax(2) if pool in ("max", "auto") else spatial.mean(2)
 
 
 def images_digest(images: torch.Tensor) -> str:
@@ -170,7 +184,7 @@ def layer_activations(
     layer: str,
     data: Dataset,
     *,
-    pool: str = "none",
+    pool: str = "auto",
     device: torch.device | str = "cpu",
     batch_size: int = 1000,
     use_cache: bool = True,
@@ -182,7 +196,7 @@ def layer_activations(
         raise InputError(f"unknown pooling {pool!r}: choose one of {', '.join(POOLINGS)}")
     input_shape = tuple(int(s) for s in data.images.shape[1:])
     info = find_layer(loaded.model, layer, input_shape, device)
-    effective_pool = pool if len(info.shape) >= 2 else "none"
+    effective_pool = effective_pooling(pool, info.shape)
     parts = {
         "version": CACHE_VERSION,
         "checkpoint_sha256": loaded.sha256,

@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from engines.core.checkpoint import load_checkpoint, warn_if_trained_on_other_data
+from engines.core.checkpoint import LoadedModel, check_classifier, warn_if_trained_on_other_data
 from engines.core.context import RunContext
-from engines.core.data import SPLITS, Dataset, load_split
+from engines.core.data import SPLITS, Dataset
 from engines.core.errors import InputError
 from engines.core.io import write_json_atomic
+from engines.core.model_data import check_labels, data_record, open_model_data
+from engines.core.models import ModelRef, load_model
 from engines.core.runs import open_run
 from engines.report.unit_figures import save_unit_figures
 from engines.units.activations import POOLINGS, LayerInfo, find_layer, layer_activations, list_layers
@@ -33,16 +35,14 @@ JSON_FILE = "units.json"
 BOTTOM_FIGURES = ("units_bottom.png", "random_bottom.png")
 
 
-def input_shape(meta: dict[str, Any]) -> tuple[int, ...]:
-    """The per-image input shape a checkpoint declares (MNIST's 1×28×28 when it declares none)."""
-    return tuple(int(s) for s in meta.get("spec", {}).get("input", (1, 28, 28)))
+FOLDER_DEFAULT_N = 2000  # images of a folder or CIFAR set compared when --n is not given (all are held in memory)
 
 
 @dataclass(frozen=True)
 class UnitsRequest:
     """What to compare: everything that fixes the result. Stored in run.json."""
 
-    model: str
+    model: ModelRef | str
     layer: str
     split: str = "test"
     n: int | None = None  # the first n images of the split (all of them when it has fewer); None: all
@@ -51,14 +51,17 @@ class UnitsRequest:
     max_units: int = 5000  # score every unit up to this many, a seeded sample beyond
     show_units: int = 16  # rows drawn in the figures
     show_random: int = 16
-    pool: str = "none"
+    pool: str = "auto"  # a unit of a layer with spatial axes is a channel (spatial max); "none": every position
     space: str = "pixel"  # where the label-free cosine is read: pixels or another layer's φ
     bottom: bool = False
     seed: int = 0
     data_dir: str | None = None
     use_cache: bool = True  # read and write the activation cache (the numbers are the same either way)
+    image_size: int | None = None  # images resized and centre-cropped to this side; None: the model's own
+    classes_file: str | None = None  # folder class names in the model's class order
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "model", ModelRef.from_json(self.model))
         if self.k < 1:
             raise InputError(f"--k must be at least 1, got {self.k}")
         if self.show_units < 0 or self.show_random < 0:
@@ -79,7 +82,11 @@ class UnitsRequest:
             raise InputError(f"--space {self.space!r} is the layer under study; pick another layer or 'pixel'")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        doc = asdict(self) | {"model": self.model.to_json()}
+        for key in ("image_size", "classes_file"):  # absent when unset, as in records made before they existed
+            if doc[key] is None:
+                del doc[key]
+        return doc
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> UnitsRequest:
@@ -127,39 +134,47 @@ class UnitsResult:
         return doc
 
 
-def load_units_data(request: UnitsRequest) -> Dataset:
-    """The request's image set: its split, cut to the first `n` images when it asks for fewer."""
-    data = load_split(request.split, request.data_dir)
-    if request.n is not None and request.n < len(data):
-        data = data.subset(0, request.n)
-    return data
+def load_units_data(request: UnitsRequest, lm: LoadedModel | None = None) -> tuple[Dataset, dict[str, Any]]:
+    """The request's image set as the model reads it (the first `n` images when it asks for fewer; for a
+    folder or CIFAR set at most FOLDER_DEFAULT_N unless --n says), and what run.json records of it."""
+    source = open_model_data(lm, request.data_dir, request.split, request.image_size, request.classes_file)
+    n = request.n
+    if n is None and source.kind != "idx":
+        n = FOLDER_DEFAULT_N
+    return source.take(0, min(n, len(source)) if n is not None else None), data_record(source)
 
 
 def run_units(request: UnitsRequest, ctx: RunContext) -> UnitsResult:
     """Activations (cached), every unit vs random directions, statistics, figures and units.json, in one run folder."""
     device = ctx.torch_device()
-    with open_run(ctx, KIND, request.model, request.to_json()) as run:
-        lm = load_checkpoint(request.model, device)
+    with open_run(ctx, KIND, str(request.model), request.to_json()) as run:
+        lm = load_model(request.model, device)
         warn_if_trained_on_other_data(lm, request.data_dir)
-        shape = input_shape(lm.meta)
+        data: Dataset | None = None
+        if lm.input_shape is None:  # the user's factory: probe the layers with the data's own shape
+            data, identity = load_units_data(request, lm)
+        shape = model_input_shape(lm, request) if data is None else tuple(data.images.shape[1:])
         find_layer(lm.model, request.layer, shape, device)  # a bad name fails before the data are read
         if request.space != "pixel":
             find_layer(lm.model, request.space, shape, device)
-        data = load_units_data(request)
+        if data is None:
+            data, identity = load_units_data(request, lm)
+        check_labels(data, check_classifier(lm.model, tuple(data.images.shape[1:]), device), lm.id)
         if request.k > len(data):
             raise InputError(f"--k must be between 1 and the {len(data)} images of {data.name}, got {request.k}")
-        run.update(model={"id": lm.id, "path": str(lm.path), "sha256": lm.sha256}, images=len(data))
+        run.update(model=lm.identity(), data=identity, images=len(data))
         common: dict[str, Any] = {
             "device": device,
             "use_cache": request.use_cache,
             "on_event": ctx.on_event,
             "cancel": ctx.cancelled,
+            "batch_size": 1000 if data.images[0].numel() <= 4096 else 32,  # ImageNet-sized activations are large
         }
         acts = layer_activations(lm, request.layer, data, pool=request.pool, **common)
         notes = [acts.note] if acts.note else []
         space_feats = None
         if request.space != "pixel":
-            space_acts = layer_activations(lm, request.space, data, **common)
+            space_acts = layer_activations(lm, request.space, data, pool="none", **common)
             space_feats = space_acts.features
             if space_acts.note and space_acts.note not in notes:
                 notes.append(space_acts.note)
@@ -186,7 +201,7 @@ def run_units(request: UnitsRequest, ctx: RunContext) -> UnitsResult:
         result = UnitsResult(
             request=request,
             model=lm.id,
-            checkpoint=str(lm.path),
+            checkpoint=str(lm.path) if lm.path else lm.source,
             checkpoint_sha256=lm.sha256,
             split=data.name,
             device=str(device),
@@ -214,10 +229,14 @@ def _write_figures(folder: Path, comparison: UnitsComparison, data: Dataset) -> 
 class LayersRequest:
     """Which model's layers to list (the names `units --layer` takes)."""
 
-    model: str
+    model: ModelRef | str
+    image_size: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model", ModelRef.from_json(self.model))
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"model": self.model.to_json(), "image_size": self.image_size}
 
 
 @dataclass(frozen=True)
@@ -234,5 +253,15 @@ class LayersResult:
 def run_layers(request: LayersRequest, ctx: RunContext) -> LayersResult:
     """Load the model and run one dummy image through it to read each layer's output shape (writes nothing)."""
     device = ctx.torch_device()
-    lm = load_checkpoint(request.model, device)
-    return LayersResult(lm.id, tuple(list_layers(lm.model, input_shape(lm.meta), device)))
+    lm = load_model(request.model, device)
+    return LayersResult(lm.id, tuple(list_layers(lm.model, model_input_shape(lm, request), device)))
+
+
+def model_input_shape(lm: LoadedModel, request: UnitsRequest | LayersRequest) -> tuple[int, ...]:
+    """The (C, H, W) the model is probed with: its own, at the request's --image-size when given.
+
+    A model that declares none (the user's factory) is probed as an RGB image of the requested size
+    (224 px without one)."""
+    c, _, side = lm.input_shape or (3, 224, 224)
+    side = request.image_size or side
+    return (int(c), int(side), int(side))

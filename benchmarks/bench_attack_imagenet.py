@@ -1,0 +1,76 @@
+"""Benchmark: the attack on an ImageNet-sized torchvision model, against advertorch 0.2.3's LBFGSAttack.
+
+Run by hand (not a test):
+    python benchmarks/bench_attack_imagenet.py --model resnet18 --n 8 --size 224 [--weights W.pth] [--data DIR]
+    python benchmarks/bench_attack_imagenet.py --model resnet50 --n 256 --device cuda --skip-advertorch
+advertorch is not a dependency: `pip install --no-deps advertorch==0.2.3` into the venv first.
+Same model (ImageNet normalization inside it, so both attacks work on pixels in [0, 1]), same images
+(a folder through blindspot's loader, or seeded smooth random images when no --data is given), labels =
+the model's own predictions (so every image counts as correctly classified), same random targets,
+same budget (9 c-steps × 100 iterations); advertorch in targeted mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from bench_attack import run_advertorch, run_ours
+
+from engines.attack.targets import choose_targets
+from engines.core.device import resolve_device
+from engines.core.model_data import open_model_data
+from engines.core.models import ModelRef, load_model
+
+
+def smooth_images(n: int, size: int, seed: int) -> torch.Tensor:
+    """Seeded low-frequency colour images in [0, 1] (upsampled noise): photograph-like statistics, no download."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 3, 8, 8, generator=gen)
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="resnet18")
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--data", default=None, help="an image folder (default: seeded smooth random images)")
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--skip-advertorch", action="store_true")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    lm = load_model(ModelRef(args.model, weights=args.weights), device)
+    model = lm.model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if args.data:
+        x = open_model_data(lm, args.data, "test", args.size).take(0, args.n).images
+    else:
+        x = smooth_images(args.n, args.size, seed=0)
+    with torch.no_grad():
+        logits = model(x.to(device)).cpu()
+    y = logits.argmax(1)
+    classes = int(logits.shape[1])
+    t = choose_targets("random", y, classes, seed=1)
+    print(
+        f"{lm.id} ({lm.source}) at {args.size} px, {len(x)} images, device {device}, threads {torch.get_num_threads()}"
+    )
+    print("| solver | success | mean distortion | seconds | s/image |")
+    print("|---|---|---|---|---|")
+    rows = [("blindspot", run_ours(model, x, t, device))]
+    if not args.skip_advertorch:
+        rows.append(("advertorch", run_advertorch(model, x, t, device, num_classes=classes)))
+    for name, (sec, ok, dist) in rows:
+        mean = dist[ok].mean() if ok.any() else float("nan")
+        print(f"| {name} | {100 * ok.float().mean():.1f}% | {mean:.5f} | {sec:.1f} | {sec / len(x):.2f} |")
+    if len(rows) > 1:
+        print(f"| speed-up | | | {rows[1][1][0] / rows[0][1][0]:.1f}x | |")
+
+
+if __name__ == "__main__":
+    main()
