@@ -11,7 +11,20 @@ from rich import box
 from rich.table import Table
 
 from blindspot.console import cli_context, note, out, print_json
-from blindspot.options import Device, Json, OutDir, Overwrite, Seed, Threads
+from blindspot.options import (
+    Device,
+    Json,
+    ModelFactory,
+    Normalize,
+    NumClasses,
+    OptionalModel,
+    OutDir,
+    Overwrite,
+    Seed,
+    Threads,
+    Weights,
+    model_ref,
+)
 from engines.bounds.models import parse_input_shape
 from engines.bounds.operation import BOUNDS_FILE, SPECTRA_FILE, BoundsRequest, run_bounds
 from engines.bounds.results import PAPER_TABLE5, NetworkBounds
@@ -24,18 +37,11 @@ def _num(v: float | None) -> str:
 
 
 def bounds(
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model", "-m", help="Zoo id, checkpoint path, 'alexnet' or a torchvision classifier name (random init)."
-        ),
-    ],
-    weights: Annotated[
-        Path | None,
-        typer.Option(
-            "--weights", help="Local state dict for a torchvision model (.pt/.pth via weights_only, or .safetensors)."
-        ),
-    ] = None,
+    model: OptionalModel = None,
+    weights: Weights = None,
+    model_factory: ModelFactory = None,
+    num_classes: NumClasses = None,
+    normalize: Normalize = None,
     input_shape: Annotated[
         str | None, typer.Option("--input", help="CxHxW, e.g. 3x224x224 (default: the model's).")
     ] = None,
@@ -52,8 +58,7 @@ def bounds(
 ) -> None:
     """Frame bounds of every Linear and Conv2d layer and the product of upper bounds (Table 5)."""
     request = BoundsRequest(
-        model=model,
-        weights=str(weights) if weights is not None else None,
+        model=model_ref(model, weights, model_factory, num_classes, normalize),
         input_shape=parse_input_shape(input_shape) if input_shape else None,
         power_iters=power_iters,
         precision=precision,

@@ -12,7 +12,7 @@ No figure is drawn: the CLI prints a table and the screen draws its own bars and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from engines.bounds.results import SOURCE_NOTE, NetworkBounds
 from engines.core.context import RunContext
 from engines.core.errors import InputError
 from engines.core.io import atomic_write, write_json_atomic
+from engines.core.models import ModelRef
 from engines.core.runs import open_run
 
 PRECISIONS: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch.float32}
@@ -40,16 +41,23 @@ class BoundsRequest:
     inception_v3); `seed` fixes a torchvision model's random initialisation.
     """
 
-    model: str
-    weights: str | None = None
+    model: ModelRef | str
+    weights: str | None = None  # folded into `model` (kept for records made before model references)
     input_shape: tuple[int, int, int] | None = None
     power_iters: int = 50
     precision: str = "float64"
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not self.model.strip():
+        if isinstance(self.model, str) and not self.model.strip():
             raise InputError("say which model: --model ID|alexnet|TORCHVISION_NAME|PATH")
+        model = ModelRef.from_json(self.model)
+        if self.weights is not None:
+            if model.weights is not None:
+                raise InputError("the weights are given twice")
+            model = replace(model, weights=str(self.weights))
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "weights", None)
         if self.precision not in PRECISIONS:
             raise InputError(f"unknown precision {self.precision!r}: use float64 or float32")
         if self.power_iters < 0:
@@ -66,8 +74,8 @@ class BoundsRequest:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "model": self.model,
-            "weights": self.weights,
+            "model": self.model.to_json(),
+            "weights": None,
             "input_shape": list(self.input_shape) if self.input_shape is not None else None,
             "power_iters": self.power_iters,
             "precision": self.precision,
@@ -79,7 +87,7 @@ class BoundsRequest:
         try:
             shape = d.get("input_shape")
             return cls(
-                model=str(d["model"]),
+                model=ModelRef.from_json(d["model"]),
                 weights=d.get("weights"),
                 input_shape=tuple(int(v) for v in shape) if shape is not None else None,  # type: ignore[arg-type]
                 power_iters=int(d["power_iters"]),
@@ -97,10 +105,10 @@ def run_bounds(request: BoundsRequest, ctx: RunContext, *, save: bool = True) ->
     """
     device = ctx.torch_device()
     if not save:
-        return _compute(load_bounds_model(request.model, request.weights, seed=request.seed), request, device, ctx)
-    with open_run(ctx, "bounds", request.model, request.to_json()) as run:
-        loaded = load_bounds_model(request.model, request.weights, seed=request.seed)
-        run.update(model={"name": loaded.name, "source": loaded.source})
+        return _compute(load_bounds_model(request.model), request, device, ctx)
+    with open_run(ctx, "bounds", str(request.model), request.to_json()) as run:
+        loaded = load_bounds_model(request.model)
+        run.update(model={"name": loaded.name, "source": loaded.source, "normalization": loaded.normalization})
         result = _compute(loaded, request, device, ctx)
         result.run = str(run.path)
         write_bounds(result, run.path)
@@ -120,6 +128,12 @@ def _compute(loaded: BoundsModel, request: BoundsRequest, device: torch.device, 
     )
     result.source = loaded.source
     result.notes.append(f"{SOURCE_NOTE}{loaded.source}")
+    if loaded.normalization is not None:
+        norm = loaded.normalization
+        result.notes.append(
+            f"input normalization {norm['name']} ((x - mean) / std in front of the network) is not in the table: "
+            f"its operator norm is max 1/std = {norm['factor']:.4g}, so in pixel space multiply the product by it"
+        )
     return result
 
 
