@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from engines.core.errors import InputError
 from engines.core.models import ModelRef, load_model
 from engines.core.sources import DataRef, open_data
 from tests.shapes import make_labels_csv_folder, make_shapes_folder, write_cifar_binary
@@ -207,3 +208,30 @@ def test_bad_models_and_data_are_one_line_exit_2(world: dict, cli, tmp_path: Pat
         *cli("attack", "--model", "resnet18", "--normalize", "1,2:3", "--data", world["data"], *base)[:3:2]
     )
     assert "--normalize" in line
+
+
+def test_reproduce_adds_figure5_on_a_trained_alexnet_and_the_users_images(world: dict, tmp_path: Path) -> None:
+    from engines.attack.problems import AttackConfig
+    from engines.core.context import RunContext
+    from engines.reproduce.run import ReproduceRequest, figure5
+
+    with pytest.raises(InputError, match="needs --weights"):
+        ReproduceRequest(imagenet_dir=str(world["data"]))
+    net = load_model(ModelRef("alexnet", normalize="none")).model  # stands in for the user's trained AlexNet:
+    with torch.no_grad():  # random AlexNet logits barely depend on the image (sd 0.01); a trained net's do
+        net.classifier[6].weight.mul_(1000)
+    weights = tmp_path / "alexnet.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
+    request = ReproduceRequest(
+        imagenet_dir=str(world["data"]),
+        alexnet_weights=str(weights),
+        figure5_n=1,
+        config=AttackConfig(c_steps=2, max_iter=5),
+    )
+    assert request.alexnet() == ModelRef("alexnet", weights=str(weights))
+    path = figure5(request, RunContext(device="cpu"), tmp_path / "report")
+    assert path is not None
+    figure = Image.open(tmp_path / "report" / path)
+    assert figure.mode == "RGB" and figure.height > 4 * 224  # four rows of colour images at AlexNet's 224 px
+    summary = json.loads((tmp_path / "report" / "figure5" / "summary.json").read_text())
+    assert summary["model"] == "alexnet" and summary["image_shape"] == [3, 224, 224] and not summary["random_init"]

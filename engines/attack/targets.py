@@ -7,6 +7,7 @@ from torch import nn
 
 from engines.core.choices import TARGETS
 from engines.core.errors import InputError
+from engines.core.memory import eval_batch
 
 TARGET_MODES = TARGETS
 
@@ -53,8 +54,9 @@ def choose_targets(
         device = next(model.parameters()).device
         out = []
         with torch.no_grad():
-            for i in range(0, n, 4096):
-                out.append(model(images[i : i + 4096].to(device)).argmin(1).cpu())
+            step = eval_batch(images)
+            for i in range(0, n, step):
+                out.append(model(images[i : i + step].to(device)).argmin(1).cpu())
         return torch.cat(out)
     if isinstance(mode, int):
         return torch.full((n,), mode, dtype=torch.long)

@@ -23,6 +23,7 @@ from torch import nn
 from engines.core.data import data_fingerprint, dataset_name, sample_data_dir
 from engines.core.errors import CheckpointError, DataError, ModelError
 from engines.core.io import atomic_write, file_sha256, read_json, write_json_atomic
+from engines.core.memory import eval_batch
 from engines.core.zoo import ZOO, build_model
 
 _log = logging.getLogger(__name__)
@@ -231,10 +232,11 @@ def check_classifier(
 
 
 def check_finite_logits(
-    model: nn.Module, x: torch.Tensor, device: torch.device | str = "cpu", batch: int = 1024
+    model: nn.Module, x: torch.Tensor, device: torch.device | str = "cpu", batch: int | None = None
 ) -> None:
     """Refuse a model whose logits overflow to inf/NaN on the images: every attack on it would
     "fail" silently and report 0 % success."""
+    batch = batch or eval_batch(x, 1024)
     with torch.no_grad():
         for start in range(0, len(x), batch):
             out = model(x[start : start + batch].to(device))

@@ -41,3 +41,10 @@ def activation_floats(model: nn.Module, x: torch.Tensor, device: torch.device | 
         for h in handles:
             h.remove()
     return total
+
+
+def eval_batch(x: torch.Tensor, cap: int = 4096) -> int:
+    """Images per inference batch: thousands of MNIST digits, about a hundred ImageNet-sized images
+    (16 M input floats: the activations of a large network stay within a few GB)."""
+    per_image = max(1, int(x[0].numel())) if len(x) else 1
+    return max(1, min(cap, (16 << 20) // per_image))

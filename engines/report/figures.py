@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from engines.core.io import atomic_write
+from engines.core.memory import eval_batch
 
 BG = (255, 255, 255)
 INK = (0, 0, 0)
@@ -75,7 +76,8 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
 
 def predict(model: nn.Module, x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([model(x[i : i + 4096].to(device)).argmax(1).cpu() for i in range(0, len(x), 4096)])
+        step = eval_batch(x)
+        return torch.cat([model(x[i : i + step].to(device)).argmax(1).cpu() for i in range(0, len(x), step)])
 
 
 def attack_figure(

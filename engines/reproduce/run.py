@@ -184,8 +184,8 @@ def run_reproduce(request: ReproduceRequest, ctx: RunContext) -> ReproduceResult
         stage.done("Table 5")
         stage.start("report")  # done = total: the tables are finished
         figures = collect_figures(out, t2, t4)
-        if request.imagenet_dir is not None:
-            figures["figure5-alexnet"] = figure5(request, ctx, out)
+        if request.imagenet_dir is not None and (fig5 := figure5(request, ctx, out)) is not None:
+            figures["figure5-alexnet"] = fig5
         seconds = time.perf_counter() - start
         settings = {
             "n": request.images,
@@ -228,7 +228,7 @@ class _Stages:
         self.ctx.emit(TableDone(task="reproduce", done=self.finished, total=TABLES, name=name))
 
 
-def figure5(request: ReproduceRequest, ctx: RunContext, out: Path) -> str:
+def figure5(request: ReproduceRequest, ctx: RunContext, out: Path) -> str | None:
     """Fig. 5 on the user's trained AlexNet and ImageNet images: the attack's own run, its figure beside the report."""
     attack = AttackRequest(
         model=request.alexnet(),
@@ -240,6 +240,8 @@ def figure5(request: ReproduceRequest, ctx: RunContext, out: Path) -> str:
         classes_file=request.classes_file,
     )
     result = run_attack(attack, replace(ctx, out=out / "figure5", overwrite=True))
+    if not (Path(result.run) / FIGURE_FILE).is_file():  # no image reached its target within the budget
+        return None
     (out / "figures").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(result.run) / FIGURE_FILE, out / "figures" / "figure5-alexnet.png")
     return "figures/figure5-alexnet.png"
