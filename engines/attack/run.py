@@ -35,7 +35,7 @@ from engines.core.errors import InputError
 from engines.core.events import ChunkDone, EventSink
 from engines.core.io import atomic_write, read_json, write_json_atomic
 from engines.core.memory import activation_floats, available_memory
-from engines.core.model_data import check_labels, data_record, open_model_data
+from engines.core.model_data import check_labels, data_record, open_model_data, take_images
 from engines.core.models import ModelRef, load_model
 from engines.core.runs import RunFolder, open_run, read_run_record, reopen_run
 from engines.report.figures import attack_figure
@@ -158,7 +158,7 @@ def resume_attack(folder: Path, ctx: RunContext) -> AttackResult:
 def _load_data(request: AttackRequest, lm: LoadedModel) -> tuple[Dataset, dict[str, Any]]:
     """The request's images as the model reads them, and what run.json records of them."""
     source = open_model_data(lm, request.data_dir, request.split, request.image_size, request.classes_file)
-    data = source.take(request.offset, request.n)
+    data = take_images(source, request.offset, request.n)
     validate_images(data.images)
     return data, data_record(source)
 

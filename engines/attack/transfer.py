@@ -29,7 +29,7 @@ from engines.core.context import RunContext
 from engines.core.errors import InputError
 from engines.core.events import SetReady, Step
 from engines.core.io import atomic_write, read_json, write_json_atomic, write_text_atomic
-from engines.core.model_data import check_labels, fit_images, open_model_data
+from engines.core.model_data import check_labels, fit_images, open_model_data, take_images
 from engines.core.models import ModelRef, load_model
 from engines.core.runs import RUN_FILE, open_run, read_run_record
 from engines.report.figures import heatmap_png, predict
@@ -205,7 +205,7 @@ def run_transfer(request: TransferRequest, ctx: RunContext) -> TransferMatrix:
         out = run.path
         models = _load_targets(request.targets, device)  # fail early on a bad target
         base = open_model_data(next(iter(models.values())), request.data_dir, request.split, None, request.classes_file)
-        data = base.take(request.offset, request.n)
+        data = take_images(base, request.offset, request.n)
         x, y = data.images, data.labels
         for lm in models.values():
             warn_if_trained_on_other_data(lm, request.data_dir)

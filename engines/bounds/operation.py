@@ -108,7 +108,10 @@ def run_bounds(request: BoundsRequest, ctx: RunContext, *, save: bool = True) ->
         return _compute(load_bounds_model(request.model), request, device, ctx)
     with open_run(ctx, "bounds", str(request.model), request.to_json()) as run:
         loaded = load_bounds_model(request.model)
-        run.update(model={"name": loaded.name, "source": loaded.source, "normalization": loaded.normalization})
+        identity = {"name": loaded.name, "source": loaded.source}
+        if loaded.normalization is not None:
+            identity["normalization"] = loaded.normalization
+        run.update(model=identity)
         result = _compute(loaded, request, device, ctx)
         result.run = str(run.path)
         write_bounds(result, run.path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -44,6 +45,22 @@ def open_model_data(
     classes_file: str | None = None,
 ) -> DataSource:
     return open_data(data_ref_for(lm, data_dir, image_size, classes_file), split)
+
+
+def take_images(source: DataSource, offset: int = 0, n: int | None = None) -> Dataset:
+    """Images [offset, offset + n) of the source, decoded in worker processes when there are many of them
+    (the source's DataLoader); the same tensors as `source.take` either way."""
+    parts = list(source.batches(offset, n, batch_size=256))
+    if len(parts) == 1:
+        return parts[0]
+    files = None if parts[0].files is None else tuple(f for p in parts for f in (p.files or ()))
+    return Dataset(
+        torch.cat([p.images for p in parts]),
+        torch.cat([p.labels for p in parts]),
+        parts[0].name,
+        np.concatenate([p.indices for p in parts]),
+        files,
+    )
 
 
 def data_record(source: DataSource, images: Dataset | None = None) -> dict[str, Any]:

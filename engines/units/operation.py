@@ -23,7 +23,7 @@ from engines.core.context import RunContext
 from engines.core.data import SPLITS, Dataset
 from engines.core.errors import InputError
 from engines.core.io import write_json_atomic
-from engines.core.model_data import check_labels, data_record, open_model_data
+from engines.core.model_data import check_labels, data_record, open_model_data, take_images
 from engines.core.models import ModelRef, load_model
 from engines.core.runs import open_run
 from engines.report.unit_figures import save_unit_figures
@@ -141,7 +141,7 @@ def load_units_data(request: UnitsRequest, lm: LoadedModel | None = None) -> tup
     n = request.n
     if n is None and source.kind != "idx":
         n = FOLDER_DEFAULT_N
-    return source.take(0, min(n, len(source)) if n is not None else None), data_record(source)
+    return take_images(source, 0, min(n, len(source)) if n is not None else None), data_record(source)
 
 
 def run_units(request: UnitsRequest, ctx: RunContext) -> UnitsResult:
