@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from engines.core.context import RunContext
-from engines.core.errors import Cancelled
-from engines.core.events import Event, EventSink, Throttle
+from engines.core.distributed import close_distributed, init_distributed, wait_for_ranks
+from engines.core.errors import BlindspotError, Cancelled
+from engines.core.events import Event, EventSink, Throttle, ignore_events
 from engines.core.io import json_text
 
+EXIT_BAD_INPUT = 2
 # Piped or logged tables are read and copied from, not fitted to a screen: give them room unless COLUMNS says
 PIPE_WIDTH = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160
 err = Console(stderr=True)
@@ -52,8 +54,16 @@ def route_engine_warnings(to_stderr: bool = True) -> None:
         log.addHandler(_EngineLogLines(logging.WARNING))
 
 
+def quiet_rank() -> None:
+    """Under torchrun only rank 0 speaks: the other ranks' tables, JSON and notes would repeat it N times."""
+    out.quiet = True
+    err.quiet = True
+
+
 def print_json(obj: Any) -> None:
     """Plain, strict JSON on stdout (no Rich markup; NaN as null), for scripts."""
+    if out.quiet:
+        return
     sys.stdout.write(json_text(obj) + "\n")
     sys.stdout.flush()
 
@@ -108,15 +118,23 @@ class CtrlC:
     def __init__(self) -> None:
         self.pressed = False
         self._previous: Any = None
+        self._previous_term: Any = None
 
     def __enter__(self) -> CtrlC:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous_term = signal.signal(signal.SIGTERM, self._terminate)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+            signal.signal(signal.SIGTERM, self._previous_term)
+
+    def _terminate(self, _sig: int, _frame: Any) -> None:
+        """SIGTERM (torchrun stopping the ranks when one died, a batch system's time limit): stop now, with the
+        run marked interrupted and the line that says how to resume."""
+        raise KeyboardInterrupt
 
     def _handle(self, _sig: int, _frame: Any) -> None:
         if self.pressed:
@@ -138,12 +156,35 @@ def cli_context(
     hint: str = "finished results were kept",
 ) -> Iterator[RunContext]:
     """The run context of a CLI command: progress on stderr, Ctrl-C cancels; an interruption says
-    how to go on (`hint`) and exits 130."""
+    how to go on (`hint`) and exits 130.
+
+    Under torchrun (`torchrun --nproc-per-node N -m blindspot …`) each process joins the job as its rank;
+    rank 0 shows the progress of the whole run and prints the result, the others stay quiet."""
+    ranks = init_distributed(device)
+    if not ranks.main:
+        quiet_rank()
     try:
-        with progress_sink() as on_event, CtrlC() as ctrl_c:
+        with progress_sink() if ranks.main else nullcontext(ignore_events) as on_event, CtrlC() as ctrl_c:
             yield RunContext(
-                device=device, out=out, overwrite=overwrite, threads=threads, on_event=on_event, cancelled=ctrl_c
+                device=device,
+                out=out,
+                overwrite=overwrite,
+                threads=threads,
+                on_event=on_event,
+                cancelled=ctrl_c,
+                ranks=ranks,
             ).applied()
     except (Cancelled, KeyboardInterrupt):
         note(f"interrupted: {hint}")
         raise typer.Exit(130) from None
+    except Exception as exc:
+        if not ranks.sharded:
+            raise
+        # under torchrun: rank 0 says what went wrong (a failed rank's error reaches it through the
+        # operation), the others end quietly; nobody leaves before rank 0 has said it
+        bad_input = isinstance(exc, BlindspotError)
+        note(f"error: {' '.join(str(exc).split())}" if bad_input else f"error: {type(exc).__name__}: {exc}")
+        wait_for_ranks()
+        raise typer.Exit(EXIT_BAD_INPUT if bad_input else 1) from None
+    finally:
+        close_distributed()

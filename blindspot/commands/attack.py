@@ -45,7 +45,9 @@ def attack(
     num_classes: NumClasses = None,
     normalize: Normalize = None,
     split: Annotated[str, typer.Option(help=", ".join(SPLITS) + ".")] = "test",
-    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 100,
+    n: Annotated[
+        int, typer.Option("--n", "-n", help="Number of images (-n under torchrun, whose own options take --n).")
+    ] = 100,
     offset: Offset = 0,
     target: Annotated[
         str,

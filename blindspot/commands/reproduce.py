@@ -29,7 +29,7 @@ from engines.reproduce.run import FULL_N, QUICK_N, ReproduceRequest, run_reprodu
 def reproduce_cmd(
     quick: Annotated[bool, typer.Option("--quick", help=f"Smoke run with N={QUICK_N} images per set.")] = False,
     n: Annotated[
-        int | None, typer.Option("--n", help=f"Images per adversarial set (default {FULL_N}, quick {QUICK_N}).")
+        int | None, typer.Option("--n", "-n", help=f"Images per adversarial set (default {FULL_N}, quick {QUICK_N}).")
     ] = None,
     c_steps: CSteps = 9,
     max_iter: MaxIter = 100,

@@ -105,7 +105,7 @@ def transfer(
         typer.Option("--normalize", help="NAME=imagenet|none|MEANS:STDS (or one value for all non-zoo models)."),
     ] = None,
     split: Annotated[str, typer.Option(help="train, test, p1 or p2.")] = "train",
-    n: Annotated[int, typer.Option("--n", help="Images per set.")] = 100,
+    n: Annotated[int, typer.Option("--n", "-n", help="Images per set (-n under torchrun).")] = 100,
     offset: Offset = 0,
     noise: Annotated[
         str | None, typer.Option(help="Gaussian-noise rows clipped to [0,1] at these rms values, e.g. 0.1,0.3.")

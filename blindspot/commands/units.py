@@ -106,7 +106,7 @@ def units(
         bool, typer.Option("--no-cache", help="Recompute activations; do not touch the cache.")
     ] = False,
     n: Annotated[
-        int | None, typer.Option("--n", min=1, help="Use the first N images (default: all; 2000 of a folder).")
+        int | None, typer.Option("--n", "-n", min=1, help="Use the first N images (default: all; 2000 of a folder).")
     ] = None,
     seed: Seed = 0,
     model: OptionalModel = None,

@@ -68,6 +68,18 @@ def valid_chunks(
     return ranges
 
 
+def chunk_images_done(out: Path) -> int:
+    """Images covered by the chunk files in a run folder, read from their names only (cheap: for progress)."""
+    total = 0
+    for path in (out / CHUNKS).glob("*.safetensors"):
+        try:
+            a, b = (int(v) for v in path.stem.split("-"))
+        except ValueError:
+            continue
+        total += max(0, b - a)
+    return total
+
+
 def remaining(done: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
     """The gaps [start, stop) of a run of n images that no finished chunk covers."""
     gaps, pos = [], 0

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,15 +26,16 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from engines.attack.chunks import SAMPLES_FILE, read_chunk, remaining, save_chunk, valid_chunks
+from engines.attack.chunks import SAMPLES_FILE, chunk_images_done, read_chunk, remaining, save_chunk, valid_chunks
 from engines.attack.problems import AttackConfig, attack_problems, paper_distortion, validate_images
 from engines.attack.results import AttackResult, RunTally, summarize
 from engines.attack.targets import choose_targets, expand_all_targets, parse_target
 from engines.core.checkpoint import LoadedModel, check_classifier, check_finite_logits, warn_if_trained_on_other_data
 from engines.core.context import RunContext
 from engines.core.data import Dataset
-from engines.core.errors import InputError
-from engines.core.events import ChunkDone, EventSink
+from engines.core.distributed import first_error, gather, on_main_first
+from engines.core.errors import Cancelled, InputError
+from engines.core.events import ChunkDone, Event, EventSink, SolverStep
 from engines.core.io import atomic_write, read_json, write_json_atomic
 from engines.core.memory import activation_floats, available_memory
 from engines.core.model_data import check_labels, data_record, open_model_data, take_images
@@ -124,35 +127,68 @@ def auto_batch_size(n_pixels: int, history: int, device: torch.device, activatio
 
 
 def run_attack(request: AttackRequest, ctx: RunContext) -> AttackResult:
-    """Start a new run in the context's folder (a new one under runs/ by default) and carry it to the end."""
-    device = ctx.torch_device()
-    with open_run(ctx, "attack", str(request.model), request.to_json()) as run:
-        lm = load_model(request.model, device)
-        data, identity = _load_data(request, lm)
-        warn_if_trained_on_other_data(lm, request.data_dir)
-        run.update(model=lm.identity(), data=identity)
-        if data.files is not None:
-            write_json_atomic(run.path / IMAGES_FILE, {"root": identity.get("root"), "files": list(data.files)})
-        return _carry_on(run, request, lm, data, ctx)
+    """Start a new run in the context's folder (a new one under runs/ by default) and carry it to the end.
+
+    Under torchrun every rank calls this with the same request: rank 0 opens the folder, each rank attacks its
+    shard of the images, rank 0 merges (see `engines.core.distributed`)."""
+    return _run(request, ctx, None)
 
 
 def resume_attack(folder: Path, ctx: RunContext) -> AttackResult:
-    """Finish an interrupted run with the settings it was started with; a finished run is left alone."""
+    """Finish an interrupted run with the settings it was started with; a finished run is left alone.
+
+    Chunks are named by image index, not by rank: a run started on 4 ranks finishes on 1 or on 8."""
     folder = Path(folder)
-    record = read_run_record(folder)
-    request = AttackRequest.from_json(record["request"])
+    record = on_main_first(ctx.ranks, lambda: read_run_record(folder))
     if record.get("status") == "done":
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # a damaged summary is rebuilt below
             return replace(AttackResult.from_json(read_json(folder / SUMMARY_FILE)), run=str(folder))
-    with reopen_run(folder, "attack") as run:
-        lm = load_model(request.model, ctx.torch_device())
-        recorded = (record.get("model") or {}).get("sha256")
-        if recorded and lm.sha256 != recorded:
-            raise InputError(f"the model {request.model} changed since the run started (weights hash differs)")
-        data, identity = _load_data(request, lm)
-        if record.get("data") is not None and not same_data(record["data"], identity):
-            raise InputError(f"the data files of {folder} changed since the run started (md5 differs)")
-        return _carry_on(run, request, lm, data, ctx)
+    return _run(AttackRequest.from_json(record["request"]), ctx, (folder, record))
+
+
+def _run(request: AttackRequest, ctx: RunContext, resuming: tuple[Path, dict[str, Any]] | None) -> AttackResult:
+    device = ctx.torch_device()
+    with contextlib.ExitStack() as stack:
+        opened: list[RunFolder] = []
+
+        def open_folder() -> Path:  # rank 0 only: create (or reopen), lock and record the folder
+            if resuming is None:
+                opener = open_run(ctx, "attack", str(request.model), request.to_json())
+            else:
+                opener = reopen_run(resuming[0], "attack")
+            opened.append(stack.enter_context(opener))
+            return opened[0].path
+
+        out = on_main_first(ctx.ranks, open_folder)
+        run = opened[0] if opened else RunFolder(out, "attack")  # other ranks only write chunks into it
+        status: dict[str, Any] = {"rank": ctx.ranks.rank, "device": str(device), "images": 0, "chunks": []}
+        with _reported_to_the_other_ranks(ctx, status):  # every rank's failure reaches rank 0's one gather
+            lm = load_model(request.model, device)
+            data, identity = _load_data(request, lm)
+            if resuming is not None:
+                _check_unchanged(resuming, request, lm, identity)
+            elif ctx.ranks.main:
+                warn_if_trained_on_other_data(lm, request.data_dir)
+                run.update(model=lm.identity(), data=identity)
+                if data.files is not None:
+                    write_json_atomic(out / IMAGES_FILE, {"root": identity.get("root"), "files": list(data.files)})
+            done = _attack_my_shard(run, request, lm, data, ctx, status)
+        if not ctx.ranks.sharded:
+            return _finish(run, lm, request, data, device, run.seconds(), done)
+        return _merge_shards(run, request, lm, data, ctx, status)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _check_unchanged(
+    resuming: tuple[Path, dict[str, Any]], request: AttackRequest, lm: LoadedModel, identity: dict[str, Any]
+) -> None:
+    """--resume carries on the same model and data, or nothing."""
+    folder, record = resuming
+    recorded = (record.get("model") or {}).get("sha256")
+    if recorded and lm.sha256 != recorded:
+        raise InputError(f"the model {request.model} changed since the run started (weights hash differs)")
+    if record.get("data") is not None and not same_data(record["data"], identity):
+        raise InputError(f"the data files of {folder} changed since the run started (md5 differs)")
 
 
 def _load_data(request: AttackRequest, lm: LoadedModel) -> tuple[Dataset, dict[str, Any]]:
@@ -169,7 +205,23 @@ def same_data(recorded: dict[str, Any], now: dict[str, Any]) -> bool:
     return all(recorded.get(k) == now.get(k) for k in keys if k in recorded or k in now)
 
 
-def _carry_on(run: RunFolder, request: AttackRequest, lm: LoadedModel, data: Dataset, ctx: RunContext) -> AttackResult:
+@contextlib.contextmanager
+def _reported_to_the_other_ranks(ctx: RunContext, status: dict[str, Any]) -> Iterator[None]:
+    """Under torchrun a rank that fails says so in the gather its partners wait in, then fails itself."""
+    try:
+        yield
+    except BaseException as exc:
+        if ctx.ranks.sharded:
+            status["error"] = "interrupted" if isinstance(exc, (Cancelled, KeyboardInterrupt)) else str(exc)
+            with contextlib.suppress(RuntimeError):  # a partner already gone
+                gather(status, ctx.ranks)
+        raise
+
+
+def _attack_my_shard(
+    run: RunFolder, request: AttackRequest, lm: LoadedModel, data: Dataset, ctx: RunContext, status: dict[str, Any]
+) -> list[tuple[int, int]]:
+    """Check the model on the images, plan the chunks, attack this rank's unfinished images; the finished ranges."""
     device = ctx.torch_device()
     out = run.path
     classes = check_classifier(lm.model, tuple(data.images.shape[1:]), device)
@@ -187,17 +239,70 @@ def _carry_on(run: RunFolder, request: AttackRequest, lm: LoadedModel, data: Dat
     chunk = max(1, batch // per_image)
     if request.chunk_images is not None:  # a screen streams finished examples: several chunks per run
         chunk = min(chunk, request.chunk_images)
-    image_shape = tuple(data.images.shape[1:])
     checksummed = run.record().get("format", 1) >= 2  # chunks carry their checksum since run format 2
-    done = valid_chunks(out, len(data), image_shape, checksummed)  # read and checked once, here
+    done = valid_chunks(out, len(data), tuple(data.images.shape[1:]), checksummed)  # read and checked once, here
+    todo = _my_ranges(remaining(done, len(data)), ctx.ranks.shard(len(data)))
+    _attack_ranges(out, todo, done, chunk, lm, data, targets, classes, request, device, ctx, status)
+    return done
+
+
+def _merge_shards(
+    run: RunFolder, request: AttackRequest, lm: LoadedModel, data: Dataset, ctx: RunContext, status: dict[str, Any]
+) -> AttackResult:
+    """After every rank's work: rank 0 checks that every image has its chunk, merges, and hands out the result."""
+    out = run.path
+    try:
+        statuses = gather(status, ctx.ranks)
+    except RuntimeError as exc:  # a rank died (the collective lost its peer)
+        raise InputError(
+            f"a rank stopped ({' '.join(str(exc).split())[:160]}); the finished chunks are kept: "
+            f"finish with `blindspot attack --resume {out}`"
+        ) from exc
+    failed = first_error(statuses)
+    if failed is not None:
+        raise InputError(f"{failed}; the finished chunks are kept: finish with `blindspot attack --resume {out}`")
+
+    def merge() -> dict[str, Any]:
+        checksummed = run.record().get("format", 1) >= 2
+        merged = valid_chunks(out, len(data), tuple(data.images.shape[1:]), checksummed)  # every rank's, checked
+        if remaining(merged, len(data)):
+            raise InputError(f"images {remaining(merged, len(data))} of {out} have no valid chunk; resume the run")
+        run.update(ranks={"world_size": ctx.ranks.world, "per_rank": statuses})
+        return _finish(run, lm, request, data, ctx.torch_device(), run.seconds(), merged).to_json()
+
+    return AttackResult.from_json(on_main_first(ctx.ranks, merge))
+
+
+def _my_ranges(gaps: list[tuple[int, int]], shard: tuple[int, int]) -> list[tuple[int, int]]:
+    """The parts of the run's unfinished ranges that fall in this rank's shard."""
+    lo, hi = shard
+    return [(max(a, lo), min(b, hi)) for a, b in gaps if max(a, lo) < min(b, hi)]
+
+
+def _attack_ranges(
+    out: Path,
+    todo: list[tuple[int, int]],
+    done: list[tuple[int, int]],
+    chunk: int,
+    lm: LoadedModel,
+    data: Dataset,
+    targets: torch.Tensor | None,
+    classes: int,
+    request: AttackRequest,
+    device: torch.device,
+    ctx: RunContext,
+    status: dict[str, Any],
+) -> None:
+    """Attack the ranges `todo`, a chunk at a time, each saved as it finishes (and appended to `done`)."""
     tally = RunTally.from_chunks(out, done)
     finished = sum(b - a for a, b in done)
-    for a, b in remaining(done, len(data)):
+    sink = _whole_run_progress(ctx.on_event, out) if ctx.ranks.sharded else ctx.on_event
+    for a, b in todo:
         pos = a
         while pos < b:
             stop = min(pos + chunk, b)
             ctx.check_cancel()
-            on_step = tally.progress(ctx.on_event, finished, stop - pos, len(data))
+            on_step = tally.progress(sink, finished, stop - pos, len(data))
             try:
                 part = _attack_chunk(lm, data, pos, stop, targets, classes, request, device, on_step, ctx)
             except torch.cuda.OutOfMemoryError:
@@ -208,9 +313,11 @@ def _carry_on(run: RunFolder, request: AttackRequest, lm: LoadedModel, data: Dat
                 continue
             save_chunk(out, pos, stop, part)
             done.append((pos, stop))
+            status["images"] += stop - pos
+            status["chunks"].append([pos, stop])
             tally.add(part)
             finished += stop - pos
-            ctx.emit(
+            sink(
                 ChunkDone(
                     task=f"attack {lm.id}",
                     done=finished,
@@ -224,7 +331,24 @@ def _carry_on(run: RunFolder, request: AttackRequest, lm: LoadedModel, data: Dat
                 )
             )
             pos = stop
-    return _finish(run, lm, request, data, device, run.seconds(), done)
+
+
+def _whole_run_progress(sink: EventSink, out: Path, every: float = 1.0) -> EventSink:
+    """Progress of the whole run under torchrun: images done counted from every rank's chunk files
+    (their names are image ranges), read at most once a second."""
+    seen = {"at": 0.0, "done": 0}
+
+    def emit(event: Event) -> None:
+        now = time.monotonic()
+        if now - seen["at"] >= every or isinstance(event, ChunkDone):
+            seen["at"], seen["done"] = now, chunk_images_done(out)
+        if isinstance(event, SolverStep) and event.images_done is not None:
+            event = replace(event, images_done=max(event.images_done, seen["done"]))
+        elif isinstance(event, ChunkDone):
+            event = replace(event, done=max(event.done, seen["done"]))
+        sink(event)
+
+    return emit
 
 
 def _attack_chunk(

@@ -8,12 +8,14 @@ to the same operation, so neither can drift from the other in what gets computed
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from engines.core.device import resolve_device, threads_for_shared_cpu
+from engines.core.distributed import Ranks
 from engines.core.errors import Cancelled
 from engines.core.events import CancelCheck, Event, EventSink, ignore_events, never_cancel
 
@@ -29,9 +31,14 @@ class RunContext:
     threads: int | None = None  # CPU threads for torch (None: leave torch's setting)
     on_event: EventSink = ignore_events
     cancelled: CancelCheck = never_cancel
+    ranks: Ranks = Ranks()  # this process's rank in a torchrun job (one rank without torchrun)
 
     def torch_device(self) -> torch.device:
-        return resolve_device(self.device)
+        """The device asked for; under torchrun each rank's CUDA device is its LOCAL_RANK (`--device cuda`)."""
+        device = resolve_device(self.device)
+        if self.ranks.sharded and device.type == "cuda" and self.device in ("auto", "cuda"):
+            device = resolve_device(f"cuda:{self.ranks.local_rank}")
+        return device
 
     def emit(self, event: Event) -> None:
         self.on_event(event)
@@ -44,7 +51,11 @@ class RunContext:
     def applied(self) -> RunContext:
         """Put the context's process-wide settings in force and return it: CPU threads as asked, or
         for a CPU run one per core that other processes leave idle (see `threads_for_shared_cpu`)."""
-        if self.threads is not None or self.torch_device().type == "cpu":
+        if self.threads is None and self.ranks.sharded and self.torch_device().type == "cpu":
+            # the ranks of one node share its cores: probing for idle ones at once, each would take them all
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+        elif self.threads is not None or self.torch_device().type == "cpu":
             torch.set_num_threads(threads_for_shared_cpu(self.threads))
         return self
 

@@ -1,0 +1,118 @@
+"""torchrun-sharded runs on the CPU (gloo): the same results as one process, every image once, resumable
+on another number of ranks, and a dead rank's partner keeps its chunks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
+    env.update(
+        BLINDSPOT_CACHE=str(tmp_path / "cache"),
+        PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO), env.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+        **extra,
+    )
+    return env
+
+
+def _blindspot(tmp_path: Path, args: list[str], ranks: int = 0, **env: str) -> subprocess.CompletedProcess[str]:
+    """`blindspot ARGS` in a fresh process, or under `torchrun --nproc-per-node ranks`."""
+    head = [TORCHRUN, "--standalone", f"--nproc-per-node={ranks}", "-m"] if ranks else [sys.executable, "-m"]
+    return subprocess.run(
+        [*head, "blindspot", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=_env(tmp_path, **env),
+    )
+
+
+def _same_results(a: Path, b: Path) -> None:
+    one, two = load_file(str(a / "samples.safetensors")), load_file(str(b / "samples.safetensors"))
+    assert torch.equal(one["success"], two["success"]) and torch.equal(one["target"], two["target"])
+    assert torch.equal(one["index"], two["index"])
+    ok = one["success"].bool()
+    assert np.allclose(one["distortion"][ok].numpy(), two["distortion"][ok].numpy(), atol=1e-6)
+
+
+ATTACK = ["attack", "--model", "n100-100-10", "-n", "64", "--target", "random", "--device", "cpu", "--json"]
+
+
+def test_two_ranks_give_the_single_process_result_with_every_image_once(tmp_path: Path) -> None:
+    single = _blindspot(tmp_path, [*ATTACK, "--out", tmp_path / "one"])
+    assert single.returncode == 0, single.stderr
+    sharded = _blindspot(tmp_path, [*ATTACK, "--out", tmp_path / "two"], ranks=2)
+    assert sharded.returncode == 0, sharded.stderr
+    assert json.loads(sharded.stdout)["n"] == 64  # one JSON document: rank 0 speaks, rank 1 is quiet
+    _same_results(tmp_path / "one", tmp_path / "two")
+    record = json.loads((tmp_path / "two" / "run.json").read_text())
+    per_rank = record["ranks"]["per_rank"]
+    assert record["status"] == "done" and record["ranks"]["world_size"] == 2
+    assert [r["images"] for r in per_rank] == [32, 32]  # both ranks did work
+    covered = sorted(i for r in per_rank for a, b in r["chunks"] for i in range(a, b))
+    assert covered == list(range(64))  # every image exactly once
+
+
+FLAKY_NET = textwrap.dedent(
+    """
+    import os, signal, time
+    from torch import nn
+    from engines.core.checkpoint import load_checkpoint
+
+    class FailsOnRank1(nn.Module):
+        def __init__(self, how):
+            super().__init__()
+            self.net = load_checkpoint("n100-100-10").model
+            self.how = how
+
+        def forward(self, x):
+            if os.environ.get("RANK") == "1" and x.shape[0] > 2:  # the checks' probes pass; the attack does not
+                if self.how == "raise":
+                    raise RuntimeError("rank 1 lost its accelerator")
+                time.sleep(3)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return self.net(x)
+
+    def raises():
+        return FailsOnRank1("raise")
+
+    def dies():
+        return FailsOnRank1("die")
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["raises", "dies"])
+def test_a_failed_rank_leaves_the_others_chunks_and_the_run_resumes_on_one_rank(tmp_path: Path, how: str) -> None:
+    (tmp_path / "flaky.py").write_text(FLAKY_NET)
+    args = ["attack", "--model-factory", f"flaky:{how}", "-n", "32", "--batch-size", "8", "--target", "random"]
+    args += ["--device", "cpu", "--json", "--out", tmp_path / "run"]
+    broken = _blindspot(tmp_path, args, ranks=2)
+    assert broken.returncode != 0
+    chunks = sorted(p.name for p in (tmp_path / "run" / "chunks").glob("*.safetensors"))
+    assert chunks and all(int(name.split("-")[0]) < 16 for name in chunks)  # rank 0's shard [0, 16) only
+    if how == "raises":  # rank 0 heard of it: one line that names the rank and says how to go on
+        assert "rank 1: " in broken.stderr and f"--resume {tmp_path / 'run'}" in broken.stderr
+    resumed = _blindspot(tmp_path, ["attack", "--resume", tmp_path / "run", "--device", "cpu", "--json"])
+    assert resumed.returncode == 0, resumed.stderr
+    single = _blindspot(tmp_path, [*args[:-3], "--out", tmp_path / "single"])
+    assert single.returncode == 0, single.stderr
+    _same_results(tmp_path / "single", tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "done"
