@@ -26,8 +26,8 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
         BLINDSPOT_CACHE=str(tmp_path / "cache"),
         PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO), env.get("PYTHONPATH", "")]),
         OMP_NUM_THREADS="1",
-        **extra,
     )
+    env.update(extra)
     return env
 
 
@@ -116,3 +116,21 @@ def test_a_failed_rank_leaves_the_others_chunks_and_the_run_resumes_on_one_rank(
     assert single.returncode == 0, single.stderr
     _same_results(tmp_path / "single", tmp_path / "run")
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "done"
+
+
+def test_two_ranks_build_the_same_transfer_matrix_as_one_process(tmp_path: Path) -> None:
+    args = ["transfer", "--sources", "softmax1,n100-100-10", "--targets", "softmax1,n100-100-10,m2", "--split", "test"]
+    args += ["-n", "24", "--noise", "0.1", "--c-steps", "4", "--max-iter", "40", "--device", "cpu", "--json"]
+    single = _blindspot(tmp_path, [*args, "--out", tmp_path / "one"], BLINDSPOT_CACHE=str(tmp_path / "cache-one"))
+    assert single.returncode == 0, single.stderr
+    sharded = _blindspot(
+        tmp_path, [*args, "--out", tmp_path / "two"], ranks=2, BLINDSPOT_CACHE=str(tmp_path / "cache-two")
+    )
+    assert sharded.returncode == 0, sharded.stderr
+    one, two = json.loads(single.stdout), json.loads(sharded.stdout)
+    assert one["errors"] == two["errors"] and one["columns"] == two["columns"]
+    assert np.allclose(one["distortions"], two["distortions"], atol=1e-6)
+    assert two["settings"]["world_size"] == 2
+    for info in two["settings"]["sources"].values():  # each set was attacked by both ranks
+        record = json.loads((Path(info["cache"]) / "run.json").read_text())
+        assert [r["images"] for r in record["ranks"]["per_rank"]] == [12, 12]

@@ -21,6 +21,7 @@ from engines.attack.problems import AttackConfig
 from engines.attack.run import SUMMARY_FILE, AttackRequest, resume_attack, run_attack
 from engines.core.cache import cache_key, writable_cache_dir
 from engines.core.context import RunContext
+from engines.core.distributed import on_main_first
 from engines.core.errors import InputError, RunInUse
 from engines.core.io import read_json
 from engines.core.model_data import data_record, open_model_data
@@ -71,6 +72,8 @@ def adversarial_set(request: AttackRequest, ctx: RunContext) -> AdversarialSet:
     )
     # a checkpoint is pinned to its file (a zoo id could point elsewhere later); other models are their reference
     pinned = replace(request, model=str(lm.path)) if lm.kind == "checkpoint" and not lm.normalization else request
+    if ctx.ranks.sharded:
+        return _sharded_set(pinned, key, lm.id, ctx)
     root = writable_cache_dir("advsets")
     if root is None:  # no usable cache (one warning was printed): compute in a temporary folder
         with tempfile.TemporaryDirectory(prefix="blindspot-advset-") as tmp:
@@ -87,6 +90,36 @@ def adversarial_set(request: AttackRequest, ctx: RunContext) -> AdversarialSet:
     summary, samples = cached or (read_json(folder / SUMMARY_FILE), load_samples(folder))
     summary["model"] = lm.id
     return AdversarialSet(source=lm.id, folder=folder, samples=samples, summary=summary, cached=cached is not None)
+
+
+def _sharded_set(request: AttackRequest, key: str, model_id: str, ctx: RunContext) -> AdversarialSet:
+    """Under torchrun: rank 0 decides (served from the cache, resumed, or computed), every rank takes part in
+    the attack, the cache folder (on the file system all ranks share) holds the set."""
+
+    def decide() -> tuple[Path, str]:
+        root = writable_cache_dir("advsets")
+        if root is None:
+            raise InputError("under torchrun the adversarial sets need a cache folder every rank can write: set BLINDSPOT_CACHE")
+        folder = root / key
+        if _read_entry(folder) is not None:
+            return folder, "cached"
+        unfinished = (folder / RUN_FILE).is_file() and not (folder / SUMMARY_FILE).is_file()
+        return folder, "resume" if unfinished else "new"
+
+    folder, action = on_main_first(ctx.ranks, decide)
+    here = replace(ctx, out=folder, overwrite=action == "new")
+    if action == "resume":
+        try:
+            resume_attack(folder, replace(here, overwrite=False))
+        except RunInUse:
+            raise
+        except InputError:  # damaged: computed again, by every rank alike
+            action = "new"
+    if action == "new":
+        run_attack(request, replace(here, overwrite=True))
+    summary, samples = read_json(folder / SUMMARY_FILE), load_samples(folder)
+    summary["model"] = model_id
+    return AdversarialSet(source=model_id, folder=folder, samples=samples, summary=summary, cached=action == "cached")
 
 
 def _data_key(source: Any) -> Any:

@@ -9,6 +9,7 @@ with each row's images so that a cell can be opened to show the examples that fo
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -26,6 +27,7 @@ from engines.attack.problems import AttackConfig, paper_distortion
 from engines.attack.run import AttackRequest
 from engines.core.checkpoint import LoadedModel, check_classifier, warn_if_trained_on_other_data
 from engines.core.context import RunContext
+from engines.core.distributed import on_main_first
 from engines.core.errors import InputError
 from engines.core.events import SetReady, Step
 from engines.core.io import atomic_write, read_json, write_json_atomic, write_text_atomic
@@ -198,69 +200,101 @@ def run_transfer(request: TransferRequest, ctx: RunContext) -> TransferMatrix:
     Adversarial sets come from (or go to) the cache, so an interrupted matrix costs little to redo.
     `noise` rows are clipped to [0, 1] at the requested rms; `unclipped` rows add N(0, σ²) and
     leave the box, as the paper's noise rows most likely did.
+
+    Under torchrun every rank calls it: rank 0 opens the folder and loads the targets, all ranks attack the
+    sources' sets together (each its shard of the images), rank 0 evaluates and writes the matrix.
     """
-    ctx = redo_interrupted(ctx, "transfer")
     device = ctx.torch_device()
-    with open_run(ctx, "transfer", "matrix", request.to_json()) as run:
-        out = run.path
-        models = _load_targets(request.targets, device)  # fail early on a bad target
-        base = open_model_data(next(iter(models.values())), request.data_dir, request.split, None, request.classes_file)
-        data = take_images(base, request.offset, request.n)
-        x, y = data.images, data.labels
-        for lm in models.values():
-            warn_if_trained_on_other_data(lm, request.data_dir)
-            check_labels(
-                data, check_classifier(lm.model, tuple(fit_images(x[:1], lm.input_shape).shape[1:]), device), lm.id
-            )
-        sets: list[tuple[MatrixRow, torch.Tensor, torch.Tensor]] = []
-        sources_info = {}
+    ranks = ctx.ranks
+    with contextlib.ExitStack() as stack:
+        prepared: dict[str, Any] = {}
+
+        def prepare() -> None:  # rank 0: the folder, the targets, the images
+            here = redo_interrupted(ctx, "transfer")
+            prepared["run"] = stack.enter_context(open_run(here, "transfer", "matrix", request.to_json()))
+            prepared["models"] = _load_targets(request.targets, device)  # fail early on a bad target
+            first = next(iter(prepared["models"].values()))
+            base = open_model_data(first, request.data_dir, request.split, None, request.classes_file)
+            prepared["data"] = take_images(base, request.offset, request.n)
+
+        on_main_first(ranks, prepare)
+        sets = []
         total = len(request.sources)
-        for i, src in enumerate(request.sources):
+        for i, src in enumerate(request.sources):  # collective under torchrun: nothing in here may fail alone
             ctx.check_cancel()
             ctx.emit(Step(task="adversarial sets", done=i, total=total, message=f"attacking with {src}"))
             aset = adversarial_set(request.attack_request(src), ctx)
-            name = aset.source
-            if not torch.equal(aset.samples["label"], y):
-                raise InputError(f"{name}'s adversarial set holds other images than the matrix (labels differ)")
-            cache = None if aset.folder is None else str(aset.folder)
-            sources_info[name] = {"cache": cache, "cached": aset.cached, "summary": aset.summary, "ref": src.to_json()}
-            ctx.emit(SetReady(task="adversarial sets", done=i + 1, total=total, source=name, cached=aset.cached))
-            sets += _source_rows(name, aset.samples["x"], aset.samples, request.amplify_rms)
+            ctx.emit(SetReady(task="adversarial sets", done=i + 1, total=total, source=aset.source, cached=aset.cached))
+            sets.append((src, aset))
         ctx.emit(Step(task="adversarial sets", done=total, total=total))
-        sets += _noise_rows(x, request)
-        errors = np.zeros((len(sets), len(models)), dtype=np.int64)
-        resized: dict[str, list[str]] = {}
-        for i, (row, x_row, _) in enumerate(sets):
-            ctx.check_cancel()
-            for j, (name, lm) in enumerate(models.items()):
-                fitted = fit_images(x_row, lm.input_shape)
-                if fitted is not x_row:
-                    resized.setdefault(name, []).append(row.name)
-                errors[i, j] = int((predict(lm.model, fitted, device) != y).sum())
-            ctx.emit(Step(task="evaluate", done=i + 1, total=len(sets)))
-        settings = {
-            "offset": request.offset,
-            "seed": request.seed,
-            "attack": request.config.as_dict(),
-            "target_mode": "all",
-            "models": {
-                name: {**m.identity(), "ref": t.to_json()}
-                for (name, m), t in zip(models.items(), request.targets, strict=True)
-            },
-            "image_shapes": {r.name: list(x_row.shape[1:]) for r, x_row, _ in sets},
-            "resized": {
-                name: f"rows {', '.join(rows)} resized to {list(models[name].input_shape or [])} for this model "
-                "(bilinear, antialiased)"
-                for name, rows in resized.items()
-            },
-            "sources": sources_info,
-            "noise": "Gaussian, clipped to [0,1], scaled per image to the rms",
-            "unclipped_noise": "x + N(0, sigma^2), not clipped to [0,1]",
-            "amplify": "x + s(x'-x), s per image so that the clipped rms is the requested value",
-        }
-        rows = [r for r, _, _ in sets]
-        matrix = TransferMatrix(rows, list(models), errors, request.split, len(y), settings, out)
-        save_matrix(matrix, out, x, y, [x_row for _, x_row, _ in sets], [x_own for _, _, x_own in sets])
+        return on_main_first(
+            ranks,
+            lambda: _evaluate(request, ctx, prepared["run"].path, prepared["models"], prepared["data"], sets),
+        )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _evaluate(
+    request: TransferRequest,
+    ctx: RunContext,
+    out: Path,
+    models: dict[str, LoadedModel],
+    data: Any,
+    sets: list[tuple[ModelRef, Any]],
+) -> TransferMatrix:
+    """Every target on every row's images; the matrix written to the run folder."""
+    device = ctx.torch_device()
+    x, y = data.images, data.labels
+    for lm in models.values():
+        warn_if_trained_on_other_data(lm, request.data_dir)
+        check_labels(
+            data, check_classifier(lm.model, tuple(fit_images(x[:1], lm.input_shape).shape[1:]), device), lm.id
+        )
+    rows_images: list[tuple[MatrixRow, torch.Tensor, torch.Tensor]] = []
+    sources_info = {}
+    for src, aset in sets:
+        name = aset.source
+        if not torch.equal(aset.samples["label"], y):
+            raise InputError(f"{name}'s adversarial set holds other images than the matrix (labels differ)")
+        cache = None if aset.folder is None else str(aset.folder)
+        sources_info[name] = {"cache": cache, "cached": aset.cached, "summary": aset.summary, "ref": src.to_json()}
+        rows_images += _source_rows(name, aset.samples["x"], aset.samples, request.amplify_rms)
+    rows_images += _noise_rows(x, request)
+    errors = np.zeros((len(rows_images), len(models)), dtype=np.int64)
+    resized: dict[str, list[str]] = {}
+    for i, (row, x_row, _) in enumerate(rows_images):
+        ctx.check_cancel()
+        for j, (name, lm) in enumerate(models.items()):
+            fitted = fit_images(x_row, lm.input_shape)
+            if fitted is not x_row:
+                resized.setdefault(name, []).append(row.name)
+            errors[i, j] = int((predict(lm.model, fitted, device) != y).sum())
+        ctx.emit(Step(task="evaluate", done=i + 1, total=len(rows_images)))
+    settings = {
+        "offset": request.offset,
+        "seed": request.seed,
+        "attack": request.config.as_dict(),
+        "target_mode": "all",
+        "models": {
+            name: {**m.identity(), "ref": t.to_json()}
+            for (name, m), t in zip(models.items(), request.targets, strict=True)
+        },
+        "image_shapes": {r.name: list(x_row.shape[1:]) for r, x_row, _ in rows_images},
+        "resized": {
+            name: f"rows {', '.join(rows)} resized to {list(models[name].input_shape or [])} for this model "
+            "(bilinear, antialiased)"
+            for name, rows in resized.items()
+        },
+        "sources": sources_info,
+        "noise": "Gaussian, clipped to [0,1], scaled per image to the rms",
+        "unclipped_noise": "x + N(0, sigma^2), not clipped to [0,1]",
+        "amplify": "x + s(x'-x), s per image so that the clipped rms is the requested value",
+    }
+    if ctx.ranks.sharded:
+        settings["world_size"] = ctx.ranks.world
+    rows = [r for r, _, _ in rows_images]
+    matrix = TransferMatrix(rows, list(models), errors, request.split, len(y), settings, out)
+    save_matrix(matrix, out, x, y, [x_row for _, x_row, _ in rows_images], [x_own for _, _, x_own in rows_images])
     return matrix
 
 

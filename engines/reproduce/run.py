@@ -12,6 +12,7 @@ within one model (Tables 1–4) or one layer (Table 5) and keeps the tables alre
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ from engines.attack.run import FIGURE_FILE, AttackRequest, run_attack
 from engines.attack.transfer import TransferMatrix, TransferRequest, redo_interrupted, run_transfer
 from engines.core import paper
 from engines.core.context import RunContext
+from engines.core.distributed import Ranks, on_main_first
 from engines.core.errors import InputError
 from engines.core.events import Step, TableDone
 from engines.core.io import write_json_atomic, write_text_atomic
@@ -138,11 +140,17 @@ class ReproduceResult:
 def run_reproduce(request: ReproduceRequest, ctx: RunContext) -> ReproduceResult:
     """Run Tables 1–5 into a run folder (`runs/reproduce-paper-<time>` unless the context names
     one) and write report.md; adversarial sets are cached, so a second run reuses them."""
-    ctx = redo_interrupted(ctx, "reproduce")
     ctx.torch_device()  # an unusable device fails now, before a folder is made
     start = time.perf_counter()
-    with open_run(ctx, "reproduce", "paper", request.to_json()) as run:
-        out = run.path
+    ranks = ctx.ranks
+    alone = replace(ctx, ranks=Ranks())  # what rank 0 does by itself under torchrun (tables 1, 3, 5, the report)
+    with contextlib.ExitStack() as stack:
+
+        def open_folder() -> Path:
+            here = redo_interrupted(ctx, "reproduce")
+            return stack.enter_context(open_run(here, "reproduce", "paper", request.to_json())).path
+
+        out = on_main_first(ranks, open_folder)
         stage = _Stages(ctx)
 
         def transfer_table(
@@ -161,56 +169,67 @@ def run_reproduce(request: ReproduceRequest, ctx: RunContext) -> ReproduceResult
                 unclipped=tuple(noise),
                 **extra,
             )
-            # the reproduce run owns its table folders: a redo writes over them
+            # the reproduce run owns its table folders: a redo writes over them (all ranks attack the sets)
             return run_transfer(transfer, replace(ctx, out=out / name, overwrite=True))
+
+        def on_main(step: Any) -> Any:
+            return on_main_first(ranks, step)
 
         stage.start("Table 2: transfer across models (train set)")
         t2 = transfer_table("table2", paper.TABLE1_MODELS, "train", [0.1, 0.3])
         stage.done("Table 2")
         stage.start("Table 1: errors and minimum distortion")
-        t1 = table1(t2, ctx, request.data_dir)
-        write_json_atomic(out / "table1.json", t1)
+        t1 = on_main(lambda: _written(out / "table1.json", table1(t2, alone, request.data_dir)))
         stage.done("Table 1")
         stage.start("Table 3: errors on P1, P2 and test")
-        t3 = table3(ctx, request.data_dir)
-        write_json_atomic(out / "table3.json", t3)
+        t3 = on_main(lambda: _written(out / "table3.json", table3(alone, request.data_dir)))
         stage.done("Table 3")
         stage.start("Table 4: transfer across training sets (test set)")
         t4 = transfer_table("table4", paper.TABLE3_MODELS, "test", [0.06, 0.1], amplify_rms=0.1)
         stage.done("Table 4")
         stage.start("Table 5: frame bounds of AlexNet")
-        t5 = table5(ctx, request.alexnet())
-        write_json_atomic(out / "table5.json", t5)
+        t5 = on_main(lambda: _written(out / "table5.json", table5(alone, request.alexnet())))
         stage.done("Table 5")
         stage.start("report")  # done = total: the tables are finished
-        figures = collect_figures(out, t2, t4)
-        if request.imagenet_dir is not None and (fig5 := figure5(request, ctx, out)) is not None:
-            figures["figure5-alexnet"] = fig5
-        seconds = time.perf_counter() - start
-        settings = {
-            "n": request.images,
-            "quick": request.quick,
-            "seed": request.seed,
-            "attack": request.config.as_dict(),
-            "device": str(ctx.torch_device()),
-            "seconds": round(seconds, 1),
-            "torch": torch.__version__,
-        }
-        result = ReproduceResult(
-            report=out / "report.md",
-            folder=out,
-            settings=settings,
-            table1=t1,
-            table2=matrix_vs_paper(t2, paper.TABLE2, table2_key),
-            table3=t3,
-            table4=matrix_vs_paper(t4, paper.TABLE4, table4_key),
-            table5=t5,
-            figures=figures,
-            seconds=round(seconds, 3),
-        )
-        write_json_atomic(out / "tables.json", {"settings": settings, **result.tables()})
-        write_text_atomic(result.report, render_report(result.tables(), settings, figures))
-    return result
+
+        def report() -> ReproduceResult:
+            figures = collect_figures(out, t2, t4)
+            if request.imagenet_dir is not None and (fig5 := figure5(request, alone, out)) is not None:
+                figures["figure5-alexnet"] = fig5
+            seconds = time.perf_counter() - start
+            settings = {
+                "n": request.images,
+                "quick": request.quick,
+                "seed": request.seed,
+                "attack": request.config.as_dict(),
+                "device": str(ctx.torch_device()),
+                "seconds": round(seconds, 1),
+                "torch": torch.__version__,
+                **({"world_size": ranks.world} if ranks.sharded else {}),
+            }
+            result = ReproduceResult(
+                report=out / "report.md",
+                folder=out,
+                settings=settings,
+                table1=t1,
+                table2=matrix_vs_paper(t2, paper.TABLE2, table2_key),
+                table3=t3,
+                table4=matrix_vs_paper(t4, paper.TABLE4, table4_key),
+                table5=t5,
+                figures=figures,
+                seconds=round(seconds, 3),
+            )
+            write_json_atomic(out / "tables.json", {"settings": settings, **result.tables()})
+            write_text_atomic(result.report, render_report(result.tables(), settings, figures))
+            return result
+
+        return on_main(report)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _written(path: Path, table: Any) -> Any:
+    write_json_atomic(path, table)
+    return table
 
 
 class _Stages:
