@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -34,14 +35,22 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def _blindspot(tmp_path: Path, args: list[str], ranks: int = 0, **env: str) -> subprocess.CompletedProcess[str]:
     """`blindspot ARGS` in a fresh process, or under `torchrun --nproc-per-node ranks`."""
     head = [TORCHRUN, "--standalone", f"--nproc-per-node={ranks}", "-m"] if ranks else [sys.executable, "-m"]
-    return subprocess.run(
+    proc = subprocess.Popen(
         [*head, "blindspot", *map(str, args)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
         cwd=tmp_path,
         env=_env(tmp_path, **env),
+        start_new_session=True,  # a hung job is killed with all its ranks, not only the launcher
     )
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"blindspot {' '.join(map(str, args))} hung:\n{err[-2000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _same_results(a: Path, b: Path) -> None:
