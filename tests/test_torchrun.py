@@ -143,3 +143,16 @@ def test_two_ranks_build_the_same_transfer_matrix_as_one_process(tmp_path: Path)
     for info in two["settings"]["sources"].values():  # each set was attacked by both ranks
         record = json.loads((Path(info["cache"]) / "run.json").read_text())
         assert [r["images"] for r in record["ranks"]["per_rank"]] == [12, 12]
+
+
+def test_two_ranks_share_the_activations_pass_of_units(tmp_path: Path) -> None:
+    args = ["units", "--model", "n100-100-10", "--layer", "act1", "-n", "300", "--k", "4", "--stat-random", "200"]
+    args += ["--device", "cpu", "--json", "--no-cache"]
+    single = _blindspot(tmp_path, [*args, "--out", tmp_path / "one"])
+    assert single.returncode == 0, single.stderr
+    sharded = _blindspot(tmp_path, [*args, "--out", tmp_path / "two"], ranks=2)
+    assert sharded.returncode == 0, sharded.stderr
+    one, two = json.loads(single.stdout), json.loads(sharded.stdout)
+    for doc in (one, two):
+        doc.pop("run"), doc.pop("files")
+    assert one == two

@@ -101,14 +101,17 @@ def gather(value: Any, ranks: Ranks) -> list[Any]:
     return out
 
 
-def on_main_first(ranks: Ranks, step: Callable[[], T]) -> T:
-    """Run `step` on rank 0 and hand its result to every rank; an error there is raised on every rank
-    (as an InputError with its one line on the others), so no rank waits for a partner that gave up."""
+def on_main_first(ranks: Ranks, step: Callable[[], T], share: Callable[[T], Any] | None = None) -> T:
+    """Run `step` on rank 0 and hand its result to every rank (`share(result)` instead, where the whole result
+    is too large to send); an error there is raised on every rank (as an InputError with its one line on the
+    others), so no rank waits for a partner that gave up."""
     outcome: tuple[str, Any] = ("ok", None)
     error: BaseException | None = None
+    mine: Any = None
     if ranks.main:
         try:
-            outcome = ("ok", step())
+            mine = step()
+            outcome = ("ok", share(mine) if share is not None and ranks.sharded else mine)
         except BaseException as exc:  # the others must hear of it, whatever it is
             error, outcome = exc, ("error", f"rank 0: {exc}")
     outcome = broadcast(outcome, ranks)
@@ -116,7 +119,7 @@ def on_main_first(ranks: Ranks, step: Callable[[], T]) -> T:
         raise error
     if outcome[0] == "error":
         raise InputError(outcome[1])
-    return outcome[1]
+    return mine if ranks.main else outcome[1]
 
 
 def first_error(statuses: list[Any]) -> str | None:

@@ -22,6 +22,7 @@ from torch import nn
 from engines.core.cache import cache_dir, cache_key, cache_load, cache_store
 from engines.core.checkpoint import LoadedModel
 from engines.core.data import Dataset
+from engines.core.distributed import Ranks, gather, on_main_first
 from engines.core.errors import Cancelled, InputError, ModelError
 from engines.core.events import CancelCheck, EventSink, Step, ignore_events, never_cancel
 
@@ -190,8 +191,12 @@ def layer_activations(
     use_cache: bool = True,
     on_event: EventSink = ignore_events,
     cancel: CancelCheck = never_cancel,
+    ranks: Ranks = Ranks(),
 ) -> Activations:
-    """φ(x) of `layer` for every image of `data`, from the cache when the same model/layer/images were seen."""
+    """φ(x) of `layer` for every image of `data`, from the cache when the same model/layer/images were seen.
+
+    Under torchrun (`ranks`) each rank runs its contiguous shard of the images and every rank gets the whole
+    (N, D) features; rank 0 decides about the cache and writes it."""
     if pool not in POOLINGS:
         raise InputError(f"unknown pooling {pool!r}: choose one of {', '.join(POOLINGS)}")
     input_shape = tuple(int(s) for s in data.images.shape[1:])
@@ -205,33 +210,49 @@ def layer_activations(
         "data": {"name": data.name, "n": len(data), "images_sha256": images_digest(data.images)},
     }
     key = cache_key(**parts)
-    note = ""
-    if use_cache:
-        try:
-            hit = cache_load(CACHE_KIND, key)
-        except OSError as exc:  # an unreadable cache folder is a miss, not a failure
-            hit, note = None, _cache_note(exc)
-        if hit is not None and "features" in hit[0]:
-            feats = hit[0]["features"]
-            if feats.shape[0] == len(data):
-                on_event(Step(task=f"activations {layer}", done=len(data), total=len(data), message="from cache"))
-                return Activations(feats.float(), info, effective_pool, key, cached=True)
+    note, feats = on_main_first(ranks, lambda: _cached(key, len(data), use_cache), share=_hit_only)
+    if feats is True:  # rank 0 found it: the other ranks read it from the shared cache themselves
+        feats = _cached(key, len(data), use_cache)[1]
+    if feats is not None:
+        on_event(Step(task=f"activations {layer}", done=len(data), total=len(data), message="from cache"))
+        return Activations(feats.float(), info, effective_pool, key, cached=True)
+    lo, hi = ranks.shard(len(data))
     feats = capture(
         loaded.model,
         layer,
-        data.images,
+        data.images[lo:hi],
         pool=effective_pool,
         device=device,
         batch_size=batch_size,
         on_event=on_event,
         cancel=cancel,
     )
-    if use_cache and not note:
+    if ranks.sharded:
+        feats = torch.cat([part for part in gather(feats, ranks) if part.numel()])
+    if use_cache and not note and ranks.main:
         try:
             cache_store(CACHE_KIND, key, {"features": feats}, parts | {"shape": list(info.shape)})
         except OSError as exc:  # an unwritable cache must not cost the computed result
             note = _cache_note(exc)
     return Activations(feats, info, effective_pool, key, cached=False, note=note)
+
+
+def _cached(key: str, n: int, use_cache: bool) -> tuple[str, torch.Tensor | None]:
+    """A cache entry's features for n images, or None; a note when the cache could not be read."""
+    if not use_cache:
+        return "", None
+    try:
+        hit = cache_load(CACHE_KIND, key)
+    except OSError as exc:  # an unreadable cache folder is a miss, not a failure
+        return _cache_note(exc), None
+    if hit is not None and "features" in hit[0] and hit[0]["features"].shape[0] == n:
+        return "", hit[0]["features"]
+    return "", None
+
+
+def _hit_only(found: tuple[str, torch.Tensor | None]) -> tuple[str, bool | None]:
+    """What the other ranks need to hear of a cache lookup: a hit (they read it themselves) or not."""
+    return found[0], None if found[1] is None else True
 
 
 def _cache_note(exc: OSError) -> str:

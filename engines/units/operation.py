@@ -12,7 +12,8 @@ context names one):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import contextlib
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 from engines.core.checkpoint import LoadedModel, check_classifier, warn_if_trained_on_other_data
 from engines.core.context import RunContext
 from engines.core.data import SPLITS, Dataset
+from engines.core.distributed import on_main_first
 from engines.core.errors import InputError
 from engines.core.io import write_json_atomic
 from engines.core.model_data import check_labels, data_record, open_model_data, take_images
@@ -147,9 +149,18 @@ def load_units_data(request: UnitsRequest, lm: LoadedModel | None = None) -> tup
 def run_units(request: UnitsRequest, ctx: RunContext) -> UnitsResult:
     """Activations (cached), every unit vs random directions, statistics, figures and units.json, in one run folder."""
     device = ctx.torch_device()
-    with open_run(ctx, KIND, str(request.model), request.to_json()) as run:
+    with contextlib.ExitStack() as stack:
+        opened: list[Any] = []
+
+        def open_folder() -> Path:  # rank 0 only under torchrun: the others help with the activations pass
+            opened.append(stack.enter_context(open_run(ctx, KIND, str(request.model), request.to_json())))
+            return opened[0].path
+
+        out = on_main_first(ctx.ranks, open_folder)
+        run = opened[0] if opened else None
         lm = load_model(request.model, device)
-        warn_if_trained_on_other_data(lm, request.data_dir)
+        if ctx.ranks.main:
+            warn_if_trained_on_other_data(lm, request.data_dir)
         data: Dataset | None = None
         if lm.input_shape is None:  # the user's factory: probe the layers with the data's own shape
             data, identity = load_units_data(request, lm)
@@ -162,13 +173,15 @@ def run_units(request: UnitsRequest, ctx: RunContext) -> UnitsResult:
         check_labels(data, check_classifier(lm.model, tuple(data.images.shape[1:]), device), lm.id)
         if request.k > len(data):
             raise InputError(f"--k must be between 1 and the {len(data)} images of {data.name}, got {request.k}")
-        run.update(model=lm.identity(), data=identity, images=len(data))
+        if run is not None:
+            run.update(model=lm.identity(), data=identity, images=len(data))
         common: dict[str, Any] = {
             "device": device,
             "use_cache": request.use_cache,
             "on_event": ctx.on_event,
             "cancel": ctx.cancelled,
             "batch_size": 1000 if data.images[0].numel() <= 4096 else 32,  # ImageNet-sized activations are large
+            "ranks": ctx.ranks,
         }
         acts = layer_activations(lm, request.layer, data, pool=request.pool, **common)
         notes = [acts.note] if acts.note else []
@@ -178,42 +191,62 @@ def run_units(request: UnitsRequest, ctx: RunContext) -> UnitsResult:
             space_feats = space_acts.features
             if space_acts.note and space_acts.note not in notes:
                 notes.append(space_acts.note)
-        comparison = compare_units(
-            acts,
-            data.labels,
-            k=request.k,
-            seed=request.seed,
-            n_random=request.n_random,
-            max_units=request.max_units,
-            show_units=request.show_units,
-            show_random=request.show_random,
-            bottom=request.bottom,
-            space=space_feats,
-            space_name=request.space,
-            images=data.images,
-            device=device,
-            on_event=ctx.on_event,
-            cancel=ctx.cancelled,
+        return on_main_first(
+            ctx.ranks,
+            lambda: _compare_and_write(request, ctx, out, lm, data, acts, space_feats, notes),
+            share=lambda result: replace(result, data=None),  # the images stay with rank 0
         )
-        ctx.check_cancel()
-        files = _write_figures(run.path, comparison, data)
-        files["json"] = run.path / JSON_FILE
-        result = UnitsResult(
-            request=request,
-            model=lm.id,
-            checkpoint=str(lm.path) if lm.path else lm.source,
-            checkpoint_sha256=lm.sha256,
-            split=data.name,
-            device=str(device),
-            comparison=comparison,
-            source_indices=data.indices,
-            files={name: str(p) for name, p in files.items()},
-            run=str(run.path),
-            notes=tuple(notes),
-            data=data,
-        )
-        write_json_atomic(files["json"], result.to_json(full=True))
-        return result
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _compare_and_write(
+    request: UnitsRequest,
+    ctx: RunContext,
+    out: Path,
+    lm: LoadedModel,
+    data: Dataset,
+    acts: Any,
+    space_feats: Any,
+    notes: list[str],
+) -> UnitsResult:
+    """Units against random directions, the statistics, the figures and units.json (rank 0's part)."""
+    device = ctx.torch_device()
+    comparison = compare_units(
+        acts,
+        data.labels,
+        k=request.k,
+        seed=request.seed,
+        n_random=request.n_random,
+        max_units=request.max_units,
+        show_units=request.show_units,
+        show_random=request.show_random,
+        bottom=request.bottom,
+        space=space_feats,
+        space_name=request.space,
+        images=data.images,
+        device=device,
+        on_event=ctx.on_event,
+        cancel=ctx.cancelled,
+    )
+    ctx.check_cancel()
+    files = _write_figures(out, comparison, data)
+    files["json"] = out / JSON_FILE
+    result = UnitsResult(
+        request=request,
+        model=lm.id,
+        checkpoint=str(lm.path) if lm.path else lm.source,
+        checkpoint_sha256=lm.sha256,
+        split=data.name,
+        device=str(device),
+        comparison=comparison,
+        source_indices=data.indices,
+        files={name: str(p) for name, p in files.items()},
+        run=str(out),
+        notes=tuple(notes),
+        data=data,
+    )
+    write_json_atomic(files["json"], result.to_json(full=True))
+    return result
 
 
 def _write_figures(folder: Path, comparison: UnitsComparison, data: Dataset) -> dict[str, Path]:
