@@ -46,9 +46,9 @@ def correctly_classified(model: torch.nn.Module, n: int, device: torch.device) -
     return data.images[idx], data.labels[idx]
 
 
-def run_ours(model, x, t, device):
+def run_ours(model, x, t, device, c_steps: int = 9, max_iter: int = 100):
     start = time.perf_counter()
-    res = attack_problems(model, x.to(device), t.to(device), AttackConfig())
+    res = attack_problems(model, x.to(device), t.to(device), AttackConfig(c_steps=c_steps, max_iter=max_iter))
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -57,10 +57,17 @@ def run_ours(model, x, t, device):
     return seconds, ok, paper_distortion(x, x_adv)
 
 
-def run_advertorch(model, x, t, device, flush: bool = False, num_classes: int = 10):
+def run_advertorch(
+    model, x, t, device, flush: bool = False, num_classes: int = 10, c_steps: int = 9, max_iter: int = 100
+):
     torch.set_flush_denormal(flush)
     attack = _advertorch()(
-        model, num_classes=num_classes, batch_size=len(x), binary_search_steps=9, max_iterations=100, targeted=True
+        model,
+        num_classes=num_classes,
+        batch_size=len(x),
+        binary_search_steps=c_steps,
+        max_iterations=max_iter,
+        targeted=True,
     )
     start = time.perf_counter()
     x_adv = attack.perturb(x.to(device), t.to(device)).cpu()

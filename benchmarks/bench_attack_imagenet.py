@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--skip-advertorch", action="store_true")
+    ap.add_argument("--c-steps", type=int, default=9)
+    ap.add_argument("--max-iter", type=int, default=100)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,9 +65,16 @@ def main() -> None:
     print("| solver | success | mean distortion | seconds | s/image |")
     print("|---|---|---|---|---|")
     rows = []
-    solvers = [("blindspot", lambda: run_ours(model, x, t, device))]
+    solvers = [("blindspot", lambda: run_ours(model, x, t, device, args.c_steps, args.max_iter))]
     if not args.skip_advertorch:
-        solvers.append(("advertorch", lambda: run_advertorch(model, x, t, device, num_classes=classes)))
+        solvers.append(
+            (
+                "advertorch",
+                lambda: run_advertorch(
+                    model, x, t, device, num_classes=classes, c_steps=args.c_steps, max_iter=args.max_iter
+                ),
+            )
+        )
     for name, solve in solvers:  # each row as soon as it is measured: a long run shows what it has
         sec, ok, dist = solve()
         rows.append((name, (sec, ok, dist)))

@@ -80,7 +80,8 @@ def _distance(r: torch.Tensor, kind: str) -> torch.Tensor:
     return sq if kind == "l2sq" else (sq + 1e-12).sqrt()
 
 
-ROW_BLOCK = 64  # rows per padded model evaluation (see `padded_forward`)
+ROW_BLOCK = 64  # rows per padded model evaluation (see `padded_forward`), for small images
+PADDED_FLOATS = 1 << 20  # at most this many input floats of padding per block: 64 MNIST digits, 4 ImageNet images
 
 
 class _Objective:
@@ -130,7 +131,17 @@ class _Objective:
             return self.reaches_target(padded_forward(self.model, xp.view(-1, *self.shape)), self.target)
 
 
-def padded_forward(model: nn.Module, x: torch.Tensor, block: int = ROW_BLOCK) -> torch.Tensor:
+def row_block(image_numel: int) -> int:
+    """Rows per padded block: 64 for MNIST- and CIFAR-sized images, fewer (a power of two) for large ones, so
+    that padding two ImageNet images does not cost the forward pass of 64 (a function of the image size only,
+    so a run's results still do not depend on its batch size)."""
+    block = ROW_BLOCK
+    while block > 1 and block * image_numel > PADDED_FLOATS:
+        block //= 2
+    return block
+
+
+def padded_forward(model: nn.Module, x: torch.Tensor, block: int | None = None) -> torch.Tensor:
     """The model on `x` with the batch padded to a multiple of `block` rows.
 
     Matrix kernels pick their blocking by the number of rows, so one image's logits (and gradient)
@@ -140,6 +151,7 @@ def padded_forward(model: nn.Module, x: torch.Tensor, block: int = ROW_BLOCK) ->
     problems are still running.
     """
     m = x.shape[0]
+    block = block or row_block(int(x[0].numel()))
     pad = -m % block
     if pad == 0:
         return model(x)
