@@ -99,7 +99,9 @@ def _sharded_set(request: AttackRequest, key: str, model_id: str, ctx: RunContex
     def decide() -> tuple[Path, str]:
         root = writable_cache_dir("advsets")
         if root is None:
-            raise InputError("under torchrun the adversarial sets need a cache folder every rank can write: set BLINDSPOT_CACHE")
+            raise InputError(
+                "under torchrun the adversarial sets need a cache folder every rank can write: set BLINDSPOT_CACHE"
+            )
         folder = root / key
         if _read_entry(folder) is not None:
             return folder, "cached"
