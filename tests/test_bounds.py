@@ -310,3 +310,240 @@ def test_a_long_convolution_is_cancelled_between_frequency_chunks():
         polyphase_spectrum(w, (16, 16), (1, 1), chunk_elements=1, cancel=third_poll)
     assert polls["n"] == 3  # stopped inside the layer, two chunks in, not after all 16 rows
     assert polyphase_spectrum(w, (16, 16), (1, 1), chunk_elements=1).upper > 0
+
+
+# --- BatchNorm folding ---------------------------------------------------------------------------------------
+
+
+class _ConvBN(nn.Module):
+    """conv1 → bn1 (→ ReLU): the pattern whose BatchNorm is folded into the convolution's bound."""
+
+    def __init__(self, stride: int, padding_mode: str = "circular", relu_first: bool = False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, stride, padding=1, padding_mode=padding_mode)
+        self.act = nn.ReLU()
+        self.bn1 = nn.BatchNorm2d(4)
+        self.relu_first = relu_first
+
+    def forward(self, x):
+        return self.bn1(self.act(self.conv1(x))) if self.relu_first else self.act(self.bn1(self.conv1(x)))
+
+
+def _randomise_bn(bn: nn.BatchNorm1d | nn.BatchNorm2d, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    n = bn.num_features
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(n, generator=gen))
+        bn.running_var.copy_(torch.rand(n, generator=gen) * 3 + 0.05)
+        bn.weight.copy_(torch.randn(n, generator=gen) * 2)
+        bn.bias.copy_(torch.randn(n, generator=gen))
+
+
+def _dense_linear_part(fn, in_shape) -> torch.Tensor:
+    """The matrix of x ↦ fn(x) − fn(0) (the map without its bias), from the identity basis."""
+    d = math.prod(in_shape)
+    eye = torch.eye(d, dtype=torch.float64).reshape(d, *in_shape)
+    with torch.no_grad():
+        return (fn(eye) - fn(torch.zeros(1, *in_shape, dtype=torch.float64))).reshape(d, -1)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_batchnorm_is_folded_into_the_exact_norm_of_the_composed_map(stride):
+    torch.manual_seed(stride)
+    net = _ConvBN(stride).double().eval()
+    _randomise_bn(net.bn1, seed=10 + stride)
+    result = frame_bounds(net, (3, 8, 8), power_iters=300)
+    (layer,) = result.layers
+    assert (layer.name, layer.label, layer.folded) == ("conv1+bn1", "Conv. 1+BN", "bn1")
+    assert "bn1 folded in" in " ".join(layer.notes) and "BatchNorm bn1 folded in" in layer.method
+    assert [f.kind for f in result.factors] == ["ReLU"]  # the BatchNorm is no factor any more
+    # circular padding: the layer as it runs is the circular operator, conv∘BN's matrix built from the identity
+    ref = torch.linalg.svdvals(_dense_linear_part(lambda x: net.bn1(net.conv1(x)), (3, 8, 8)))
+    assert layer.upper == pytest.approx(float(ref[0]), rel=1e-10)
+    assert layer.upper_real == pytest.approx(float(ref[0]), rel=1e-10)
+    np.testing.assert_allclose(layer.spectrum.numpy(), ref.numpy(), rtol=0, atol=1e-10 * float(ref[0]))
+    assert layer.lower == pytest.approx(float(ref[-1]), rel=1e-8)
+    assert layer.power["sigma"] <= layer.upper * (1 + 1e-9) and layer.power["sigma"] >= 0.9 * layer.upper
+    # tighter than (or equal to) the product the factor route gives: ‖conv‖ · max |γ/√(var+ε)|
+    scale = (net.bn1.weight / torch.sqrt(net.bn1.running_var + net.bn1.eps)).detach().abs().max()
+    conv_only = torch.linalg.svdvals(_dense_linear_part(net.conv1, (3, 8, 8)))[0]
+    assert layer.upper < float(conv_only * scale) * (1 - 1e-3)
+
+
+def test_folded_zero_padded_layer_keeps_a_guaranteed_bound():
+    torch.manual_seed(3)
+    net = _ConvBN(2, padding_mode="zeros").double().eval()
+    _randomise_bn(net.bn1, seed=4)
+    (layer,) = frame_bounds(net, (3, 8, 8), power_iters=500).layers
+    real = torch.linalg.svdvals(_dense_linear_part(lambda x: net.bn1(net.conv1(x)), (3, 8, 8)))[0]
+    assert layer.folded == "bn1"
+    assert layer.power["sigma"] == pytest.approx(float(real), rel=1e-4)  # power iteration through conv∘BN
+    assert float(real) <= layer.upper_real * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("case", ["after_relu", "train_mode"])
+def test_batchnorm_that_must_not_be_folded_stays_a_factor(case):
+    torch.manual_seed(5)
+    net = _ConvBN(1, relu_first=case == "after_relu").double().eval()
+    _randomise_bn(net.bn1, seed=6)
+    if case == "train_mode":
+        net.bn1.train()
+    result = frame_bounds(net, (3, 8, 8), power_iters=0)
+    (layer,) = result.layers
+    assert (layer.name, layer.label, layer.folded) == ("conv1", "Conv. 1", "")
+    bn = [f for f in result.factors if f.kind == "BatchNorm2d"]
+    scale = (net.bn1.weight / torch.sqrt(net.bn1.running_var + net.bn1.eps)).detach().abs().max()
+    assert len(bn) == 1 and bn[0].name == "bn1" and bn[0].factor == pytest.approx(float(scale), rel=1e-12)
+    conv_only = torch.linalg.svdvals(_dense_linear_part(net.conv1, (3, 8, 8)))[0]
+    assert layer.upper == pytest.approx(float(conv_only), rel=1e-10)
+    assert result.product_table == pytest.approx(float(conv_only * scale), rel=1e-10)
+
+
+def test_linear_batchnorm1d_is_folded():
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Linear(12, 9), nn.BatchNorm1d(9), nn.ReLU(), nn.Linear(9, 5)).double().eval()
+    _randomise_bn(net[1], seed=8)
+    result = frame_bounds(net, (12,))
+    first, second = result.layers
+    assert (first.name, first.label, first.folded) == ("0+1", "FC. 1+BN", "1")
+    ref = torch.linalg.svdvals(_dense_linear_part(lambda x: net[1](net[0](x)), (12,)))
+    np.testing.assert_allclose(first.spectrum.numpy(), ref.numpy(), rtol=1e-10)
+    assert second.folded == "" and [f.kind for f in result.factors] == ["ReLU"]
+    assert result.chain and result.lipschitz_upper == pytest.approx(first.upper * second.upper, rel=1e-12)
+
+
+def test_folded_names():
+    from engines.bounds.network import folded_name
+
+    assert folded_name("conv1", "bn1") == "conv1+bn1"
+    assert folded_name("layer1.0.conv1", "layer1.0.bn1") == "layer1.0.conv1+bn1"
+    assert folded_name("layer2.0.downsample.0", "layer2.0.downsample.1") == (
+        "layer2.0.downsample.0+layer2.0.downsample.1"
+    )
+
+
+# --- the fast paths give the dense operator's values ---------------------------------------------------------
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+FAST_CASES = [  # (C, F, k, stride, N, groups): square, wide and tall blocks, a 1×1 conv, a kernel narrower than its stride
+    (4, 4, 3, 1, 8, 1),
+    (3, 8, 3, 2, 8, 1),
+    (6, 3, 5, 1, 6, 1),
+    (4, 6, 1, 2, 8, 1),
+    (3, 5, 2, 3, 9, 1),
+    (4, 8, 3, 2, 8, 2),
+]
+
+
+def _dense_circular(w: torch.Tensor, n: int, s: int, groups: int = 1) -> torch.Tensor:
+    """Singular values of y[f, m] = Σ_{c,j} w[f, c, j]·x[c, (m·s + j) mod n], its matrix built from the identity."""
+    c, k = w.shape[1] * groups, w.shape[-1]
+    eye = torch.eye(c * n * n, dtype=torch.float64).reshape(-1, c, n, n)
+    wrapped = torch.nn.functional.pad(eye, (0, k - 1, 0, k - 1), mode="circular")
+    matrix = torch.nn.functional.conv2d(wrapped, w, stride=s, groups=groups).reshape(c * n * n, -1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # MKL's multi-threaded SVD of a few hundred rows can take a second
+    try:
+        return torch.linalg.svdvals(matrix)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("lags", [True, False])
+@pytest.mark.parametrize("c,f,k,s,n,groups", FAST_CASES)
+def test_gram_routes_and_threads_equal_the_dense_operator(c, f, k, s, n, groups, lags, two_threads, monkeypatch):
+    """Gram matrices from the tap products (lags) or from the blocks, eigvalsh split over two threads."""
+    from engines.bounds import conv
+
+    monkeypatch.setattr(conv, "LAG_ADVANTAGE", 1e9) if lags else monkeypatch.setattr(conv, "LAG_ENTRIES", 0)
+    w = torch.randn(f, c // groups, k, k, dtype=torch.float64, generator=torch.Generator().manual_seed(c + f + k + s))
+    ref = _dense_circular(w, n, s, groups).numpy()
+    pp = conv._polyphase(w, (n, n), (s, s), groups)
+    assert (pp.lags is not None) == lags and (pp.spec is None) == lags
+    cs = conv.polyphase_spectrum(w, (n, n), (s, s), groups)
+    assert torch.get_num_threads() == 2  # the workers' single-threaded setting does not leak
+    assert cs.upper == pytest.approx(ref[0], rel=1e-12)
+    np.testing.assert_allclose(cs.values.numpy(), ref, rtol=0, atol=1e-10 * ref[0])
+    for near in ((), [(0.3, 0.1)], [(f_ / 7, 0.5) for f_ in range(7)]):
+        assert conv.polyphase_norm(w, (n, n), (s, s), groups, near=near) == pytest.approx(ref[0], rel=1e-12)
+    # the tap products of one grid serve another grid of the same kernel
+    kept = conv.polyphase_spectrum(w, (n, n), (s, s), groups, keep_products=True)
+    reused = conv.polyphase_norm(w, (n + s, n + s), (s, s), groups, near=[(0.0, 0.0)], products=kept.products)
+    assert (kept.products is not None) == lags
+    assert reused == pytest.approx(float(_dense_circular(w, n + s, s, groups)[0]), rel=1e-12)
+
+
+def test_narrow_kernel_zero_columns_give_exact_zeros():
+    """A 1×1 kernel with stride 2 reads one input phase in four: the other columns are zero, the block is the
+    same at every frequency, and its null space shows as exact zeros and a lower bound 0."""
+    w = torch.randn(10, 2, 1, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    cs = conv_spectrum(w, (8, 8), (2, 2))
+    ref = dense_reference(w.numpy(), (8, 8), (2, 2))
+    assert cs.lower == 0.0 and cs.wide is False and cs.block == (10, 8)
+    np.testing.assert_allclose(cs.values.numpy(), ref, rtol=0, atol=1e-12 * ref[0])
+    assert int((cs.values == 0).sum()) == 16 * 6  # 8 columns, 2 of them non-zero: 6 zeros per block
+    np.testing.assert_allclose(cs.freq_max.numpy(), ref[0], rtol=1e-12)
+
+
+def test_ill_conditioned_blocks_are_decomposed_without_the_gram_matrix():
+    """Two equal filters make every block singular: through the Gram matrix σ_min would come out ~1e-8·σ_max."""
+    w = torch.randn(4, 4, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    w[3] = w[2]
+    ref = dense_reference(w.numpy(), (6, 6), (1, 1))
+    cs = conv_spectrum(w, (6, 6), (1, 1))
+    assert cs.lower < 1e-12 * cs.upper
+    np.testing.assert_allclose(cs.values.numpy(), ref, rtol=0, atol=1e-12 * ref[0])
+
+
+def test_explicit_adjoint_equals_autograd_in_power_iteration():
+    from engines.bounds.conv import power_iteration
+    from engines.bounds.network import _conv_adjoint
+
+    for c, f, k, s, d, p, g, hw in [
+        (3, 4, 3, 1, 1, 1, 1, (9, 7)),
+        (4, 6, 3, 2, 1, 1, 2, (9, 8)),
+        (2, 3, 3, 1, 2, 0, 1, (10, 9)),
+        (3, 3, 5, 3, 1, 2, 1, (11, 12)),
+        (2, 2, 3, 1, 1, 3, 1, (6, 6)),
+    ]:
+        torch.manual_seed(c * 7 + k)
+        m = nn.Conv2d(c, f, k, s, p, d, g, bias=False).double()
+        w = m.weight.detach()
+        adj = _conv_adjoint(m, w, hw)
+        x, y = torch.randn(1, c, *hw, dtype=torch.float64), torch.randn_like(m(torch.zeros(1, c, *hw).double()))
+        with torch.no_grad():
+            assert float((m(x) * y).sum()) == pytest.approx(float((x * adj(y)).sum()), rel=1e-12)
+        x0 = torch.randn(c, *hw, dtype=torch.float64)
+        a = power_iteration(m, x0, max_iter=20, tol=0.0)
+        b = power_iteration(m, x0, max_iter=20, tol=0.0, adjoint_op=adj)
+        assert b.sigma == pytest.approx(a.sigma, rel=1e-12) and b.iterations == a.iterations == 20
+
+
+def test_symmetric_gram_equals_the_plain_product():
+    from engines.bounds.conv import symmetric_gram
+
+    a = torch.randn(1100, 300, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    np.testing.assert_allclose(symmetric_gram(a).numpy(), (a @ a.T).numpy(), rtol=0, atol=1e-12)
+
+
+def test_padded_grid_norm_is_cancelled_between_chunks():
+    from engines.bounds.conv import polyphase_norm
+
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    polls = {"n": 0}
+
+    def second_poll() -> bool:
+        polls["n"] += 1
+        return polls["n"] >= 2
+
+    with pytest.raises(Cancelled):
+        polyphase_norm(w, (16, 16), (1, 1), chunk_elements=1, cancel=second_poll)
+    assert polls["n"] == 2

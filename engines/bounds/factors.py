@@ -105,13 +105,24 @@ def lipschitz_factor(name: str, module: nn.Module, in_shape: tuple[int, ...]) ->
     if isinstance(module, nn.AvgPool2d | nn.AdaptiveAvgPool2d):
         v = _linear_pool_norm(module, in_shape[-2:])
         return Factor(name, kind, v, v, "linear: its operator norm")
-    if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d) and module.running_var is not None:
-        scale = 1 / torch.sqrt(module.running_var.detach().double() + module.eps)
-        if module.weight is not None:
-            scale = scale * module.weight.detach().double()
+    scale = batchnorm_scale(module)
+    if scale is not None:
         v = float(scale.abs().max())
         return Factor(name, kind, v, v, "eval mode: per-channel scale γ/√(var+ε), its largest |·|")
     return Factor(name, kind, None, None, "unknown Lipschitz constant")
+
+
+def batchnorm_scale(module: nn.Module) -> torch.Tensor | None:
+    """An eval-mode BatchNorm's per-channel scale γ/√(var+ε) (float64; γ = 1 without affine), None for others.
+
+    Its shift β − γ·mean/√(var+ε) moves outputs only: it enters no difference, so no bound.
+    """
+    if not isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d) or module.running_var is None:
+        return None
+    scale = 1 / torch.sqrt(module.running_var.detach().double() + module.eps)
+    if module.weight is not None:
+        scale = scale * module.weight.detach().double()
+    return scale
 
 
 def _windows(n: int, out: int, kernel: int, stride: int, padding: int, dilation: int) -> list[range]:

@@ -40,7 +40,7 @@ class LayerBound:
     """Frame bounds of one Linear or Conv2d layer (bias left out: it does not change differences)."""
 
     name: str
-    label: str  # "Conv. 1", "FC. 2": the paper's row names, in forward order
+    label: str  # "Conv. 1", "FC. 2": the paper's row names, in forward order; "Conv. 1+BN" with a folded BatchNorm
     kind: str  # "conv" or "linear"
     size: str  # as the paper writes it: C×kh×kw×F, in×out
     input_shape: list[int]
@@ -59,6 +59,7 @@ class LayerBound:
     spectrum: torch.Tensor | None = None  # all singular values, descending (not in the JSON)
     freq_max: torch.Tensor | None = None  # σ_max(ω) on the frequency grid (conv, Fourier method)
     freq_min: torch.Tensor | None = None
+    folded: str = ""  # the eval-mode BatchNorm folded into this layer (its name in the model), if any
 
     @property
     def lower_frame(self) -> float:
@@ -106,6 +107,7 @@ class LayerBound:
             upper_real_method=self.upper_real_method,
             power=self.power,
             conv=self.conv or None,
+            folded=self.folded or None,
             notes=self.notes,
             seconds=round(self.seconds, 4),
         )

@@ -18,6 +18,7 @@ class LayerCall:
     module: nn.Module
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...] = ()
+    follows: bool = False  # its input is the previous leaf call's output (e.g. a BatchNorm right after its conv)
 
 
 def trace_layers(model: nn.Module, input_shape: Sequence[int], seed: int = 0) -> tuple[list[LayerCall], str | None]:
@@ -44,7 +45,7 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], seed: int = 0) ->
             same = prev is not None and prev.numel() == arg.numel() and torch.equal(prev.reshape(-1), arg.reshape(-1))
             if not same:
                 state["break"] = state["break"] or name
-            calls.append(LayerCall(name, module, tuple(arg.shape[1:])))
+            calls.append(LayerCall(name, module, tuple(arg.shape[1:]), follows=same and bool(calls)))
 
         return hook
 
@@ -62,7 +63,7 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], seed: int = 0) ->
     for name, module in model.named_modules():
         if not any(True for _ in module.children()):
             handles += [module.register_forward_pre_hook(pre(name)), module.register_forward_hook(post(name))]
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # restored module by module: a BatchNorm may train alone
     model.eval()
     try:
         with torch.no_grad():
@@ -75,7 +76,8 @@ def trace_layers(model: nn.Module, input_shape: Sequence[int], seed: int = 0) ->
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
     last = state["prev"]
     if state["break"] is None and not (
         isinstance(out, torch.Tensor) and last is not None and torch.equal(out.reshape(-1), last.reshape(-1))
