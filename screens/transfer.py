@@ -16,7 +16,12 @@ from screens.image_view import GridView
 from screens.jobs import Job, WorkbenchScreen
 from screens.widgets import GridItem, NavBar, fmt_num, heat_style
 
-SECTIONS = (("adversarial", ""), ("amplified", "── amplified ──"), ("noise", "── noise ──"))
+SECTIONS = (
+    ("adversarial", ""),
+    ("amplified", "── amplified ──"),
+    ("scaled", "── scaled ──"),
+    ("noise", "── noise ──"),
+)
 SORTS = ("as computed", "highest first", "lowest first")
 NAME_W = 24
 

@@ -15,7 +15,9 @@ from engines.core.data import load_split
 from engines.core.errors import Cancelled, InputError
 from engines.core.events import Step, TableDone
 from engines.core.io import read_json, write_json_atomic
-from engines.report.reproduce_markdown import noise_readings
+from engines.report.reproduce_markdown import noise_readings, scale_readings
+from engines.report.section42_markdown import section42_lines
+from engines.reproduce import section42
 from engines.reproduce.run import FULL_N, QUICK_N, ReproduceRequest, run_reproduce
 
 TINY = ReproduceRequest(n=2, config=AttackConfig(c_steps=2, max_iter=10))
@@ -33,7 +35,7 @@ def percent_wrong(model_id: str, split: str) -> float:
     return 100.0 * wrong / len(data)
 
 
-def test_reproduce_writes_all_five_tables_beside_the_papers(cli, tmp_path):
+def test_reproduce_writes_all_five_tables_and_section42_beside_the_papers(cli, tmp_path):
     out = tmp_path / "rep"
     # an interrupted run in --out is taken up again ("run the same command again to go on")
     write_json_atomic(out / "run.json", {"format": 1, "kind": "reproduce", "status": "interrupted", "request": {}})
@@ -52,8 +54,9 @@ def test_reproduce_writes_all_five_tables_beside_the_papers(cli, tmp_path):
     # Table 1: our errors are the checkpoints' errors, our distortions Table 2's, each printed beside the paper's
     t2 = json.loads((out / "table2" / "matrix.json").read_text())
     assert [r["model"] for r in tables["table1"]] == paper.TABLE1_MODELS
-    for i, r in enumerate(tables["table1"]):
-        assert r["distortion"] == pytest.approx(t2["rows"][i]["distortion"])
+    own_rows = {row["source"]: row for row in t2["rows"] if row["kind"] == "adversarial"}
+    for r in tables["table1"]:
+        assert r["distortion"] == pytest.approx(own_rows[r["model"]]["distortion"])
         summary = t2["settings"]["sources"][r["model"]]["summary"]
         assert r["success_rate"] == pytest.approx(100 * summary["success_rate"])
     first = tables["table1"][0]
@@ -65,15 +68,22 @@ def test_reproduce_writes_all_five_tables_beside_the_papers(cli, tmp_path):
 
     # Table 2: rows keyed as the paper's, values the matrix's, the diagonal the attack's own error
     noise = ["noise 0.1", "noise 0.3", "noise 0.1 unclipped", "noise 0.3 unclipped"]
-    assert [r["row"] for r in tables["table2"]] == [*paper.TABLE1_MODELS, *noise]
+    at_paper = " at the paper's distortion"
+    sources = [k for mid in paper.TABLE1_MODELS for k in (mid, mid + at_paper)]
+    assert [r["row"] for r in tables["table2"]] == [*sources, *noise]
     for i, r in enumerate(tables["table2"]):
         assert r["ours"] == pytest.approx(t2["values"][i], abs=1e-3)
-        assert r["paper"] == paper.TABLE2[r["row"].removesuffix(" unclipped")]
+        assert r["paper"] == paper.TABLE2[r["row"].removesuffix(" unclipped").removesuffix(at_paper)]
         for (lo, hi), v in zip(r["interval"], r["ours"], strict=True):
             assert lo <= v <= hi
+    by_row = {r["row"]: r for r in tables["table2"]}
     for j, mid in enumerate(paper.TABLE1_MODELS):
         s = t2["settings"]["sources"][mid]["summary"]
-        assert tables["table2"][j]["ours"][j] == pytest.approx(100 * (s["n_success"] + s["n_trivial"]) / s["n"])
+        assert by_row[mid]["ours"][j] == pytest.approx(100 * (s["n_success"] + s["n_trivial"]) / s["n"])
+        # the scaled row: this source's perturbations at the paper's mean distortion for it (clipped to the box)
+        scaled = by_row[mid + at_paper]
+        assert scaled["kind"] == "scaled"
+        assert scaled["distortion"] == pytest.approx(paper.TABLE1[mid][2], rel=0.02) or math.isnan(scaled["distortion"])
     softmax1_row = tables["table2"][0]
     assert f"| softmax1 | {softmax1_row['ours'][0]:.1f} / 100.0 ({softmax1_row['ours'][0] - 100:+.1f})" in report
 
@@ -84,7 +94,8 @@ def test_reproduce_writes_all_five_tables_beside_the_papers(cli, tmp_path):
 
     # Table 4: amplified rows at the stated rms, unclipped noise rows beside the paper's
     t4 = {r["row"]: r for r in tables["table4"]}
-    assert sorted(t4) == sorted([*paper.TABLE4, "noise 0.06 unclipped", "noise 0.1 unclipped"])
+    scaled4 = [mid + at_paper for mid in paper.TABLE3_MODELS]
+    assert sorted(t4) == sorted([*paper.TABLE4, *scaled4, "noise 0.06 unclipped", "noise 0.1 unclipped"])
     for name in ("m1 amplified 0.1", "m1-prime amplified 0.1", "m2 amplified 0.1"):
         assert t4[name]["distortion"] == pytest.approx(0.1, rel=0.01) or math.isnan(t4[name]["distortion"])
         assert f"{t4[name]['ours'][0]:.1f} / {paper.TABLE4[name][0]:.1f} (" in report
@@ -98,8 +109,21 @@ def test_reproduce_writes_all_five_tables_beside_the_papers(cli, tmp_path):
     assert f"Product of the upper bounds (the paper's factors): {t5['product']:.3g}." in report
 
     assert "Noise rows, mean distance from the paper's values" in report
+    assert "transfer to the other models (mean of off-diagonal cells)" in report
+
+    # §4.2: the shipped adversarial model and its comparison points, each bracketed by bound and attack
+    s42 = tables["section42"]
+    assert [r["model"] for r in s42["rows"]] == list(section42.MAIN) and not s42["missing"]
+    assert [r["model"] for r in s42["ablation"]] == list(section42.ABLATION)
+    for r in s42["rows"] + s42["ablation"]:
+        assert r["violations"] == 0 and r["images"] == 2
+        assert 0 < r["certified"] < r["distortion"]
+        assert r["test_error"] == pytest.approx(percent_wrong(r["model"], "test"))
+    adv = s42["rows"][-1]
+    assert f"| n100-100-10-adv | {adv['test_error']:.2f} | < 1.2 % (adversarial pool) |" in report
+    assert "Seed spread of the all-layers recipe" in report
     assert (out / "figures" / "table2-heatmap.png").stat().st_size > 1000
-    for name in ("table1.json", "table3.json", "table5.json", "table4/matrix.json"):
+    for name in ("table1.json", "table3.json", "table5.json", "table4/matrix.json", "section42.json"):
         assert (out / name).is_file(), name
 
 
@@ -175,3 +199,53 @@ def test_the_noise_reading_closer_to_the_paper_is_named():
     (line,) = noise_readings({"table2": rows(near, far), "table4": []})
     assert "fit clipped noise better" in line
     assert noise_readings({"table2": rows(far, near)[:1], "table4": []}) == []
+
+
+def _s42_row(model: str, test_error: float, layers: str = "none") -> dict:
+    return {
+        "model": model,
+        "test_error": test_error,
+        "paper_text": "",
+        "distortion": 0.05,
+        "certified": 0.002,
+        "certified_over_attack": 0.04,
+        "transfer": 10.0,
+        "noise": 1.0,
+        "violations": 0,
+        "layers": layers,
+    }
+
+
+def test_section42_readings_say_whether_ablation_gaps_exceed_the_seed_spread():
+    s42 = {
+        "n": 10,
+        "reference": "n100-100-10",
+        "rows": [_s42_row("n100-100-10-decay", 2.0), _s42_row("n100-100-10-adv", 1.5, "all")],
+        "ablation": [
+            _s42_row("n100-100-10-adv", 1.5, "all"),
+            _s42_row("n100-100-10-adv-input", 1.6, "input"),
+            _s42_row("n100-100-10-adv-hidden", 2.5, "act1, act2"),
+            _s42_row("n100-100-10-adv-seed1", 1.7, "all"),
+        ],
+        "missing": ["n100-100-10-dropout"],
+    }
+    text = "\n".join(section42_lines(s42))
+    assert "test error 1.50 %, not below the paper's 1.2 %" in text
+    assert "Against n100-100-10-decay: test error -0.50 points" in text
+    assert "Seed spread of the all-layers recipe: 0.20 points" in text
+    assert "n100-100-10-adv-input (input): +0.10 points against all layers, no more than the seed spread" in text
+    assert "n100-100-10-adv-hidden (act1, act2): +1.00 points against all layers, more than the seed spread" in text
+    assert "Not trained, left out: n100-100-10-dropout." in text
+    assert "Not computed" in "\n".join(section42_lines({"rows": [], "ablation": [], "missing": ["x"], "n": 1}))
+
+
+def test_scale_reading_states_how_much_of_the_transfer_gap_the_paper_distortion_closes():
+    def row(name: str, kind: str, ours: list[float]) -> dict:
+        return {"row": name, "kind": kind, "ours": ours, "paper": [100.0, 40.0], "columns": ["a", "b"]}
+
+    tables = {
+        "table2": [row("a", "adversarial", [100.0, 10.0]), row("a at the paper's distortion", "scaled", [100.0, 25.0])]
+    }
+    (line,) = scale_readings(tables)
+    assert "10.0 % at our minimum distortion, 25.0 % with each perturbation scaled" in line
+    assert "40.0 % in the paper; scaling closes 50 % of the gap" in line

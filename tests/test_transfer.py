@@ -70,6 +70,7 @@ def test_matrix_diagonal_noise_amplified_round_trip_and_events(tmp_path):
         noise=(0.1, 0.3),
         unclipped=(0.3,),
         amplify_rms=0.1,
+        scaled=(("n100-100-10", 0.058),),
         config=QUICK,
     )
     events = []
@@ -92,6 +93,17 @@ def test_matrix_diagonal_noise_amplified_round_trip_and_events(tmp_path):
     assert float(raw.min()) < 0 and float(raw.max()) > 1  # left outside the box
     for r in (r for r in m.rows if r.kind == "amplified"):
         assert r.distortion == pytest.approx(0.1, rel=0.01)
+    # --scale-to: only the named source gets a row, its perturbations at that rms, in the same directions
+    (scaled,) = [r for r in m.rows if r.kind == "scaled"]
+    assert (scaled.source, scaled.stddev, scaled.name) == ("n100-100-10", 0.058, "n100-100-10 scaled to rms 0.058")
+    assert scaled.distortion == pytest.approx(0.058, rel=0.01)
+    clean = load_file(str(tmp_path / "t" / "sets" / "images.safetensors"))["x"]
+    own = load_file(str(tmp_path / "t" / m.rows[2].set_file))["x_pert"]
+    big = load_file(str(tmp_path / "t" / scaled.set_file))["x_pert"]
+    r_own, r_big = (own - clean).flatten(1), (big - clean).flatten(1)
+    moved = r_own.norm(dim=1) > 0
+    cos = torch.nn.functional.cosine_similarity(r_own[moved], r_big[moved])
+    assert (cos > 0.9).all()  # clipping to the box bends a direction a little, never turns it
     back = load_matrix(tmp_path / "t" / "matrix.json")
     assert back.columns == m.columns and [r.name for r in back.rows] == names
     assert [r.clipped for r in back.rows] == [r.clipped for r in m.rows]
@@ -133,6 +145,8 @@ def test_request_validation_and_defaults(tmp_path):
         (dict(sources=("softmax1",), offset=-1), "--offset must be at least 0"),
         (dict(sources=("softmax1",), noise=(1.5,)), "must lie in"),
         (dict(sources=("softmax1",), amplify_rms=0.0), "must lie in"),
+        (dict(sources=("softmax1",), scaled=(("softmax2", 0.1),)), "not one of the sources"),
+        (dict(sources=("softmax1",), scaled=(("softmax1", 1.5),)), "must lie in"),
     ):
         with pytest.raises(InputError, match=message):
             TransferRequest(**bad)

@@ -53,6 +53,15 @@ def per_model(values: list[str] | None, option: str) -> dict[str | None, str]:
     return found
 
 
+def _scaled(values: list[str] | None) -> tuple[tuple[str, float], ...]:
+    out = []
+    for name, value in per_model(values, "--scale-to").items():
+        if name is None:
+            raise InputError("--scale-to takes SOURCE=RMS, e.g. softmax2=0.1")
+        out.append((name, _floats(value, "--scale-to")[0]))
+    return tuple(out)
+
+
 def model_refs(
     names: list[str], weights: dict[str | None, str], classes: dict[str | None, str], norms: dict[str | None, str]
 ) -> tuple[ModelRef, ...]:
@@ -120,6 +129,14 @@ def transfer(
     amplify: Annotated[
         float | None, typer.Option(help="Also rows of each set amplified to this rms (Table 4).")
     ] = None,
+    scale_to: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scale-to",
+            help="SOURCE=RMS: also a row of that source's set with each perturbation scaled to the rms "
+            "(e.g. the paper's distortion, to compare transfer rates at equal size).",
+        ),
+    ] = None,
     c_steps: CSteps = 9,
     max_iter: MaxIter = 100,
     seed: Seed = 0,
@@ -150,6 +167,7 @@ def transfer(
         noise=tuple(_floats(noise, "--noise")),
         unclipped=tuple(_floats(unclipped, "--unclipped-noise")),
         amplify_rms=amplify,
+        scaled=_scaled(scale_to),
     )
     with cli_context(device, threads=threads, overwrite=overwrite, out=out_dir, hint=SETS_CACHED) as ctx:
         matrix = run_transfer(request, ctx)

@@ -170,8 +170,11 @@ def attack_problems(
     progress_every: float = 0.25,
     task: str = "attack",
     groups: torch.Tensor | None = None,
+    lower: float = 0.0,
+    upper: float = 1.0,
 ) -> ProblemResult:
-    """Run the per-problem c search on a batch. x is (B, C, H, W) in [0, 1], target is (B,).
+    """Run the per-problem c search on a batch. x is (B, C, H, W) in the box [lower, upper] ([0, 1]: images;
+    a hidden layer's output range for §4.2's per-layer examples), target is (B,).
 
     `groups` (B,) maps problems to images (several targets of one image): progress then counts
     an image as a success when any of its problems is, with its closest success's distortion.
@@ -215,8 +218,8 @@ def attack_problems(
         res = minimize(
             obj,
             start,
-            0.0,
-            1.0,
+            lower,
+            upper,
             max_iter=config.max_iter,
             history=config.history,
             pgtol=config.pgtol,

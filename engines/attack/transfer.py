@@ -56,6 +56,7 @@ class TransferRequest:
     noise: tuple[float, ...] = ()  # clipped Gaussian-noise rows at these rms values
     unclipped: tuple[float, ...] = ()  # x + N(0, sd²) rows left outside [0, 1]
     amplify_rms: float | None = None  # also each set amplified to this rms (Table 4)
+    scaled: tuple[tuple[str, float], ...] = ()  # (source id, rms): that source's set also scaled to the rms
     classes_file: str | None = None  # folder class names in the models' class order
 
     def __post_init__(self) -> None:
@@ -64,6 +65,7 @@ class TransferRequest:
         fix(self, "targets", tuple(ModelRef.from_json(t) for t in self.targets) or self.sources)
         fix(self, "noise", tuple(float(v) for v in self.noise))
         fix(self, "unclipped", tuple(float(v) for v in self.unclipped))
+        fix(self, "scaled", tuple((str(src), float(rms)) for src, rms in self.scaled))
         if self.data_dir is not None:
             fix(self, "data_dir", str(self.data_dir))
         if not self.sources and not self.noise and not self.unclipped:
@@ -75,7 +77,11 @@ class TransferRequest:
         if self.offset < 0:
             raise InputError("--offset must be at least 0")
         amplified = [self.amplify_rms] if self.amplify_rms is not None else []
-        for sd in [*self.noise, *self.unclipped, *amplified]:
+        names = {src.name for src in self.sources}
+        for src, _ in self.scaled:
+            if src not in names:
+                raise InputError(f"--scale-to {src}=…: {src} is not one of the sources")
+        for sd in [*self.noise, *self.unclipped, *amplified, *(rms for _, rms in self.scaled)]:
             if not 0 < sd < 1:
                 raise InputError(f"rms/stddev {sd} must lie in (0, 1)")
 
@@ -107,6 +113,7 @@ class TransferRequest:
             "noise": list(self.noise),
             "unclipped": list(self.unclipped),
             "amplify_rms": self.amplify_rms,
+            **({"scaled": [list(p) for p in self.scaled]} if self.scaled else {}),
             **extra,
         }
 
@@ -125,6 +132,7 @@ class TransferRequest:
                 noise=tuple(d.get("noise", ())),
                 unclipped=tuple(d.get("unclipped", ())),
                 amplify_rms=d.get("amplify_rms"),
+                scaled=tuple((str(a), float(b)) for a, b in d.get("scaled", ())),
                 classes_file=d.get("classes_file"),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -258,7 +266,8 @@ def _evaluate(
             raise InputError(f"{name}'s adversarial set holds other images than the matrix (labels differ)")
         cache = None if aset.folder is None else str(aset.folder)
         sources_info[name] = {"cache": cache, "cached": aset.cached, "summary": aset.summary, "ref": src.to_json()}
-        rows_images += _source_rows(name, aset.samples["x"], aset.samples, request.amplify_rms)
+        scale = dict(request.scaled).get(src.name)
+        rows_images += _source_rows(name, aset.samples["x"], aset.samples, request.amplify_rms, scale)
     rows_images += _noise_rows(x, request)
     errors = np.zeros((len(rows_images), len(models)), dtype=np.int64)
     resized: dict[str, list[str]] = {}
@@ -329,16 +338,21 @@ def redo_interrupted(ctx: RunContext, kind: str) -> RunContext:
 
 
 def _source_rows(
-    src: str, x: torch.Tensor, samples: dict[str, torch.Tensor], amplify_rms: float | None
+    src: str,
+    x: torch.Tensor,
+    samples: dict[str, torch.Tensor],
+    amplify_rms: float | None,
+    scale_rms: float | None = None,
 ) -> list[tuple[MatrixRow, torch.Tensor, torch.Tensor]]:
-    """A source's adversarial row, and its amplified row when asked, with the clean images at the source's size."""
+    """A source's adversarial row, and its amplified (Table 4) and scaled (`--scale-to`) rows when asked, with the
+    clean images at the source's size. Both rescale each perturbation x′ − x to an rms, clipped to the box."""
     x_adv, ok = samples["x_adv"], samples["success"].bool()
     rows = [(_row(src, "adversarial", src, x, x_adv, ok), x_adv, x)]
-    if amplify_rms is not None:
-        moved = ok & (paper_distortion(x, x_adv) > 0)  # images misclassified as they are have no direction
-        x_amp = torch.where(moved.view(-1, 1, 1, 1), amplify(x, x_adv, amplify_rms), x)
-        name = f"{src} amplified to rms {amplify_rms:g}"
-        rows.append((_row(name, "amplified", src, x, x_amp, moved, amplify_rms), x_amp, x))
+    moved = ok & (paper_distortion(x, x_adv) > 0)  # images misclassified as they are have no direction
+    for rms, kind, name in ((amplify_rms, "amplified", "amplified"), (scale_rms, "scaled", "scaled")):
+        if rms is not None:
+            x_amp = torch.where(moved.view(-1, 1, 1, 1), amplify(x, x_adv, rms), x)
+            rows.append((_row(f"{src} {name} to rms {rms:g}", kind, src, x, x_amp, moved, rms), x_amp, x))
     return rows
 
 

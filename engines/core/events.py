@@ -105,6 +105,26 @@ class EpochDone(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class AdversarialEpoch(EpochDone):
+    """An epoch of §4.2's adversarial training: clean error over the epoch's batches (%), the pool's error
+    under the model at the epoch's end (%; nan before the pool is filled), its mean age in epochs, and how many
+    of its examples were regenerated at the epoch's start."""
+
+    clean_error: float
+    pool_error: float
+    pool_age: float
+    refreshed: int = 0
+
+    def line(self) -> str:
+        parts = [super().line(), f"clean err {self.clean_error:.2f}%"]
+        if math.isfinite(self.pool_error):
+            parts += [f"pool err {self.pool_error:.1f}%", f"pool age {self.pool_age:.1f}"]
+        if self.refreshed:
+            parts.append(f"{self.refreshed} new")
+        return " · ".join(parts)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelTrained(Event):
     """One model of a training request is trained and saved."""
 

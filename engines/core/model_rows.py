@@ -34,10 +34,19 @@ def row_from_meta(path: str | Path, meta: dict[str, Any]) -> dict[str, Any]:
         "p1_error": m.get("p1_error") if split in ("p1", "p2") else None,
         "p2_error": m.get("p2_error") if split in ("p1", "p2") else None,
         "optimizer": meta.get("training", {}).get("optimizer"),
+        "recipe": _recipe(meta.get("training", {})),
         "paper": meta.get("paper", {}),
         "data": (meta.get("data") or {}).get("name"),  # None for sidecars older than the record
         "path": str(path),
     }
+
+
+RECIPE_KEYS = ("optimizer", "epochs", "batch_size", "lr", "iterations", "adversarial", "refresh_share", "seconds")
+
+
+def _recipe(training: Any) -> dict[str, Any]:
+    """How the model was trained, in short: the sidecar's training record without its per-refresh log."""
+    return {k: training[k] for k in RECIPE_KEYS if isinstance(training, dict) and k in training}
 
 
 def _describe(spec: Any) -> str:

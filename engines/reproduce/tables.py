@@ -23,6 +23,7 @@ from engines.core.models import ModelRef
 from engines.train.fit import error_rate
 
 UNCLIPPED = " unclipped"  # suffix of the row keys of unclipped-noise rows (the paper has none)
+AT_PAPER = " at the paper's distortion"  # suffix of a source's row scaled to the paper's mean distortion
 
 
 def table1(t2: TransferMatrix, ctx: RunContext, data_dir: str | Path | None) -> list[dict[str, Any]]:
@@ -30,7 +31,8 @@ def table1(t2: TransferMatrix, ctx: RunContext, data_dir: str | Path | None) -> 
     device = ctx.torch_device()
     rows = []
     train, test = load_split("train", data_dir), load_split("test", data_dir)
-    for i, mid in enumerate(paper.TABLE1_MODELS):
+    own = {r.source: r for r in t2.rows if r.kind == "adversarial"}  # the matrix also holds scaled and noise rows
+    for mid in paper.TABLE1_MODELS:
         ctx.check_cancel()
         model = load_checkpoint(mid, device).model
         p_train, p_test, p_dist = paper.TABLE1[mid]
@@ -42,7 +44,7 @@ def table1(t2: TransferMatrix, ctx: RunContext, data_dir: str | Path | None) -> 
                 "paper_train_error": p_train,
                 "test_error": error_rate(model, test, device),
                 "paper_test_error": p_test,
-                "distortion": t2.rows[i].distortion,
+                "distortion": own[mid].distortion,
                 "paper_distortion": p_dist,
                 "success_rate": 100.0 * summary["success_rate"],
                 "trivial": summary.get("n_trivial", 0),
@@ -113,6 +115,8 @@ def table2_key(row: MatrixRow) -> str:
     """The paper's Table 2 row name for one of our rows."""
     if row.kind == "adversarial":
         return row.source or ""
+    if row.kind == "scaled":
+        return f"{row.source}{AT_PAPER}"
     return _noise_key(row)
 
 
@@ -122,6 +126,8 @@ def table4_key(row: MatrixRow) -> str:
         return row.source or ""
     if row.kind == "amplified":
         return f"{row.source} amplified {row.stddev:g}"
+    if row.kind == "scaled":
+        return f"{row.source}{AT_PAPER}"
     return _noise_key(row)
 
 
@@ -140,7 +146,7 @@ def matrix_vs_paper(
                 "distortion": row.distortion,
                 "columns": m.columns,
                 "ours": [float(v) for v in m.values[i]],
-                "paper": table.get(k.removesuffix(UNCLIPPED)),
+                "paper": table.get(k.removesuffix(UNCLIPPED).removesuffix(AT_PAPER)),
                 "interval": [[float(a), float(b)] for a, b in m.intervals[i]],
                 "folder": str(m.folder),
             }

@@ -25,6 +25,7 @@ from engines.core.device import cpu_speed_settings
 from engines.core.errors import Cancelled, DataError, InputError, ModelError
 from engines.core.events import CancelCheck, EpochDone, EventSink, ignore_events, never_cancel
 from engines.core.zoo import ZooEntry, build_model, count_parameters, decay_loss, describe_spec, zoo_entry
+from engines.train.adversarial import AdversarialSettings, train_adversarial
 
 
 @dataclass
@@ -233,12 +234,29 @@ def _fit(
     cancel: CancelCheck,
     max_iter: int | None,
     epochs: int | None,
+    adversarial: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     recipe = dict(entry.recipe)
     x, y = data.images.to(device), data.labels.to(device)
     task = f"train {entry.id}"
     if optimizer == "recipe":
         optimizer = recipe["optimizer"]
+    if adversarial is not None or optimizer == "adversarial":
+        settings = adversarial_settings(entry, adversarial)
+        return train_adversarial(
+            model,
+            x,
+            y,
+            entry.decay,
+            settings,
+            epochs=epochs or recipe.get("epochs", 30),
+            batch_size=recipe.get("batch_size", 128),
+            lr=recipe.get("lr", 3e-3),
+            seed=seed,
+            on_event=on_event,
+            cancel=cancel,
+            task=task,
+        )
     if optimizer == "autoencoder":
         encoder = model.fc1
         info = pretrain_sparse_autoencoder(encoder, x, recipe, seed, on_event, cancel, task)
@@ -298,6 +316,16 @@ def check_data_fits(model: nn.Module, data_dir: str | Path | None, device: torch
     return identity
 
 
+def adversarial_settings(entry: ZooEntry, overrides: dict[str, Any] | None) -> AdversarialSettings:
+    """The pool settings a training uses: the recipe's own (a §4.2 zoo model) with the user's options over them."""
+    return AdversarialSettings.from_json(entry.recipe.get("adversarial", {}) | (overrides or {}))
+
+
+def adversarial_id(entry: ZooEntry, adversarial: dict[str, Any] | None) -> str:
+    """A plain zoo model trained with an adversarial pool is saved as `<id>-adv`, never under the plain id."""
+    return f"{entry.id}-adv" if adversarial is not None and entry.recipe["optimizer"] != "adversarial" else entry.id
+
+
 def trained_model_id(zoo_id: str, identity: dict[str, Any]) -> str:
     """The id a zoo model trained on this data is saved under: its zoo id on MNIST (the paper's data);
     on other data the zoo id plus the data's name (for unnamed IDX data, the start of its training
@@ -321,24 +349,29 @@ def train_zoo_model(
     data_dir: str | Path | None = None,
     max_iter: int | None = None,
     epochs: int | None = None,
+    adversarial: dict[str, Any] | None = None,
     on_event: EventSink = ignore_events,
     cancel: CancelCheck = never_cancel,
 ) -> FittedModel:
     """Train one zoo model from scratch and (if `out_dir`) save it as `out_dir/<id>.safetensors`
-    (`trained_model_id`: the zoo id on MNIST)."""
+    (`trained_model_id`: the zoo id on MNIST, `<id>-adv` when `adversarial` makes a plain model adversarial).
+    `adversarial` holds the user's pool options (None: train as the recipe says).
+
+    A recipe's own "seed" (the §4.2 seed-spread model) is added to `seed`."""
     entry = zoo_entry(model_id)
     device = torch.device(device)
+    seed = seed + int(entry.recipe.get("seed", 0))
     torch.manual_seed(seed)
     model = build_model(entry.spec).to(device)
     identity = check_data_fits(model, data_dir, device)
     data = load_split(entry.train_split, data_dir)
     start = time.perf_counter()
-    info = _fit(entry, model, data, optimizer, seed, device, on_event, cancel, max_iter, epochs)
+    info = _fit(entry, model, data, optimizer, seed, device, on_event, cancel, max_iter, epochs, adversarial)
     seconds = time.perf_counter() - start
     model.eval()
     metrics = evaluate_splits(model, data_dir, device)
     meta = {
-        "id": trained_model_id(entry.id, identity),
+        "id": trained_model_id(adversarial_id(entry, adversarial), identity),
         "zoo_id": entry.id,
         "description": entry.description,
         "architecture": describe_spec(entry.spec),

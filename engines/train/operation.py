@@ -25,18 +25,21 @@ from engines.core.data import dataset_identity, sample_data_dir
 from engines.core.errors import InputError
 from engines.core.events import ModelTrained
 from engines.core.runs import check_writable
-from engines.core.zoo import ZOO
-from engines.train.fit import train_zoo_model, trained_model_id
+from engines.core.zoo import ZOO, build_model
+from engines.train.adversarial import layer_cuts
+from engines.train.fit import adversarial_id, adversarial_settings, train_zoo_model, trained_model_id
 
-ZOOS = ("paper",)  # named sets of zoo models: `--zoo paper` is the whole zoo of Tables 1 and 3
+ZOOS = ("paper", "adversarial")  # `--zoo paper`: the zoo of Tables 1 and 3; `--zoo adversarial`: §4.2's models
 MODELS_SUBFOLDER = "models"
 
 
 def zoo_ids(models: Iterable[str] | None, zoo: str | None) -> tuple[str, ...]:
     """The ids a `--model …` / `--zoo NAME` choice names (checked: a named zoo must exist)."""
     if zoo is not None and zoo not in ZOOS:
-        raise InputError(f"unknown zoo {zoo!r}: the only zoo is 'paper'")
-    return tuple(ZOO) if zoo == "paper" else tuple(models or ())
+        raise InputError(f"unknown zoo {zoo!r}: choose {' or '.join(ZOOS)}")
+    if zoo is not None:
+        return tuple(k for k, e in ZOO.items() if e.group == zoo)
+    return tuple(models or ())
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class TrainRequest:
     seed: int = 0
     data_dir: str | None = None
     into_shipped_zoo: bool = False  # allow writing into the shipped sample_data (regenerating the zoo)
+    adversarial: dict[str, Any] | None = None  # §4.2's pool options over the recipe's (None: the recipe's training)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
@@ -63,6 +67,10 @@ class TrainRequest:
         for name, value in (("--epochs", self.epochs), ("--max-iter", self.max_iter)):
             if value is not None and value < 1:
                 raise InputError(f"{name} must be at least 1 (leave it out for the recipe's own)")
+        if self.adversarial is not None:
+            for model_id in self.models:  # every option and layer name checked before hours of training
+                settings = adversarial_settings(ZOO[model_id], self.adversarial)
+                layer_cuts(build_model(ZOO[model_id].spec), settings.layers)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,6 +81,7 @@ class TrainRequest:
             "seed": self.seed,
             "data_dir": self.data_dir,
             "into_shipped_zoo": self.into_shipped_zoo,
+            "adversarial": self.adversarial,
         }
 
     @classmethod
@@ -86,6 +95,7 @@ class TrainRequest:
                 seed=int(d.get("seed", 0)),
                 data_dir=None if d.get("data_dir") is None else str(d["data_dir"]),
                 into_shipped_zoo=bool(d.get("into_shipped_zoo", False)),
+                adversarial=None if d.get("adversarial") is None else dict(d["adversarial"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"the recorded train request is damaged ({type(exc).__name__}: {exc})") from None
@@ -157,7 +167,7 @@ def _refuse_existing_checkpoints(request: TrainRequest, folder: Path, overwrite:
         return
     identity = dataset_identity(request.data_dir)
     for model_id in request.models:
-        path = folder / f"{trained_model_id(model_id, identity)}.safetensors"
+        path = folder / f"{trained_model_id(adversarial_id(ZOO[model_id], request.adversarial), identity)}.safetensors"
         if path.exists():
             raise InputError(f"{path} already exists: choose another output folder or overwrite it")
 
@@ -176,6 +186,7 @@ def _train_all(request: TrainRequest, ctx: RunContext, folder: Path) -> TrainRes
             data_dir=request.data_dir,
             max_iter=request.max_iter,
             epochs=request.epochs,
+            adversarial=request.adversarial,
             on_event=ctx.on_event,
             cancel=ctx.cancelled,
         )
