@@ -49,11 +49,17 @@ def test_a_bad_request_is_refused_when_it_is_built(changes, message):
 
 
 def test_zoo_names_and_the_request_round_trip_through_json():
-    assert zoo_ids(None, "paper") == tuple(ZOO)
+    paper_zoo = zoo_ids(None, "paper")
+    assert len(paper_zoo) == 10 and paper_zoo[0] == "softmax1" and paper_zoo[-1] == "m2"
+    section42 = zoo_ids(None, "adversarial")
+    assert set(paper_zoo) | set(section42) == set(ZOO) and not set(paper_zoo) & set(section42)
+    assert "n100-100-10-adv" in section42 and "n100-100-10-decay" in section42
     assert zoo_ids(["m1", "m2"], None) == ("m1", "m2")
-    with pytest.raises(InputError, match="only zoo is 'paper'"):
+    with pytest.raises(InputError, match="choose paper or adversarial"):
         zoo_ids(None, "imagenet")
     request = TrainRequest(models=("m1", "conv"), optimizer="adam", epochs=2, seed=7, data_dir="d")
+    assert TrainRequest.from_json(json.loads(json.dumps(request.to_json()))) == request
+    request = TrainRequest(models=("n100-100-10",), adversarial={"pool_size": 10, "layers": ["act2"]})
     assert TrainRequest.from_json(json.loads(json.dumps(request.to_json()))) == request
     with pytest.raises(InputError, match="damaged"):
         TrainRequest.from_json({"optimizer": "adam"})
@@ -197,7 +203,7 @@ def test_cli_trains_into_runs_models_and_prints_the_result_json(tiny_mnist, tmp_
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--zoo", "imagenet"), "only zoo is 'paper'"),
+        (("--zoo", "imagenet"), "choose paper or adversarial"),
         ((), "say what to train"),
         (("-m", "softmax1", "--optimizer", "sgd"), "unknown optimizer"),
         (("-m", "softmax1", "--epochs", "0"), "--epochs must be at least 1"),

@@ -25,7 +25,10 @@ def _announce(event: Event) -> None:
 
 def train(
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="Zoo id to train (repeatable).")] = None,
-    zoo: Annotated[str | None, typer.Option("--zoo", help="'paper' trains the whole zoo of Tables 1 and 3.")] = None,
+    zoo: Annotated[
+        str | None,
+        typer.Option("--zoo", help="'paper': the zoo of Tables 1 and 3; 'adversarial': §4.2's models and ablation."),
+    ] = None,
     optimizer: Annotated[
         str, typer.Option(help="recipe (the zoo's own), lbfgs (full batch) or adam (minibatch).")
     ] = "recipe",
