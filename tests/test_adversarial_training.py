@@ -241,3 +241,32 @@ def test_cli_trains_a_plain_zoo_model_adversarially_as_id_adv(cli, tmp_path) -> 
     assert row["id"] == "softmax1-adv" and row["test_error"] == meta["metrics"]["test_error"]
     assert row["recipe"]["adversarial"]["layers_used"] == ["input"] and row["recipe"]["epochs"] == 2
     assert "refreshes" not in row["recipe"]
+
+
+def test_a_cancel_stops_inside_a_refresh() -> None:
+    from engines.core.errors import Cancelled
+
+    model, (x, y) = _toy_model(), _toy_data()
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 40  # past the warm-up epoch's batches: inside the first fill's attack
+
+    settings = AdversarialSettings(pool_size=40, warmup=1, c_steps=3, max_iter=30)
+    with pytest.raises(Cancelled):
+        train_adversarial(
+            model,
+            x,
+            y,
+            [0.0, 0.0, 0.0],
+            settings,
+            epochs=3,
+            batch_size=32,
+            lr=0.02,
+            seed=0,
+            on_event=lambda e: None,
+            cancel=cancel,
+            task="t",
+        )
+    assert calls["n"] == 41  # stopped at the first check that said so, not at the end of an epoch

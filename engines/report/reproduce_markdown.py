@@ -202,7 +202,14 @@ def scale_readings(tables: dict[str, Any]) -> list[str]:
             continue
         a, b, c = (float(np.mean(v)) for v in (ours, scaled, theirs))
         closed = (b - a) / (c - a) if abs(c - a) > 1e-9 else math.nan
-        share = f"; scaling closes {100 * closed:.0f} % of the gap" if math.isfinite(closed) else ""
+        if not math.isfinite(closed):
+            share = ""
+        elif closed > 1:
+            share = "; scaled, ours transfer more than the paper's: the perturbations' size alone more than accounts for the gap"
+        elif closed < 0:
+            share = "; scaling widens the gap: the difference is not the perturbations' size"
+        else:
+            share = f"; scaling closes {100 * closed:.0f} % of the gap"
         out.append(
             f"- {tname}, transfer to the other models (mean of off-diagonal cells): {a:.1f} % at our minimum "
             f"distortion, {b:.1f} % with each perturbation scaled to the paper's mean distortion for its source, "
