@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from engines.core.zoo import ZOO
 from tests.conftest import PAPER_IDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,12 +40,16 @@ def test_importing_every_engine_loads_no_ui_library():
     assert out.stdout.strip() == "[]"
 
 
-def test_models_json_lists_the_ten_shipped_models(cli):
+def test_models_json_lists_the_shipped_paper_zoo_then_section42(cli):
     rc, out, _ = cli("models", "--json")
     assert rc == 0
     rows = json.loads(out)
-    assert [r["id"] for r in rows] == PAPER_IDS
-    m2 = rows[-1]
+    section42 = [k for k, e in ZOO.items() if e.group == "adversarial"]
+    assert [r["id"] for r in rows] == PAPER_IDS + section42
+    adv = rows[PAPER_IDS.index("m2") + 1 + section42.index("n100-100-10-adv")]
+    assert adv["id"] == "n100-100-10-adv" and adv["test_error"] is not None
+    assert adv["recipe"]["adversarial"]["layers_used"] == ["input", "act1", "act2"]
+    m2 = rows[PAPER_IDS.index("m2")]
     assert m2["train_split"] == "p2" and m2["p1_error"] is not None and m2["train_error"] == m2["p2_error"]
 
 

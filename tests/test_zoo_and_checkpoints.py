@@ -33,7 +33,9 @@ def test_decay_needs_one_lambda_per_layer():
 
 
 def test_the_zoo_has_the_papers_ids_and_architectures():
-    assert list(ZOO) == PAPER_IDS
+    assert [k for k, e in ZOO.items() if e.group == "paper"] == PAPER_IDS
+    section42 = {k: e for k, e in ZOO.items() if e.group == "adversarial"}
+    assert all(e.spec["hidden"] == [100, 100] and e.decay == ZOO["n100-100-10"].decay for e in section42.values())
     assert ZOO["m1-prime"].spec["hidden"] == [123, 456]
     assert ZOO["m2"].train_split == "p2" and ZOO["m1"].train_split == "p1"
     assert [ZOO[f"softmax{i}"].decay[0] for i in (1, 2, 3)] == [1e-4, 1e-2, 1.0]
