@@ -28,6 +28,7 @@ from engines.core.io import write_json_atomic
 from engines.core.model_data import open_model_data, take_images
 from engines.core.models import ModelRef, load_model
 from engines.core.runs import open_run
+from engines.report.figures import predict
 from engines.robustness.certified import certified_radius, lipschitz_constant
 
 RESULT_FILE = "robustness.json"
@@ -120,14 +121,6 @@ def _write(folder: Path, request: RobustnessRequest, rows: list[RobustnessRow]) 
     write_json_atomic(folder / RESULT_FILE, {"request": request.to_json(), "rows": [r.to_json() for r in rows]})
 
 
-def classified_right(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per image, whether the model's label is the true one."""
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        predicted = [model(x[i : i + 2048].to(device)).argmax(1).cpu() for i in range(0, len(x), 2048)]
-    return torch.cat(predicted) == labels.cpu()
-
-
 def correct_prefix(right: torch.Tensor, n: int) -> int:
     """The length of the shortest prefix of the images that holds `n` correctly classified ones."""
     where = torch.nonzero(right).squeeze(1)
@@ -139,7 +132,7 @@ def correct_prefix(right: torch.Tensor, n: int) -> int:
 def _row(ref: ModelRef, request: RobustnessRequest, ctx: RunContext) -> RobustnessRow:
     lm = load_model(ref, "cpu")
     data = take_images(open_model_data(lm, request.data_dir, request.split))
-    right_all = classified_right(lm.model, data.images, data.labels)
+    right_all = predict(lm.model, data.images, "cpu") == data.labels
     stop = correct_prefix(right_all, request.n)
     right = right_all[:stop]
     attack = AttackRequest(

@@ -199,6 +199,9 @@ class AdversarialPool:
         config = AttackConfig(c_steps=settings.c_steps, max_iter=settings.max_iter)
         images, labels = x[picked.to(x.device)], y[picked.to(y.device)]
         device = images.device
+        with torch.no_grad():
+            classes = int(cut.upper(cut.lower(images[:1])).shape[1])
+        mode = parse_target(settings.target, classes)
         found, moved = 0, 0.0
         for i in range(0, len(slots), REFRESH_CHUNK):
             if cancel():
@@ -206,8 +209,6 @@ class AdversarialPool:
             part = slice(i, i + REFRESH_CHUNK)
             with torch.no_grad():
                 h = cut.lower(images[part]).detach()
-            classes = int(cut.upper(h[:1]).shape[1])
-            mode = parse_target(settings.target, classes)
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
             target = choose_targets(mode, labels[part], classes, seed=seed, model=cut.upper, images=h).to(device)
             res = attack_problems(
