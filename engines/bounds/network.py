@@ -32,17 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.bounds.conv import (
-    DENSE_LIMIT,
-    ConvSpectrum,
-    conv_spectrum,
-    dilate_kernel,
-    linear_singular_values,
-    pair,
-    polyphase_norm,
-    power_iteration,
-)
+from engines.bounds.conv import DENSE_LIMIT, conv_spectrum, dilate_kernel, linear_singular_values, pair, power_iteration
 from engines.bounds.factors import Factor, batchnorm_scale, lipschitz_factor
+from engines.bounds.polyphase import ConvSpectrum, polyphase_norm
 from engines.bounds.results import (
     ALEXNET_NOTE,
     PAPER_TABLE5,
