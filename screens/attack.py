@@ -73,6 +73,7 @@ class AttackScreen(WorkbenchScreen):
         Binding("s", "start_attack", "Start"),
         Binding("g", "focus_grid", "Examples"),
         Binding("f", "focus_form", "Settings"),
+        Binding("e", "export", "Export"),
     ]
 
     def __init__(self) -> None:
@@ -205,7 +206,7 @@ class AttackScreen(WorkbenchScreen):
         split = str(self.query_one("#split", Select).value)
         target = str(self.query_one("#target", Select).value)
         device = str(self.query_one("#device", Select).value)
-        model = self.state.active_model
+        model = self.state.active_ref
         try:
             n, c_steps, max_iter = self._int("n", "N"), self._int("c_steps", "c-steps"), self._int("max_iter", "iters")
             request = AttackRequest(
@@ -223,7 +224,7 @@ class AttackScreen(WorkbenchScreen):
         form = {"n": n, "c_steps": c_steps, "max_iter": max_iter, "target": target, "split": split}
         settings.attack = {**settings.attack, **form}
         self.state.remember(attack=settings.attack)
-        out = new_run_folder(Path(settings.runs_dir), "attack", model)
+        out = new_run_folder(Path(settings.runs_dir), "attack", str(model))
         self.run_dir, self.result, self.split, self.chunks_done = out, None, split, 0
         self.triplets, self.success_history, self.distortion_history = [], [], []
         self.kept_bytes, self.dropped = 0, 0
@@ -231,7 +232,9 @@ class AttackScreen(WorkbenchScreen):
         self.query_one("#bar", ProgressBar).update(total=n, progress=0)
         for sid in ("#spark-success", "#spark-dist"):
             self.query_one(sid, Sparkline).data = []
-        self.query_one("#stats", Static).update(f"attacking {n} {split} images of {Path(model).name} on {device} …")
+        self.query_one("#stats", Static).update(
+            f"attacking {n} {split} images of {Path(str(model)).name} on {device} …"
+        )
         self.say(f"run folder {out} · x cancels (finished chunks are kept)")
         self.query_one("#triplets", ImageGrid).focus()
 
@@ -317,6 +320,20 @@ class AttackScreen(WorkbenchScreen):
     def cancelled(self, _: Any) -> None:
         self.query_one("#stats", Static).update(f"[b]cancelled[/b]: {self.chunks_done} finished chunk(s) kept")
         self.say(f"kept in {self.run_dir}; finish it with `blindspot attack --resume {self.run_dir}`")
+
+    def action_export(self) -> None:
+        """The run's per-image results as CSV (finished images only while it runs or after a cancel)."""
+        folder = self.run_dir
+        if folder is None or not (folder / "run.json").is_file():
+            self.say("start or reopen an attack first: its run folder is what gets exported", error=True)
+            return
+
+        def text() -> str:
+            from engines.report.exports import attack_csv
+
+            return attack_csv(folder)
+
+        self.ask_export("the attack's per-image results as CSV", folder / "examples.csv", text)
 
     def on_image_grid_opened(self, event: ImageGrid.Opened) -> None:
         t = self.triplets[event.item]

@@ -33,13 +33,14 @@ class BoundsScreen(WorkbenchScreen):
     BINDINGS = [
         Binding("m", "use('active')", "Active"),
         Binding("a", "use('alexnet')", "AlexNet"),
-        Binding("r", "recompute", "Recompute"),
+        Binding("s", "recompute", "Start"),
+        Binding("e", "export", "Export"),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self.target = "active"
-        self.shown_for: tuple[str, str] | None = None
+        self.shown_for: tuple[str, Any] | None = None
         self.result: Any = None
         self.histograms: list[dict[str, Any]] = []
         self.paper: dict[str, dict[str, Any]] = {}
@@ -61,7 +62,7 @@ class BoundsScreen(WorkbenchScreen):
 
     def on_screen_resume(self) -> None:
         super().on_screen_resume()
-        want = (self.target, self.state.active_model if self.target == "active" else "alexnet")
+        want = (self.target, self.state.active_ref if self.target == "active" else "alexnet")
         if want != self.shown_for and not self.busy():
             self.compute()
 
@@ -78,13 +79,13 @@ class BoundsScreen(WorkbenchScreen):
     # ------------------------------------------------------------------ compute
     def compute(self) -> None:
         """Run the bounds operation (the request `blindspot bounds --model REF` builds) into a new run folder."""
-        ref = self.state.active_model if self.target == "active" else "alexnet"
+        ref = self.state.active_ref if self.target == "active" else "alexnet"
         self.shown_for = (self.target, ref)
         device = self.state.settings.device
         self.generation += 1
         generation = self.generation
         self.result, self.histograms, self.finished_layers = None, [], 0
-        self.query_one("#bar", Static).update(f"[b]{Path(ref).name}[/b] · computing …")
+        self.query_one("#bar", Static).update(f"[b]{Path(str(ref)).name}[/b] · computing …")
         self.start_layer_table()
         slow = " (AlexNet: about half a minute on a CPU)" if ref == "alexnet" else ""
         self.say(f"computing frame bounds{slow} · x cancels after the current layer")
@@ -146,11 +147,11 @@ class BoundsScreen(WorkbenchScreen):
     def show_cancelled(self, ref: str) -> None:
         """After a cancel: the finished layers stay in the table, so that no finished work is lost from view."""
         kept = self.finished_layers
-        self.query_one("#bar", Static).update(f"[b]{Path(ref).name}[/b] · cancelled after {kept} layers")
-        self.say(f"cancelled: {kept} finished layers kept above · r recomputes")
+        self.query_one("#bar", Static).update(f"[b]{Path(str(ref)).name}[/b] · cancelled after {kept} layers")
+        self.say(f"cancelled: {kept} finished layers kept above · s starts again")
 
     def failed(self, ref: str, message: str) -> None:
-        self.query_one("#bar", Static).update(f"[b]{Path(ref).name}[/b] · failed")
+        self.query_one("#bar", Static).update(f"[b]{Path(str(ref)).name}[/b] · failed")
         self.say(message, error=True)
 
     # ------------------------------------------------------------------ render
@@ -207,6 +208,22 @@ class BoundsScreen(WorkbenchScreen):
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self.show_spectrum(event.cursor_row)
+
+    def action_export(self) -> None:
+        """Table 5 of the shown network as CSV (lower, upper, method, guaranteed bound as it runs)."""
+        bounds = self.result
+        if bounds is None:
+            self.say("nothing to export yet: the bounds are still computing or failed", error=True)
+            return
+        doc = bounds.to_json()
+        folder = Path(bounds.run) if bounds.run else Path(self.state.settings.runs_dir)
+
+        def text() -> str:
+            from engines.report.exports import bounds_csv
+
+            return bounds_csv(doc)
+
+        self.ask_export("the frame bounds as CSV", folder / "bounds.csv", text)
 
     def show_spectrum(self, index: int) -> None:
         if self.result is None or not 0 <= index < len(self.result.layers):

@@ -52,7 +52,7 @@ class GalleryScreen(WorkbenchScreen):
     GalleryScreen #verdict { height: auto; max-height: 4; padding: 0 1; }
     """
     BINDINGS = [
-        Binding("l", "focus_layer", "Layer"),
+        Binding("f", "focus_layer", "Layer"),
         Binding("n", "page(1)", "Next"),
         Binding("p", "page(-1)", "Prev", show=False),
         Binding("tab", "swap", "Grid"),
@@ -60,7 +60,7 @@ class GalleryScreen(WorkbenchScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.model_ref: str | None = None
+        self.model_ref: Any = None  # the ModelRef the gallery shows
         self.layer_infos: list[Any] = []
         self.result: Any = None  # the UnitsComparison shown
         self.run_result: Any = None  # the UnitsResult it came from (run folder, notes)
@@ -84,8 +84,8 @@ class GalleryScreen(WorkbenchScreen):
 
     def on_screen_resume(self) -> None:
         retry = not self.layer_infos and not self.busy("layers")  # the last attempt failed: try again
-        if self.model_ref != self.state.active_model or retry:
-            self.model_ref = self.state.active_model
+        if self.model_ref != self.state.active_ref or retry:
+            self.model_ref = self.state.active_ref
             self.load_layers()
 
     def focus_main(self) -> None:
@@ -94,15 +94,15 @@ class GalleryScreen(WorkbenchScreen):
     # ----------------------------------------------------------------- layers
     def load_layers(self) -> None:
         ref = self.model_ref
-        self.clear_results(f"reading the layers of {Path(ref or '').name} …")
+        self.clear_results(f"reading the layers of {Path(str(ref or '')).name} …")
         self.query_one("#layer", Select).set_options([])
         self.layer_infos = []
-        self.say(f"reading the layers of {Path(ref or '').name} …")
+        self.say(f"reading the layers of {Path(str(ref or '')).name} …")
 
         def work(job: Job) -> Any:
             from engines.units.operation import LayersRequest, run_layers
 
-            return run_layers(LayersRequest(model=str(ref)), self.job_context(job)).layers
+            return run_layers(LayersRequest(model=ref), self.job_context(job)).layers
 
         self.start("layers", work, replace=True, on_done=self.show_layers, on_error=self.failed)
 
@@ -130,7 +130,7 @@ class GalleryScreen(WorkbenchScreen):
 
         settings = self.state.settings
         return UnitsRequest(
-            model=str(self.model_ref),
+            model=self.model_ref,
             layer=layer,
             split=self.split,
             n=settings.units_images or None,

@@ -234,6 +234,28 @@ class WorkbenchScreen(Screen):
 
         self.app.push_screen(JobsPanel(self.state))
 
+    def ask_export(self, what: str, suggested: Path, make_text: Callable[[], str]) -> None:
+        """Ask where the export goes (a suggestion in the run folder), then write `make_text()` there in a worker."""
+        from screens.export_dialog import ExportDialog
+
+        def write(path: Path | None) -> None:
+            if path is None:
+                return
+
+            def work(job: Job) -> Path:
+                from engines.report.exports import write_export
+
+                return write_export(make_text(), path)
+
+            self.start(
+                "export",
+                work,
+                on_done=lambda p: self.say(f"wrote {p}"),
+                on_error=lambda m: self.say(f"cannot export: {m}", error=True),
+            )
+
+        self.app.push_screen(ExportDialog(what, suggested), write)
+
     def action_leave_field(self) -> None:
         self.focus_main()
 

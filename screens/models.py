@@ -32,15 +32,18 @@ class ModelsScreen(WorkbenchScreen):
     DEFAULT_CSS = """
     ModelsScreen #models { height: 1fr; min-height: 5; }
     ModelsScreen #details { height: auto; max-height: 7; padding: 0 1; border-top: solid $panel-lighten-2; }
-    ModelsScreen #load-row { height: 1; padding: 0 1; }
-    ModelsScreen #load-row Static { width: auto; }
-    ModelsScreen #path { width: 1fr; }
+    ModelsScreen .load-row { height: 1; padding: 0 1; }
+    ModelsScreen .load-row Static { width: 9; }
+    ModelsScreen #path { width: 2fr; }
+    ModelsScreen #weights { width: 1fr; }
+    ModelsScreen #data { width: 1fr; }
     ModelsScreen #train-bar { height: 1; padding: 0 1; }
     ModelsScreen #train-bar.-hidden { display: none; }
     """
     BINDINGS = [
         Binding("enter", "use", "Use model"),
         Binding("l", "focus_path", "Load"),
+        Binding("i", "focus_data", "Data"),
         Binding("t", "train", "Train"),
         Binding("T", "train(True)", "Train over", show=False),
         Binding("d", "device", "Device"),
@@ -57,13 +60,24 @@ class ModelsScreen(WorkbenchScreen):
         table.border_title = "models"
         yield table
         yield Static("", id="details")
-        with Horizontal(id="load-row"):
-            yield Static("checkpoint file: ")
+        with Horizontal(classes="load-row"):
+            yield Static("model")
+            yield Input(placeholder="zoo id · checkpoint · torchvision name · module:function", id="path", compact=True)
+            yield Input(placeholder="weights (torchvision/factory)", id="weights", compact=True)
+        with Horizontal(classes="load-row"):
+            yield Static("data")
             yield Input(
-                placeholder="path to .safetensors (+ .json sidecar) or weights-only .pt", id="path", compact=True
+                self.state.settings.data_dir or "",
+                placeholder="shipped MNIST · IDX folder · image folder · CIFAR binaries",
+                id="data",
+                compact=True,
             )
         yield ProgressBar(id="train-bar", show_eta=False, classes="-hidden")
-        yield Static("Enter uses the highlighted model · t trains it · l loads a file", id="status", classes="status")
+        yield Static(
+            "Enter uses the highlighted model · t trains it · l loads any model · i sets the data",
+            id="status",
+            classes="status",
+        )
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -123,6 +137,8 @@ class ModelsScreen(WorkbenchScreen):
         table.focus()
 
     def is_active(self, row: dict[str, Any]) -> bool:
+        if "ref" in row:
+            return row["ref"] == self.state.active_ref.to_json()
         return self.state.active_model in (row["id"], row["path"])
 
     def highlighted(self) -> dict[str, Any] | None:
@@ -168,7 +184,7 @@ class ModelsScreen(WorkbenchScreen):
         row = self.highlighted()
         if row is None:
             return
-        ref = row["path"] if row.get("loaded") else row["id"]
+        ref = row.get("ref") or (row["path"] if row.get("loaded") else row["id"])
         self.state.set_active_model(ref)
         self.say(f"active model: {row['id']}")
         self.show_rows([r for r in self.rows if not r.get("loaded")])
@@ -190,30 +206,77 @@ class ModelsScreen(WorkbenchScreen):
         missing = "" if "cuda" in usable else " · no CUDA device on this machine"
         self.say(f"device: {settings.device} (used by every screen: attacks, the gallery, training){missing}")
 
+    def action_focus_data(self) -> None:
+        self.query_one("#data", Input).focus()
+
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        path = str(Path(event.value.strip()).expanduser()) if event.value.strip() else ""
-        if not path:
+        if event.input.id == "data":
+            self.use_data(event.value)
+        else:
+            self.load_typed_model()
+
+    def load_typed_model(self) -> None:
+        """Load what the model field names, as `--model`/`--weights` would, and make it active."""
+        from engines.core.errors import BlindspotError
+        from engines.core.models import parse_model_text
+
+        text, weights = self.query_one("#path", Input).value, self.query_one("#weights", Input).value
+        if not text.strip():
+            self.say("type a zoo id, a checkpoint path, a torchvision name or module:function, then Enter", error=True)
             return
-        self.say(f"loading {path} …")
+        try:
+            ref = parse_model_text(text, weights)
+        except BlindspotError as exc:
+            self.load_failed(str(exc))
+            return
+        self.say(f"loading {ref} …")
         device = self.state.settings.device
 
-        def work(job: Job) -> tuple[Any, dict[str, Any]]:
+        def work(job: Job) -> tuple[Any, Any, dict[str, Any]]:
             from engines.core.model_rows import loaded_model_row
 
-            lm = self.state.load_model(path, device)
-            return lm, loaded_model_row(lm)
+            lm = self.state.load_model(ref, device)
+            return ref, lm, loaded_model_row(lm)
 
-        self.start("load checkpoint", work, on_done=self.loaded, on_error=self.load_failed)
+        self.start("load model", work, on_done=self.loaded, on_error=self.load_failed)
 
-    def loaded(self, outcome: tuple[Any, dict[str, Any]]) -> None:
-        lm, row = outcome
-        self.offer(row, "file")
-        self.state.set_active_model(str(lm.path))
-        self.say(f"loaded {lm.path.name} (sha256 {lm.sha256[:12]}) on {self.state.settings.device}; it is now active")
+    def loaded(self, outcome: tuple[Any, Any, dict[str, Any]]) -> None:
+        ref, lm, row = outcome
+        self.offer(
+            {**row, "path": str(lm.path or ref), "ref": ref.to_json()}, lm.kind if lm.kind != "checkpoint" else "file"
+        )
+        self.state.set_active_model(ref)
+        weights = " · random weights: give a weights file" if lm.random_init else ""
+        name = lm.path.name if lm.kind == "checkpoint" and lm.path else lm.id
+        self.say(f"loaded {name} (sha256 {lm.sha256[:12]}) on {self.state.settings.device}; it is now active{weights}")
         self.show_rows([r for r in self.rows if not r.get("loaded")])
 
+    def use_data(self, text: str) -> None:
+        """Check the folder as `--data` would (kind, listing, labels), then make it every screen's data."""
+        path = str(Path(text.strip()).expanduser()) if text.strip() else None
+        if path is None:
+            self.state.set_data(None)
+            self.say("data: the shipped MNIST")
+            return
+        self.say(f"opening {path} …")
+
+        def work(job: Job) -> str:
+            from engines.core.sources import DataRef, describe, open_data
+
+            return describe(open_data(DataRef(path=path), "test"))
+
+        def opened(line: str) -> None:
+            self.state.set_data(path)
+            self.query_one("#data", Input).value = path
+            self.say(f"data: {line} · used by every screen")
+            self.focus_main()
+
+        self.start(
+            "open data", work, on_done=opened, on_error=lambda m: self.say(f"cannot use this data: {m}", error=True)
+        )
+
     def offer(self, row: dict[str, Any], source: str) -> None:
-        """List a checkpoint from outside the models folder (a user's file, a freshly trained one)."""
+        """List a model from outside the models folder (a user's file or torchvision name, a freshly trained one)."""
         row = {**row, "loaded": True, "source": source}
         self.state.extra_models = [r for r in self.state.extra_models if r["path"] != row["path"]] + [row]
 

@@ -21,7 +21,7 @@ class Settings:
     """Where things are and how jobs run; tests shrink these to keep the app fast."""
 
     device: str = "auto"
-    model: str = "n100-100-10"
+    model: str | dict[str, Any] = "n100-100-10"  # a ModelRef's JSON: zoo id, path, torchvision name (+ weights)
     runs_dir: Path = Path("runs")
     data_dir: str | None = None
     models_folder: Path | None = None
@@ -64,8 +64,10 @@ def remembered_settings(path: Path) -> tuple[Settings, str]:
             settings.runs_dir = Path(value)
         elif key == "attack" and isinstance(value, dict):
             settings.attack = {**settings.attack, **value}
-        elif key in ("model", "device") and isinstance(value, str):
-            setattr(settings, key, value)
+        elif key == "model" and isinstance(value, (str, dict)):
+            settings.model = value
+        elif key == "device" and isinstance(value, str):
+            settings.device = value
         elif key == "data_dir" and (value is None or isinstance(value, str)):
             settings.data_dir = value
     return settings, note
@@ -82,19 +84,34 @@ class WorkbenchState:
     def __init__(
         self, settings: Settings, on_change: Callable[[], None] = lambda: None, store: Path | None = None
     ) -> None:
+        from engines.core.models import as_model_ref
+
         self.settings = settings
         self.store = store
-        self.active_model = settings.model
+        self.active_ref = as_model_ref(settings.model)
         self.extra_models: list[dict[str, Any]] = []
         self.jobs: list[tuple[str, Any]] = []  # (screen label, Job) of every job started, for the jobs panel
         self.on_change = on_change
         self._models: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
 
-    def set_active_model(self, ref: str) -> None:
-        """Make `ref` (zoo id or checkpoint path) the model the other screens use."""
-        self.active_model = ref
-        self.remember(model=ref)
+    @property
+    def active_model(self) -> str:
+        """The active model's name as screens show it (zoo id, path, torchvision name or factory)."""
+        return str(self.active_ref)
+
+    def set_active_model(self, ref: Any) -> None:
+        """Make `ref` (a ModelRef, or its JSON: zoo id, checkpoint path, torchvision name) the model every screen uses."""
+        from engines.core.models import as_model_ref
+
+        self.active_ref = as_model_ref(ref)
+        self.remember(model=self.active_ref.to_json())
+        self.on_change()
+
+    def set_data(self, path: str | None) -> None:
+        """The data every screen attacks, scores and trains on (None: the shipped MNIST)."""
+        self.settings.data_dir = path
+        self.remember(data_dir=path)
         self.on_change()
 
     def set_device(self, device: str) -> None:
@@ -121,17 +138,18 @@ class WorkbenchState:
         with contextlib.suppress(OSError):  # an unwritable config folder costs the memory of choices, not the session
             write_json_atomic(self.store, saved)
 
-    def load_model(self, ref: str | None = None, device: str | None = None) -> Any:
-        """Load (once) a checkpoint on a device. Call from a worker thread only."""
-        from engines.core.checkpoint import load_checkpoint
+    def load_model(self, ref: Any = None, device: str | None = None) -> Any:
+        """Load (once) any model the CLI can load (zoo id, checkpoint, torchvision name, factory) on a device,
+        through the same `engines.core.models.load_model`. Call from a worker thread only."""
         from engines.core.device import resolve_device
+        from engines.core.models import as_model_ref, load_model
 
-        ref = ref or self.active_model
+        model_ref = as_model_ref(ref if ref is not None else self.active_ref)
         dev = resolve_device(device or self.settings.device)
-        key = (ref, str(dev))
+        key = (json.dumps(model_ref.to_json(), sort_keys=True), str(dev))
         with self._lock:
             if key not in self._models:
-                self._models[key] = load_checkpoint(ref, dev)
+                self._models[key] = load_model(model_ref, dev)
             return self._models[key]
 
     def forget_models(self) -> None:

@@ -54,9 +54,9 @@ class TransferScreen(WorkbenchScreen):
     """
     BINDINGS = [
         Binding("enter", "examples", "Examples"),
-        Binding("o", "focus_open", "Open"),
-        Binding("c", "compute", "Compute"),
-        Binding("s", "sort", "Sort"),
+        Binding("l", "focus_open", "Load"),
+        Binding("s", "compute", "Start"),
+        Binding("o", "sort", "Order"),
         Binding("e", "export", "Export"),
     ]
 
@@ -85,7 +85,7 @@ class TransferScreen(WorkbenchScreen):
         table.border_title = "rows: example sets · columns: target models · % misclassified"
         yield table
         yield Static("", id="cell")
-        yield Static("o opens a matrix.json · c computes one from the fields above", id="status", classes="status")
+        yield Static("l loads a matrix.json · s starts one from the fields above", id="status", classes="status")
         yield Footer(compact=True)
 
     def _latest(self) -> str:
@@ -200,7 +200,7 @@ class TransferScreen(WorkbenchScreen):
         self.query_one("#matrix", DataTable).border_subtitle = f"{matrix.split}, n={matrix.n} · {short(matrix.folder)}"
         self.say(
             f"opened {short(matrix.folder)}: {len(matrix.rows)} sets × {len(matrix.columns)} models · "
-            "arrows move · Enter shows examples · s sorts · e exports CSV"
+            "arrows move · Enter shows examples · o orders rows · e exports CSV"
         )
         self.focus_main()
 
@@ -326,11 +326,11 @@ class TransferScreen(WorkbenchScreen):
         if self.matrix is None or self.matrix.folder is None:
             self.say("open or compute a matrix first", error=True)
             return
-        matrix, path = self.matrix, Path(self.matrix.folder) / "matrix-export.csv"
+        matrix = self.matrix
 
-        def work(job: Job) -> Any:
-            from engines.attack.transfer import export_csv
+        def text() -> str:
+            from engines.attack.transfer import matrix_csv
 
-            return export_csv(matrix, path)
+            return matrix_csv(matrix)
 
-        self.start("export", work, on_done=lambda p: self.say(f"wrote {p}"), on_error=lambda m: self.say(m, error=True))
+        self.ask_export("the matrix as CSV", Path(matrix.folder) / "matrix-export.csv", text)

@@ -6,7 +6,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -49,20 +49,41 @@ class Session:
     notes: tuple[str, ...]
 
 
-def session_settings(model: str | None, data: Path | None, device: str | None, runs: Path | None) -> Session:
+def check_model(value: str | dict[str, Any]) -> None:
+    """A model the workbench can load later: a zoo id or checkpoint that exists, a torchvision name, a factory,
+    with a weights file that exists (the factory's module is imported only when the model is loaded)."""
+    from engines.core.checkpoint import resolve_model_path
+    from engines.core.models import as_model_ref
+
+    ref = as_model_ref(value)
+    if ref.kind == "checkpoint":
+        resolve_model_path(ref.name)
+    if ref.weights is not None and not Path(ref.weights).expanduser().is_file():
+        raise InputError(f"weights file not found: {ref.weights}")
+
+
+def check_data(path: str | Path) -> None:
+    """Any data the CLI's --data takes (IDX, image folders, CIFAR binaries), its listing checked."""
+    from engines.core.sources import DataRef, open_data
+
+    open_data(DataRef(path=str(Path(path).expanduser())), "test")
+
+
+def session_settings(
+    model: str | None, data: Path | None, device: str | None, runs: Path | None, weights: Path | None = None
+) -> Session:
     """The last session's choices, then this session's options, each checked before the terminal is taken over.
 
     A remembered model or data folder that no longer exists is dropped with a note, not an error."""
-    from engines.core.checkpoint import resolve_model_path
-    from engines.core.data import dataset_identity
     from engines.core.device import resolve_device
     from engines.core.errors import BlindspotError
+    from engines.core.models import parse_model_text
 
     store = settings_file()
     settings, note = remembered_settings(store)
     notes = [note] if note else []
     defaults = Settings()
-    for key, check in (("model", resolve_model_path), ("data_dir", dataset_identity), ("device", resolve_device)):
+    for key, check in (("model", check_model), ("data_dir", check_data), ("device", resolve_device)):
         value = getattr(settings, key)
         if value != getattr(defaults, key) and value is not None:
             try:
@@ -72,12 +93,15 @@ def session_settings(model: str | None, data: Path | None, device: str | None, r
                     f"the saved {key.replace('_dir', '')} {value} is not usable here ({exc}); using the default"
                 )
                 setattr(settings, key, getattr(defaults, key))
+    if weights is not None and model is None:
+        raise InputError("--weights needs --model (a torchvision name or a factory)")
     if model is not None:
-        resolve_model_path(model)  # an unknown id or a missing file: one line now, not an error screen later
-        settings.model = model
+        ref = parse_model_text(model, str(weights) if weights else None)
+        check_model(ref.to_json())  # an unknown id or a missing file: one line now, not an error screen later
+        settings.model = ref.to_json()
     if data is not None:
         data = data.expanduser()
-        dataset_identity(data)  # missing or damaged files: one line now
+        check_data(data)  # missing or damaged files: one line now
         settings.data_dir = str(data)
     if device is not None:
         resolve_device(device)
@@ -89,13 +113,19 @@ def session_settings(model: str | None, data: Path | None, device: str | None, r
 
 def tui(
     graphics: Annotated[str, typer.Option(help="Image rendering: " + ", ".join(GRAPHICS_MODES))] = "auto",
-    model: Annotated[str | None, typer.Option("--model", help="Active model at start: zoo id or checkpoint.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Active model at start: zoo id, checkpoint, torchvision name or MODULE:FUNCTION."),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option("--weights", help="Weights file for a torchvision --model or a factory.")
+    ] = None,
     data: DataDir = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda for every job.")] = None,
     runs: Annotated[Path | None, typer.Option("--runs", help="Runs folder (default: runs).")] = None,
 ) -> None:
     """Open the terminal workbench (--model, --data, --device and --runs set this session's choices)."""
-    run_tui(graphics, session_settings(model, data, device, runs))
+    run_tui(graphics, session_settings(model, data, device, runs, weights))
 
 
 def register(app: typer.Typer) -> None:

@@ -56,7 +56,7 @@ def _describe(spec: Any) -> str:
     try:
         return describe_spec(spec)
     except (KeyError, TypeError, ValueError):
-        return str(spec.get("kind", ""))
+        return str(spec.get("kind") or "")
 
 
 def checkpoint_row(path: str | Path) -> dict[str, Any]:
@@ -72,9 +72,11 @@ def checkpoint_row(path: str | Path) -> dict[str, Any]:
 
 def loaded_model_row(lm: LoadedModel) -> dict[str, Any]:
     """The row of a loaded model: its sidecar's figures, its parameters counted from the weights."""
-    row = row_from_meta(lm.path, lm.meta)
+    row = row_from_meta(lm.path or lm.id, lm.meta)
     row["id"] = lm.id
     row["parameters"] = count_parameters(lm.model)
+    if row.get("architecture") in (None, "", "None"):
+        row["architecture"] = lm.source  # a torchvision or factory model: where it was built from
     return row
 
 

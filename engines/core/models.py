@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,22 @@ class ModelRef:
 
 def as_model_ref(value: ModelRef | str | dict[str, Any]) -> ModelRef:
     return ModelRef.from_json(value)
+
+
+_FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def parse_model_text(text: str, weights: str | None = None) -> ModelRef:
+    """A model typed in one field (the workbench's Load): a zoo id, a checkpoint path (`~` expanded), a
+    torchvision name, or `package.module:function`; `weights` for the last two."""
+    text = text.strip()
+    weights = str(Path(weights.strip()).expanduser()) if weights and weights.strip() else None
+    path = Path(text).expanduser()
+    if _FACTORY.fullmatch(text) and not path.exists():
+        return ModelRef(factory=text, weights=weights)
+    if text.startswith("~") or path.exists():
+        text = str(path)
+    return ModelRef(text, weights=weights)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ async def test_transfer_table_cursor_cell_view_sort_export(tmp_path, models_fold
     monkeypatch.setenv("BLINDSPOT_CACHE", str(matrix_dir.parent / "cache"))
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("4", "o")
+        await pilot.press("4", "l")
         app.screen.query_one("#path", Input).value = str(matrix_dir / "matrix.json")
         await pilot.press("enter")
         await settle(pilot, app)
@@ -45,27 +45,44 @@ async def test_transfer_table_cursor_cell_view_sort_export(tmp_path, models_fold
         assert len(app.screen.items) == min(12, int(m.errors[0, 0]))
         await pilot.press("escape")
         await pilot.pause()
-        await pilot.press("right", "s")
+        await pilot.press("right", "o")
         await pilot.pause()
         names = [screen.matrix.rows[i].name for i in screen.order if i is not None]
         values = [screen.matrix.values[i, 1] for i in screen.order[:2]]
         assert values == sorted(values, reverse=True) and names[-1].startswith("Gaussian")
+        from screens.export_dialog import ExportDialog
+
+        await pilot.press("e")  # the export window suggests a file in the matrix's folder; Esc writes nothing
+        await wait_for(pilot, lambda: isinstance(app.screen, ExportDialog), what="the export window")
+        assert app.screen.query_one("#where", Input).value == str(matrix_dir / "matrix-export.csv")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen, what="the window to close")
+        assert not (matrix_dir / "matrix-export.csv").exists()
+        target = tmp_path / "exports" / "mine.csv"
+        target.parent.mkdir()
+        target.write_text("old")
         await pilot.press("e")
-        await settle(pilot, app)
-        exported = (matrix_dir / "matrix-export.csv").read_text().splitlines()
+        await wait_for(pilot, lambda: isinstance(app.screen, ExportDialog), what="the export window")
+        app.screen.query_one("#where", Input).value = str(target)
+        await pilot.press("enter")  # an existing file: the first Enter only warns
+        await pilot.pause()
+        assert isinstance(app.screen, ExportDialog) and target.read_text() == "old"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "wrote" in text_of(app, "#status"), what="the export")
+        exported = target.read_text().splitlines()
         assert exported[0] == "row,kind,softmax1,n100-100-10,distortion,n"
         assert exported[1].split(",")[2] == f"{m.values[0, 0]:.2f}"
-        await pilot.press("o")
+        await pilot.press("l")
         app.screen.query_one("#path", Input).value = str(tmp_path / "nothing-here")
         await pilot.press("enter")
         await settle(pilot, app)
         assert "no transfer matrix" in text_of(app, "#status")
         screen.query_one("#sources", Input).value = "softmax1"
         screen.query_one("#n", Input).value = "0"
-        await pilot.press("escape", "c")  # the request refuses it, as the CLI would
+        await pilot.press("escape", "s")  # the request refuses it, as the CLI would
         assert "--n must be at least 1" in text_of(app, "#status")
         screen.query_one("#n", Input).value = "4"
-        await pilot.press("c")  # compute a new one (adversarial sets come from the cache)
+        await pilot.press("s")  # compute a new one (adversarial sets come from the cache)
         await settle(pilot, app)
         assert screen.matrix.n == 4 and [r.kind for r in screen.matrix.rows] == ["adversarial", "noise"]
         (folder,) = (tmp_path / "runs").glob("transfer-matrix-*")  # named by the operation
@@ -119,7 +136,7 @@ async def test_cli_and_screen_compute_the_same_matrix(cli, tmp_path, models_fold
             lambda e: (during.append((screen.matrix is None, screen.query_one("#matrix", DataTable).row_count)),
                        show_event(e)),
         )  # fmt: skip
-        await pilot.press("c")
+        await pilot.press("s")
         await wait_for(pilot, lambda: screen.matrix is not None, timeout=120, what="the matrix")
         (tui,) = (tmp_path / "runs").glob("transfer-matrix-*")
         assert screen.query_one("#path", Input).value == str(tui)  # o reopens the new one
