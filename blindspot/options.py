@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, get_type_hints
 
 import typer
 
@@ -117,6 +121,71 @@ def model_ref(
         num_classes=num_classes,
         normalize=normalize,
     )
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """The options that name one model, as given on the command line: the one place they are defined.
+
+    Each field is one option of every command decorated with `with_model_options`, in this order, with the
+    field's annotation (its Typer option) and default. `ref()` turns them into the engines' `ModelRef`,
+    refusing bad input with an `InputError` (exit code 2, one line).
+    """
+
+    model: OptionalModel = None
+    weights: Weights = None
+    model_factory: ModelFactory = None
+    num_classes: NumClasses = None
+    normalize: Normalize = None
+
+    def ref(self) -> EngineModelRef:
+        """The model reference, validated (an `InputError` says what is wrong)."""
+        return model_ref(self.model, self.weights, self.model_factory, self.num_classes, self.normalize)
+
+    @property
+    def names_a_model(self) -> bool:
+        """Whether --model or --model-factory is given."""
+        return self.model is not None or self.model_factory is not None
+
+    def given(self) -> list[str]:
+        """The options given with a value other than their default, as their flags (--model, --weights, ...)."""
+        return [f"--{f.name.replace('_', '-')}" for f in fields(self) if getattr(self, f.name) != f.default]
+
+
+def _model_parameters(kind: Any) -> list[inspect.Parameter]:
+    hints = get_type_hints(ModelOptions, include_extras=True)
+    return [inspect.Parameter(f.name, kind, default=f.default, annotation=hints[f.name]) for f in fields(ModelOptions)]
+
+
+def with_model_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command the model options of `ModelOptions`, in one place.
+
+    The command declares one parameter `model: ModelOptions` where the options belong in its `--help`; Typer
+    sees (through `__signature__`) the fields of `ModelOptions` there instead, and the command is called with
+    them gathered into one `ModelOptions`.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    params = list(signature.parameters.values())
+    names = [p.name for p in params]
+    if "model" not in names or params[names.index("model")].annotation is not ModelOptions:
+        raise TypeError(f"{command.__name__} needs a parameter `model: ModelOptions` for with_model_options")
+    at = names.index("model")
+    shared = _model_parameters(params[at].kind)
+    clash = {p.name for p in shared} & (set(names) - {"model"})
+    if clash:
+        raise TypeError(f"{command.__name__} has its own {', '.join(sorted(clash))}: with_model_options defines them")
+    params[at : at + 1] = shared
+    shared_names = [p.name for p in shared]
+
+    @functools.wraps(command)
+    def with_model(**kwargs: Any) -> Any:
+        options = ModelOptions(**{name: kwargs.pop(name) for name in shared_names})
+        return command(model=options, **kwargs)
+
+    new_signature = signature.replace(parameters=params)
+    with_model.__signature__ = new_signature  # type: ignore[attr-defined]
+    with_model.__annotations__ = {p.name: p.annotation for p in params} | {"return": new_signature.return_annotation}
+    return with_model
 
 
 def optional_path(path: Path | None) -> str | None:

@@ -19,17 +19,13 @@ from blindspot.options import (
     ImageSize,
     Json,
     MaxIter,
-    ModelFactory,
-    Normalize,
-    NumClasses,
+    ModelOptions,
     Offset,
-    OptionalModel,
     Overwrite,
     Seed,
     Threads,
-    Weights,
-    model_ref,
     optional_path,
+    with_model_options,
 )
 from engines.attack.problems import AttackConfig
 from engines.attack.run import AttackRequest, AttackResult, resume_attack, run_attack
@@ -38,12 +34,9 @@ from engines.core.errors import InputError
 from engines.core.runs import new_run_folder
 
 
+@with_model_options
 def attack(
-    model: OptionalModel = None,
-    weights: Weights = None,
-    model_factory: ModelFactory = None,
-    num_classes: NumClasses = None,
-    normalize: Normalize = None,
+    model: ModelOptions = ModelOptions(),
     split: Annotated[str, typer.Option(help=", ".join(SPLITS) + ".")] = "test",
     n: Annotated[
         int, typer.Option("--n", "-n", help="Number of images (-n under torchrun, whose own options take --n).")
@@ -87,12 +80,12 @@ def attack(
     keeping the LARGEST c whose minimiser reaches the target (c multiplies the distance here, as in the paper).
     """
     if resume is None:
-        if model is None and model_factory is None:
+        if not model.names_a_model:
             raise InputError(
                 "say which model to attack: --model ID|PATH|TORCHVISION_NAME or --model-factory (or --resume DIR)"
             )
         request = AttackRequest(
-            model=model_ref(model, weights, model_factory, num_classes, normalize),
+            model=model.ref(),
             split=split,
             n=n,
             offset=offset,
@@ -107,7 +100,7 @@ def attack(
             classes_file=optional_path(classes),
         )
     else:
-        _note_ignored(resume, ctx_options=locals())
+        _note_ignored(resume, model, ctx_options=locals())
     folder = resume or out or new_run_folder(Path("runs"), "attack", str(request.model) if resume is None else "model")
     with cli_context(
         device,
@@ -123,12 +116,7 @@ def attack(
         print_summary(result)
 
 
-RESUME_FIXED = (
-    "model",
-    "weights",
-    "model_factory",
-    "num_classes",
-    "normalize",
+RESUME_FIXED = (  # besides the model options, which --resume ignores too
     "split",
     "n",
     "offset",
@@ -143,10 +131,12 @@ RESUME_FIXED = (
 )
 
 
-def _note_ignored(resume: Path, ctx_options: dict) -> None:
+def _note_ignored(resume: Path, model: ModelOptions, ctx_options: dict) -> None:
     """--resume finishes the run as it was started: say which of the given options it does not use."""
     defaults = {p.name: p.default for p in inspect.signature(attack).parameters.values()}
-    given = [f"--{k.replace('_', '-')}" for k in (*RESUME_FIXED, "out") if ctx_options.get(k) != defaults.get(k)]
+    given = model.given() + [
+        f"--{k.replace('_', '-')}" for k in (*RESUME_FIXED, "out") if ctx_options.get(k) != defaults.get(k)
+    ]
     if given:
         note(f"--resume uses the settings {resume} was started with; {', '.join(given)} ignored")
 

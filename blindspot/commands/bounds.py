@@ -14,16 +14,12 @@ from blindspot.console import cli_context, note, out, print_json
 from blindspot.options import (
     Device,
     Json,
-    ModelFactory,
-    Normalize,
-    NumClasses,
-    OptionalModel,
+    ModelOptions,
     OutDir,
     Overwrite,
     Seed,
     Threads,
-    Weights,
-    model_ref,
+    with_model_options,
 )
 from engines.bounds.models import parse_input_shape
 from engines.bounds.operation import BOUNDS_FILE, SPECTRA_FILE, BoundsRequest, run_bounds
@@ -36,12 +32,9 @@ def _num(v: float | None) -> str:
     return f"{v:.2e}" if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4) else f"{v:.3g}"
 
 
+@with_model_options
 def bounds(
-    model: OptionalModel = None,
-    weights: Weights = None,
-    model_factory: ModelFactory = None,
-    num_classes: NumClasses = None,
-    normalize: Normalize = None,
+    model: ModelOptions = ModelOptions(),
     input_shape: Annotated[
         str | None, typer.Option("--input", help="CxHxW, e.g. 3x224x224 (default: the model's).")
     ] = None,
@@ -58,7 +51,7 @@ def bounds(
 ) -> None:
     """Frame bounds of every Linear and Conv2d layer and the product of upper bounds (Table 5)."""
     request = BoundsRequest(
-        model=model_ref(model, weights, model_factory, num_classes, normalize),
+        model=model.ref(),
         input_shape=parse_input_shape(input_shape) if input_shape else None,
         power_iters=power_iters,
         precision=precision,

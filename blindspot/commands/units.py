@@ -15,17 +15,13 @@ from blindspot.options import (
     Device,
     ImageSize,
     Json,
-    ModelFactory,
-    Normalize,
-    NumClasses,
-    OptionalModel,
+    ModelOptions,
     OutDir,
     Overwrite,
     Seed,
     Threads,
-    Weights,
-    model_ref,
     optional_path,
+    with_model_options,
 )
 from engines.core.context import RunContext
 from engines.units.operation import LayersRequest, UnitsRequest, UnitsResult, run_layers, run_units
@@ -76,6 +72,7 @@ def _print_result(result: UnitsResult) -> None:
         note(f"wrote {path}")
 
 
+@with_model_options
 def units(
     layer: Annotated[str, typer.Option("--layer", "-l", help="Layer name (see `blindspot layers --model ID`).")],
     k: Annotated[int, typer.Option("--k", help="Images per direction: the top-k of ⟨φ(x), v⟩.")] = 8,
@@ -109,11 +106,7 @@ def units(
         int | None, typer.Option("--n", "-n", min=1, help="Use the first N images (default: all; 2000 of a folder).")
     ] = None,
     seed: Seed = 0,
-    model: OptionalModel = None,
-    weights: Weights = None,
-    model_factory: ModelFactory = None,
-    num_classes: NumClasses = None,
-    normalize: Normalize = None,
+    model: ModelOptions = ModelOptions(),
     data: DataDir = None,
     image_size: ImageSize = None,
     classes: ClassesFile = None,
@@ -125,7 +118,7 @@ def units(
 ) -> None:
     """Top-k images of each unit and of random directions, scored and compared (§3, Figures 1–4)."""
     request = UnitsRequest(
-        model=model_ref(model, weights, model_factory, num_classes, normalize),
+        model=model.ref(),
         layer=layer,
         split=split,
         n=n,
@@ -155,18 +148,15 @@ def units(
     _print_result(result)
 
 
+@with_model_options
 def layers(
-    model: OptionalModel = None,
-    weights: Weights = None,
-    model_factory: ModelFactory = None,
-    num_classes: NumClasses = None,
-    normalize: Normalize = None,
+    model: ModelOptions = ModelOptions(),
     image_size: ImageSize = None,
     device: Device = "auto",
     json_out: Json = False,
 ) -> None:
     """The model's named layers with their kinds and output shapes (the names `units --layer` takes)."""
-    request = LayersRequest(model_ref(model, weights, model_factory, num_classes, normalize), image_size)
+    request = LayersRequest(model.ref(), image_size)
     result = run_layers(request, RunContext(device=device))  # one forward pass: nothing to cancel
     if json_out:
         print_json(result.to_json())
