@@ -1,4 +1,4 @@
-"""The Textual workbench shell: five screens on number keys, shared settings, the active model.
+"""The Textual workbench shell: six screens on number keys, shared settings, the active model.
 
 `run_app` imports textual-image first (its terminal detection only works before Textual owns the
 terminal), then builds and runs the app. Screens are thin: every engine call runs in a worker.
@@ -24,6 +24,7 @@ SCREENS = (
     ("attack", "3", "Attack", "the box-constrained L-BFGS attack, streamed live (§4.1)"),
     ("transfer", "4", "Transfer", "cross-model generalisation of adversarial examples (Table 2)"),
     ("bounds", "5", "Bounds", "per-layer frame bounds and singular-value spectra (Table 5)"),
+    ("runs", "6", "Runs", "every run folder: reopen, resume an interrupted attack, watch a running one"),
 )
 
 
@@ -55,7 +56,7 @@ class BlindspotApp(App):
     .title { text-style: bold; padding: 0 1; }
     """
     MODES = {}  # filled in __init__ (imports stay lazy)
-    BINDINGS = [Binding("q", "quit", "Quit", show=False)]  # the screens show 1–5, x and q in their footers
+    BINDINGS = [Binding("q", "quit", "Quit", show=False)]  # the screens show 1–6, x and q in their footers
 
     def __init__(
         self,
@@ -68,6 +69,7 @@ class BlindspotApp(App):
         from screens.bounds import BoundsScreen
         from screens.gallery import GalleryScreen
         from screens.models import ModelsScreen
+        from screens.runs import RunsScreen
         from screens.transfer import TransferScreen
 
         self.MODES = {
@@ -76,6 +78,7 @@ class BlindspotApp(App):
             "attack": AttackScreen,
             "transfer": TransferScreen,
             "bounds": BoundsScreen,
+            "runs": RunsScreen,
         }
         super().__init__()
         if graphics_mode is not None or not graphics.configured():

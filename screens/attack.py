@@ -18,7 +18,7 @@ from textual.widgets import Footer, Input, ProgressBar, Select, Sparkline, Stati
 
 from engines.core.choices import SPLITS, TARGETS
 from engines.core.device import usable_devices
-from engines.core.events import ChunkDone, Event, SolverStep
+from engines.core.events import ChunkDone, Event, SolverStep, Step
 from screens.image_view import ImageView
 from screens.jobs import Job, WorkbenchScreen
 from screens.widgets import GridItem, ImageGrid, NavBar
@@ -74,6 +74,7 @@ class AttackScreen(WorkbenchScreen):
         Binding("g", "focus_grid", "Examples"),
         Binding("f", "focus_form", "Settings"),
         Binding("e", "export", "Export"),
+        Binding("R", "resume", "Resume", show=False),
     ]
 
     def __init__(self) -> None:
@@ -86,6 +87,7 @@ class AttackScreen(WorkbenchScreen):
         self.result: Any = None  # the finished run's AttackResult
         self.chunks_done = 0  # ChunkDone events of the current run
         self.split = "test"
+        self.watching = False  # the shown run is another process's (or a finished one): read-only
 
     def compose(self) -> ComposeResult:
         defaults, devices = self.state.settings.attack, usable_devices()
@@ -225,13 +227,7 @@ class AttackScreen(WorkbenchScreen):
         settings.attack = {**settings.attack, **form}
         self.state.remember(attack=settings.attack)
         out = new_run_folder(Path(settings.runs_dir), "attack", str(model))
-        self.run_dir, self.result, self.split, self.chunks_done = out, None, split, 0
-        self.triplets, self.success_history, self.distortion_history = [], [], []
-        self.kept_bytes, self.dropped = 0, 0
-        self.query_one("#triplets", ImageGrid).set_items([])
-        self.query_one("#bar", ProgressBar).update(total=n, progress=0)
-        for sid in ("#spark-success", "#spark-dist"):
-            self.query_one(sid, Sparkline).data = []
+        self.reset_view(out, split, n)
         self.query_one("#stats", Static).update(
             f"attacking {n} {split} images of {Path(str(model)).name} on {device} …"
         )
@@ -252,10 +248,104 @@ class AttackScreen(WorkbenchScreen):
             on_cancel=self.cancelled,
         )
 
+    def reset_view(self, out: Path, split: str, n: int, watching: bool = False) -> None:
+        """Forget the shown run: a new, resumed or reopened one fills the screen from its own events."""
+        self.run_dir, self.result, self.split, self.chunks_done, self.watching = out, None, split, 0, watching
+        self.triplets, self.success_history, self.distortion_history = [], [], []
+        self.kept_bytes, self.dropped = 0, 0
+        self.query_one("#triplets", ImageGrid).set_items([])
+        self.query_one("#bar", ProgressBar).update(total=n, progress=0)
+        for sid in ("#spark-success", "#spark-dist"):
+            self.query_one(sid, Sparkline).data = []
+
+    # ------------------------------------------------------- reopen, watch, resume
+    def _take_over(self, folder: Path, verb: str, watching: bool) -> bool:
+        """Clear the screen for the run in `folder` (its split and size from run.json); False if it cannot be."""
+        from engines.core.errors import BlindspotError
+        from engines.core.runs import read_run_record
+
+        if self.busy("attack"):
+            self.say("an attack is running here: x cancels it first", error=True)
+            return False
+        try:
+            request = read_run_record(folder)["request"]
+        except BlindspotError as exc:
+            self.say(str(exc), error=True)
+            return False
+        self.reset_view(folder, str(request.get("split", "test")), int(request.get("n", 1)), watching=watching)
+        self.query_one("#stats", Static).update(f"{verb} {folder.name} …")
+        self.query_one("#triplets", ImageGrid).focus()
+        return True
+
+    def show_run(self, folder: Path) -> None:
+        """Reopen a run folder (from Runs): every example of a finished run, paged; a running run written by
+        another process followed live (read-only); an interrupted one up to where it stopped."""
+        if not self._take_over(folder, "opening", watching=True):
+            return
+        self.say(f"{folder} · read-only: x stops watching, never the run")
+
+        def work(job: Job) -> Any:
+            from engines.attack.follow import follow_attack
+
+            return follow_attack(folder, self.job_context(job))
+
+        self.start(
+            "attack",
+            work,
+            on_event=self.show_event,
+            on_done=self.followed,
+            on_error=self.failed,
+            on_cancel=lambda _: self.say(f"stopped watching {folder.name}; the run itself goes on"),
+        )
+
+    def followed(self, outcome: Any) -> None:
+        if outcome.status == "finished" and outcome.result is not None:
+            self.finished(outcome.result)
+            return
+        self.query_one("#bar", ProgressBar).update(total=outcome.total or 1, progress=outcome.done)
+        self.query_one("#stats", Static).update(
+            f"[b]interrupted[/b] at {outcome.done}/{outcome.total} images · {len(self.triplets)} examples shown"
+        )
+        self.say(f"{self.run_dir} · R resumes it here")
+
+    def action_resume(self) -> None:
+        if self.run_dir is None:
+            self.say("nothing to resume: reopen an interrupted run from Runs (6)", error=True)
+            return
+        self.resume_run(self.run_dir)
+
+    def resume_run(self, folder: Path) -> None:
+        """Carry an interrupted run on in the app (`blindspot attack --resume`): its finished chunks are shown
+        first, then the rest streams in as it is attacked."""
+        if not self._take_over(folder, "resuming", watching=False):
+            return
+        self.say(f"resuming {folder} · x cancels (finished chunks are kept)")
+        device = self.state.settings.device
+
+        def work(job: Job) -> Any:
+            from engines.attack.run import resume_attack
+
+            return resume_attack(folder, self.job_context(job, out=folder, device=device))
+
+        self.start(
+            "attack",
+            work,
+            on_event=self.show_event,
+            on_done=self.finished,
+            on_error=self.failed,
+            on_cancel=self.cancelled,
+        )
+
     # ------------------------------------------------------------------ stream
     def show_event(self, event: Event) -> None:
         if isinstance(event, SolverStep):
             self.show_progress(event)
+        elif isinstance(event, Step) and event.total:
+            self.query_one("#bar", ProgressBar).update(total=event.total, progress=event.done)
+            self.query_one("#stats", Static).update(
+                f"watching {self.run_dir.name if self.run_dir else ''}: {int(event.done)}/{int(event.total)} images "
+                "finished by the writing process(es)"
+            )
         elif isinstance(event, ChunkDone):
             self.chunks_done += 1
             self.add_triplets(finished_examples(event))
@@ -269,10 +359,10 @@ class AttackScreen(WorkbenchScreen):
         succ, dist = event.success_rate, event.mean_distortion
         finite = dist is not None and math.isfinite(dist)
         dist_text = f"{dist:.4f}" if finite else "—"
-        self.query_one("#stats", Static).update(
-            f"c-step {event.c_step}/{event.c_steps} · iteration {event.iteration} · "
-            f"objective {event.objective:.4g} · running {event.running}\n"
-            f"success {100 * (succ or 0):.1f}% · mean distortion {dist_text} · images {done_images}/{total_images}"
+        self.query_one("#stats", Static).update(  # what matters first: 80 columns leave this panel ~48
+            f"images {done_images}/{total_images} · c-step {event.c_step}/{event.c_steps} · "
+            f"iteration {event.iteration} · running {event.running} · objective {event.objective:.4g}\n"
+            f"success {100 * (succ or 0):.1f}% · mean distortion {dist_text}"
         )
         if succ is not None:
             self.success_history = (self.success_history + [float(succ)])[-HISTORY:]
@@ -319,7 +409,7 @@ class AttackScreen(WorkbenchScreen):
 
     def cancelled(self, _: Any) -> None:
         self.query_one("#stats", Static).update(f"[b]cancelled[/b]: {self.chunks_done} finished chunk(s) kept")
-        self.say(f"kept in {self.run_dir}; finish it with `blindspot attack --resume {self.run_dir}`")
+        self.say(f"kept in {self.run_dir} · R resumes it (or `blindspot attack --resume {self.run_dir}`)")
 
     def action_export(self) -> None:
         """The run's per-image results as CSV (finished images only while it runs or after a cancel)."""

@@ -45,6 +45,7 @@ class BoundsScreen(WorkbenchScreen):
         self.histograms: list[dict[str, Any]] = []
         self.paper: dict[str, dict[str, Any]] = {}
         self.generation = 0  # bumped by each computation: events of a replaced job are dropped
+        self.pinned = False  # a saved run reopened from Runs is on show: returning here does not recompute
         self.finished_layers = 0
 
     def compose(self) -> ComposeResult:
@@ -63,7 +64,7 @@ class BoundsScreen(WorkbenchScreen):
     def on_screen_resume(self) -> None:
         super().on_screen_resume()
         want = (self.target, self.state.active_ref if self.target == "active" else "alexnet")
-        if want != self.shown_for and not self.busy():
+        if want != self.shown_for and not self.busy() and not self.pinned:
             self.compute()
 
     def focus_main(self) -> None:
@@ -76,9 +77,24 @@ class BoundsScreen(WorkbenchScreen):
     def action_recompute(self) -> None:
         self.compute()
 
+    def show_saved(self, folder: Path) -> None:
+        """A finished bounds run reopened from Runs: its table and spectra from bounds.json, nothing recomputed
+        (a computation in progress here is cancelled); m, a or s compute again."""
+        self.pinned = True
+        self.generation += 1
+        self.query_one("#bar", Static).update(f"opening {folder.name} …")
+
+        def work(job: Job) -> Any:
+            from engines.bounds.operation import read_bounds
+
+            return read_bounds(folder)
+
+        self.start("bounds", work, replace=True, on_done=self.show_result, on_error=lambda m: self.say(m, error=True))
+
     # ------------------------------------------------------------------ compute
     def compute(self) -> None:
         """Run the bounds operation (the request `blindspot bounds --model REF` builds) into a new run folder."""
+        self.pinned = False
         ref = self.state.active_ref if self.target == "active" else "alexnet"
         self.shown_for = (self.target, ref)
         device = self.state.settings.device

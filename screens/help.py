@@ -38,9 +38,16 @@ ABOUT = {
         "upper bounds bounds how far any perturbation can move the network's output: large values allow "
         "instability, they do not prove it."
     ),
+    "runs": (
+        "Every run folder under the runs root, newest first: attacks (§4.1), transfer matrices (§4.2), units "
+        "(§3), frame bounds (§4.3), reproduce and robustness runs, trained checkpoints. Status: running (a live "
+        "process holds the folder's lock, in this app or elsewhere: a CLI job, torchrun ranks), interrupted "
+        "(stopped before the end; an attack resumes with R), finished, damaged. A running attack shows the images "
+        "finished over all its processes; Enter follows it live, read-only."
+    ),
 }
 EVERYWHERE = (
-    ("1 … 5", "switch screen"),
+    ("1 … 6", "switch screen"),
     ("? / F1", "this help"),
     ("Ctrl+P", "command palette: every action of this screen"),
     ("Esc", "leave a text field; close a window"),

@@ -74,7 +74,7 @@ class ModelsScreen(WorkbenchScreen):
             )
         yield ProgressBar(id="train-bar", show_eta=False, classes="-hidden")
         yield Static(
-            "Enter uses the highlighted model · t trains it · l loads any model · i sets the data",
+            "Enter uses the highlighted model · t trains it · l loads any model · i data",
             id="status",
             classes="status",
         )
@@ -246,10 +246,13 @@ class ModelsScreen(WorkbenchScreen):
             {**row, "path": str(lm.path or ref), "ref": ref.to_json()}, lm.kind if lm.kind != "checkpoint" else "file"
         )
         self.state.set_active_model(ref)
+        self.show_rows([r for r in self.rows if not r.get("loaded")])
+        row = next((i for i, r in enumerate(self.rows) if r.get("ref") == ref.to_json()), None)
+        if row is not None:
+            self.query_one("#models", DataTable).move_cursor(row=row)  # the details below are the loaded model's
         weights = " · random weights: give a weights file" if lm.random_init else ""
         name = lm.path.name if lm.kind == "checkpoint" and lm.path else lm.id
         self.say(f"loaded {name} (sha256 {lm.sha256[:12]}) on {self.state.settings.device}; it is now active{weights}")
-        self.show_rows([r for r in self.rows if not r.get("loaded")])
 
     def use_data(self, text: str) -> None:
         """Check the folder as `--data` would (kind, listing, labels), then make it every screen's data."""

@@ -124,7 +124,10 @@ class TransferScreen(WorkbenchScreen):
 
             return load_matrix(path)
 
-        self.start("open matrix", work, on_done=self.show_matrix, on_error=lambda m: self.say(m, error=True))
+        self.query_one("#path", Input).value = path
+        self.start(
+            "open matrix", work, replace=True, on_done=self.show_matrix, on_error=lambda m: self.say(m, error=True)
+        )
 
     def action_compute(self) -> None:
         from engines.attack.problems import AttackConfig

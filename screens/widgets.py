@@ -271,11 +271,12 @@ NAV = (
     ("attack", "3", "Attack"),
     ("transfer", "4", "Transfer"),
     ("bounds", "5", "Bounds"),
+    ("runs", "6", "Runs"),
 )
 
 
 class NavBar(Widget):
-    """The top line: the five screens with their keys (the current one lit), the active model and device."""
+    """The top line: the six screens with their keys (the current one lit), the active model and device."""
 
     DEFAULT_CSS = """
     NavBar { height: 1; background: $panel; }

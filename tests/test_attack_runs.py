@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -134,3 +135,18 @@ def test_a_model_whose_logits_overflow_is_refused(tmp_path, cli):
     rc, out, err = cli("attack", "--model", path, "--n", "4", "--device", "cpu", "--out", tmp_path / "run")
     assert rc == 2 and out == "" and "logits are inf or NaN" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_never_reuses_an_earlier_runs_chunks(tmp_path):
+    """--overwrite with another request used to pick up the earlier attack's chunk files and report its numbers."""
+    data = make_mnist_dir(tmp_path / "d")
+    out = tmp_path / "run"
+    run_attack(request(data), RunContext(device="cpu", out=out))
+    second = replace(request(data), model="softmax1", seed=7)
+    again = run_attack(second, RunContext(device="cpu", out=out, overwrite=True))
+    fresh = run_attack(second, RunContext(device="cpu", out=tmp_path / "fresh"))
+    assert again.to_json() | {"run": "", "seconds": 0} == fresh.to_json() | {"run": "", "seconds": 0}
+    assert torch.equal(
+        load_file(str(out / "samples.safetensors"))["x_adv"],
+        load_file(str(tmp_path / "fresh" / "samples.safetensors"))["x_adv"],
+    )

@@ -63,7 +63,7 @@ def valid_chunks(
             continue
         if not (0 <= a < b <= n) or any(a < d and c < b for c, d in ranges):
             continue
-        if _chunk_is_sound(path, b - a, image_shape, checksummed):
+        if chunk_is_sound(path, b - a, image_shape, checksummed):
             ranges.append((a, b))
     return ranges
 
@@ -92,7 +92,8 @@ def remaining(done: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
     return gaps
 
 
-def _chunk_is_sound(path: Path, length: int, image_shape: tuple[int, ...] | None, checksummed: bool) -> bool:
+def chunk_is_sound(path: Path, length: int, image_shape: tuple[int, ...] | None, checksummed: bool) -> bool:
+    """The checks `valid_chunks` makes of one chunk file (the follower checks each new file once)."""
     try:
         with safe_open(str(path), "pt") as fh:
             digest = (fh.metadata() or {}).get(_DIGEST)

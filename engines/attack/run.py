@@ -7,7 +7,7 @@ The CLI's `blindspot attack` and the Attack screen both call these and nothing e
     summary.json             `AttackResult.to_json()`, what `--json` prints
     figure.png               Fig. 5/7 layout: original | difference ×10 | adversarial | equal-rms noise
 Each finished chunk is announced as a `ChunkDone` event carrying its results, so a screen never
-re-reads files to show them.
+re-reads files to show them; a resumed run first announces the chunks finished before it stopped.
 
 The result type and the summary live in `engines.attack.results`, the chunk files in
 `engines.attack.chunks`.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -26,7 +27,15 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from engines.attack.chunks import SAMPLES_FILE, chunk_images_done, read_chunk, remaining, save_chunk, valid_chunks
+from engines.attack.chunks import (
+    CHUNKS,
+    SAMPLES_FILE,
+    chunk_images_done,
+    read_chunk,
+    remaining,
+    save_chunk,
+    valid_chunks,
+)
 from engines.attack.problems import AttackConfig, attack_problems, paper_distortion, validate_images
 from engines.attack.results import AttackResult, RunTally, summarize
 from engines.attack.targets import choose_targets, expand_all_targets, parse_target
@@ -157,6 +166,8 @@ def _run(request: AttackRequest, ctx: RunContext, resuming: tuple[Path, dict[str
             else:
                 opener = reopen_run(resuming[0], "attack")
             opened.append(stack.enter_context(opener))
+            if resuming is None:  # --overwrite: an earlier run's chunks must not pass for this run's results
+                shutil.rmtree(opened[0].path / CHUNKS, ignore_errors=True)
             return opened[0].path
 
         out = on_main_first(ctx.ranks, open_folder)
@@ -164,7 +175,7 @@ def _run(request: AttackRequest, ctx: RunContext, resuming: tuple[Path, dict[str
         status: dict[str, Any] = {"rank": ctx.ranks.rank, "device": str(device), "images": 0, "chunks": []}
         with _reported_to_the_other_ranks(ctx, status):  # every rank's failure reaches rank 0's one gather
             lm = load_model(request.model, device)
-            data, identity = _load_data(request, lm)
+            data, identity = load_request_data(request, lm)
             if resuming is not None:
                 _check_unchanged(resuming, request, lm, identity)
             elif ctx.ranks.main:
@@ -172,7 +183,7 @@ def _run(request: AttackRequest, ctx: RunContext, resuming: tuple[Path, dict[str
                 run.update(model=lm.identity(), data=identity)
                 if data.files is not None:
                     write_json_atomic(out / IMAGES_FILE, {"root": identity.get("root"), "files": list(data.files)})
-            done = _attack_my_shard(run, request, lm, data, ctx, status)
+            done = _attack_my_shard(run, request, lm, data, ctx, status, replay=resuming is not None)
         if not ctx.ranks.sharded:
             return _finish(run, lm, request, data, device, run.seconds(), done)
         return _merge_shards(run, request, lm, data, ctx, status)
@@ -191,7 +202,7 @@ def _check_unchanged(
         raise InputError(f"the data files of {folder} changed since the run started (md5 differs)")
 
 
-def _load_data(request: AttackRequest, lm: LoadedModel) -> tuple[Dataset, dict[str, Any]]:
+def load_request_data(request: AttackRequest, lm: LoadedModel) -> tuple[Dataset, dict[str, Any]]:
     """The request's images as the model reads them, and what run.json records of them."""
     source = open_model_data(lm, request.data_dir, request.split, request.image_size, request.classes_file)
     data = take_images(source, request.offset, request.n)
@@ -219,9 +230,18 @@ def _reported_to_the_other_ranks(ctx: RunContext, status: dict[str, Any]) -> Ite
 
 
 def _attack_my_shard(
-    run: RunFolder, request: AttackRequest, lm: LoadedModel, data: Dataset, ctx: RunContext, status: dict[str, Any]
+    run: RunFolder,
+    request: AttackRequest,
+    lm: LoadedModel,
+    data: Dataset,
+    ctx: RunContext,
+    status: dict[str, Any],
+    replay: bool = False,
 ) -> list[tuple[int, int]]:
-    """Check the model on the images, plan the chunks, attack this rank's unfinished images; the finished ranges."""
+    """Check the model on the images, plan the chunks, attack this rank's unfinished images; the finished ranges.
+
+    With `replay` (a resumed run) the main rank first announces the chunks finished before, so a screen shows
+    their examples too and its progress starts where the run stands."""
     device = ctx.torch_device()
     out = run.path
     classes = check_classifier(lm.model, tuple(data.images.shape[1:]), device)
@@ -241,9 +261,27 @@ def _attack_my_shard(
         chunk = min(chunk, request.chunk_images)
     checksummed = run.record().get("format", 1) >= 2  # chunks carry their checksum since run format 2
     done = valid_chunks(out, len(data), tuple(data.images.shape[1:]), checksummed)  # read and checked once, here
+    if replay and ctx.ranks.main:
+        _replay_chunks(out, done, lm, data, ctx)
     todo = _my_ranges(remaining(done, len(data)), ctx.ranks.shard(len(data)))
     _attack_ranges(out, todo, done, chunk, lm, data, targets, classes, request, device, ctx, status)
     return done
+
+
+def chunk_event(task: str, data: Dataset, start: int, stop: int, part: dict[str, Any], done: int) -> ChunkDone:
+    """The `ChunkDone` of images [start, stop) of a run on `data`: one builder for the run, its replay and followers."""
+    x, label, index = data.images[start:stop], data.labels[start:stop], data.indices[start:stop]
+    return ChunkDone(
+        task=task, done=done, total=len(data), start=start, stop=stop, index=index, x=x, label=label, results=part
+    )
+
+
+def _replay_chunks(out: Path, done: list[tuple[int, int]], lm: LoadedModel, data: Dataset, ctx: RunContext) -> None:
+    """A `ChunkDone` for each chunk a resumed run finished before (checked by `valid_chunks`), in image order."""
+    finished = 0
+    for a, b in sorted(done):
+        finished += b - a
+        ctx.emit(chunk_event(f"attack {lm.id}", data, a, b, read_chunk(out, a, b), finished))
 
 
 def _merge_shards(
@@ -317,19 +355,7 @@ def _attack_ranges(
             status["chunks"].append([pos, stop])
             tally.add(part)
             finished += stop - pos
-            sink(
-                ChunkDone(
-                    task=f"attack {lm.id}",
-                    done=finished,
-                    total=len(data),
-                    start=pos,
-                    stop=stop,
-                    index=data.indices[pos:stop],
-                    x=data.images[pos:stop],
-                    label=data.labels[pos:stop],
-                    results=part,
-                )
-            )
+            sink(chunk_event(f"attack {lm.id}", data, pos, stop, part, finished))
             pos = stop
 
 

@@ -12,19 +12,20 @@ No figure is drawn: the CLI prints a table and the screen draws its own bars and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
+from engines.bounds.factors import Factor
 from engines.bounds.models import BoundsModel, load_bounds_model
 from engines.bounds.network import frame_bounds
-from engines.bounds.results import SOURCE_NOTE, NetworkBounds
+from engines.bounds.results import SOURCE_NOTE, LayerBound, NetworkBounds
 from engines.core.context import RunContext
 from engines.core.errors import InputError
-from engines.core.io import atomic_write, write_json_atomic
+from engines.core.io import atomic_write, read_json, write_json_atomic
 from engines.core.models import ModelRef
 from engines.core.runs import open_run
 
@@ -148,3 +149,42 @@ def write_bounds(result: NetworkBounds, out_dir: str | Path) -> dict[str, Path]:
     payload = result.to_json()
     payload["spectra_file"] = spectra.name
     return {"json": write_json_atomic(out_dir / BOUNDS_FILE, payload), "spectra": spectra}
+
+
+def read_bounds(folder: str | Path) -> tuple[NetworkBounds, list[dict[str, Any]]]:
+    """A finished bounds run as the screen shows it (the table and each layer's spectrum histogram),
+    from bounds.json alone: reopening a run never recomputes it."""
+    path = Path(folder) / BOUNDS_FILE
+    try:
+        doc = read_json(path)
+        layers = [_layer_from_json(d) for d in doc["layers"]]
+        factors = [Factor(**f) for f in doc.get("factors", [])]
+        source = next((n.removeprefix(SOURCE_NOTE) for n in doc.get("notes", []) if n.startswith(SOURCE_NOTE)), "")
+        bounds = NetworkBounds(
+            model=str(doc["model"]),
+            input_shape=list(doc["input_shape"]),
+            device=str(doc.get("device", "")),
+            layers=layers,
+            factors=factors,
+            product_table=float(doc["product_table"]),
+            lipschitz_upper=doc.get("lipschitz_upper"),
+            lipschitz_note=str(doc.get("lipschitz_note", "")),
+            chain=bool(doc.get("chain", True)),
+            notes=list(doc.get("notes", [])),
+            seconds=float(doc.get("seconds", 0.0)),
+            source=source,
+            run=str(folder),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f"{path} is missing or damaged ({type(exc).__name__}: {exc}); compute the bounds again"
+        ) from None
+    return bounds, [d.get("histogram") or {} for d in doc["layers"]]
+
+
+def _layer_from_json(d: dict[str, Any]) -> LayerBound:
+    names = {f.name for f in fields(LayerBound)} - {"spectrum", "freq_max", "freq_min"}
+    values = {k: v for k, v in d.items() if k in names}
+    values["conv"] = values.get("conv") or {}
+    values["folded"] = values.get("folded") or ""
+    return LayerBound(**values)

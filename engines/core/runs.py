@@ -137,6 +137,18 @@ def _read_lock(path: Path) -> dict[str, Any] | None:
         return None  # garbage, or being written (O_EXCL fallback): stale only past the grace period
 
 
+def lock_is_live(folder: Path) -> bool:
+    """Whether a live process holds the folder's lock (another host's lock is trusted; a lock still being
+    written counts as held), without taking it: how a reader tells a running run from a killed one."""
+    path = Path(folder) / LOCK_FILE
+    if not path.is_file():
+        return False
+    holder = _read_lock(path)
+    if holder is None:
+        return path.exists() and _age(path) < LOCK_GRACE_S
+    return not _is_stale(holder)
+
+
 def _is_stale(holder: dict[str, Any]) -> bool:
     if holder.get("host") != socket.gethostname():
         return False  # another machine's process: we cannot tell, so we respect it

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -17,7 +18,14 @@ import pytest
 from textual.widgets import Static
 
 from blindspot.app import BlindspotApp, create_app
+from engines.attack.problems import AttackConfig
+from engines.attack.run import AttackRequest, run_attack
+from engines.bounds.operation import BoundsRequest, run_bounds
+from engines.core.context import RunContext
 from engines.core.data import sample_data_dir
+from engines.core.errors import Cancelled
+from engines.core.events import ChunkDone
+from engines.core.io import read_json, write_json_atomic
 from screens.state import Settings
 
 SHIPPED = sample_data_dir() / "models"
@@ -98,3 +106,48 @@ async def wait_for(pilot, condition: Callable[[], bool], timeout: float = 60.0, 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         await pilot.pause(0.02)
+
+
+# ------------------------------------------------------------- run folders for the Runs screen
+REQUEST = AttackRequest(model="softmax1", n=16, config=AttackConfig(c_steps=2, max_iter=10), chunk_images=4)
+
+
+def finished_attack(runs: Path, name: str = "attack-softmax1-20261129-080000") -> Path:
+    return Path(run_attack(REQUEST, RunContext(device="cpu", out=runs / name)).run)
+
+
+def interrupted_attack(runs: Path, name: str = "attack-softmax1-20261129-090000") -> Path:
+    """A run cancelled after its first chunk (as `x` or Ctrl-C leave it)."""
+    seen: list[ChunkDone] = []
+    ctx = RunContext(
+        device="cpu", out=runs / name, on_event=lambda e: seen.append(e) if isinstance(e, ChunkDone) else None
+    )
+    ctx = RunContext(device="cpu", out=runs / name, on_event=ctx.on_event, cancelled=lambda: bool(seen))
+    with pytest.raises(Cancelled):
+        run_attack(REQUEST, ctx)
+    return runs / name
+
+
+def pin_times(folder: Path, started: float) -> None:
+    """Fixed start and duration (outside the checksummed request), so that listings and snapshots are stable."""
+    record = read_json(folder / "run.json")
+    record.update(started=started, seconds=1.0)
+    write_json_atomic(folder / "run.json", record)
+
+
+@pytest.fixture
+def runs_root(tmp_path, models_folder, matrix_dir):
+    runs = tmp_path / "runs"
+    done, stopped = finished_attack(runs), interrupted_attack(runs)
+    bounds = Path(run_bounds(BoundsRequest(model="n100-100-10"), RunContext(device="cpu", runs_root=runs)).run)
+    bounds = bounds.rename(runs / "bounds-n100-100-10-20261129-070000")
+    matrix = runs / "transfer-matrix-20261129-060000"
+    shutil.copytree(matrix_dir, matrix)
+    broken = runs / "attack-broken-20261129-050000"
+    broken.mkdir()
+    (broken / "run.json").write_text("{ not json")
+    os.utime(broken / "run.json", (1_795_939_200.0 + 3600 * 5,) * 2)
+    (runs / "not-a-run").mkdir()
+    for folder, hour in ((done, 8), (stopped, 9), (bounds, 7), (matrix, 6)):
+        pin_times(folder, 1_795_939_200.0 + 3600 * hour)
+    return {"root": runs, "done": done, "stopped": stopped, "bounds": bounds, "matrix": matrix}

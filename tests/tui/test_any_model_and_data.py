@@ -10,7 +10,6 @@ import sys
 import textwrap
 
 import pytest
-import torch
 from safetensors.torch import save_file
 from textual.widgets import DataTable, Input
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.tui.conftest import SIZE, make_app, run_async, settle, text_of, wait_for  # noqa: F401
@@ -68,3 +70,17 @@ def test_snapshot_160x48(snap_compare, tmp_path, models_folder, matrix_dir, key,
 
     app = make_app(tmp_path, **(changes if changes is not None else {"matrix_path": matrix_dir}))
     assert snap_compare(app, terminal_size=LARGE, run_before=run_before)
+
+
+@pytest.mark.parametrize("size", [SIZE, LARGE], ids=["80x24", "160x48"])
+def test_snapshot_runs(snap_compare, tmp_path, runs_root, size, monkeypatch):
+    """The Runs screen over a fixed set of runs (finished, interrupted, damaged; attack, bounds, matrix)."""
+    monkeypatch.setenv("TZ", "UTC")  # start times are shown in local time
+    time.tzset()
+
+    async def run_before(pilot):
+        await pilot.press("6")
+        await wait_for(pilot, lambda: getattr(pilot.app.screen, "entries", None), what="the run list")
+        await settle(pilot, pilot.app)
+
+    assert snap_compare(make_app(tmp_path), terminal_size=size, run_before=run_before)

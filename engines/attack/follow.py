@@ -1,0 +1,213 @@
+"""Watch or reopen an attack run folder without touching it: `follow_attack(folder, ctx)`.
+
+A screen opening a run it did not start (a CLI job, torchrun ranks, a finished run from last week) gets
+the same `ChunkDone` events the run itself emits, so it draws examples and progress one way for both:
+- a finished run replays samples.safetensors, slice by slice;
+- a running run is polled: each chunk file that appears (from any rank) is announced once it is valid;
+- an interrupted run announces the chunks it finished.
+Read-only: the lock is never taken and nothing in the folder is written, so the writer is never disturbed
+and a folder on a read-only mount can be followed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.attack.chunks import CHUNK_KEYS, CHUNKS, SAMPLES_FILE, chunk_is_sound, load_samples, read_chunk, remaining
+from engines.attack.results import AttackResult
+from engines.attack.run import SUMMARY_FILE, AttackRequest, chunk_event, load_request_data, same_data
+from engines.core.context import RunContext
+from engines.core.data import Dataset
+from engines.core.errors import InputError
+from engines.core.events import Step
+from engines.core.io import read_json
+from engines.core.models import load_model
+from engines.core.run_index import run_status
+from engines.core.runs import read_run_record
+
+REPLAY_SLICE = 64  # images per ChunkDone when a finished run's chunk files are gone
+
+
+@dataclass(frozen=True)
+class FollowOutcome:
+    """How a followed run stands when following ends: finished (with its result) or interrupted."""
+
+    status: str  # "finished" | "interrupted"
+    result: AttackResult | None
+    done: int
+    total: int
+    folder: Path
+
+
+def follow_attack(folder: Path, ctx: RunContext, poll: float = 0.5) -> FollowOutcome:
+    """Announce an attack run's finished chunks as `ChunkDone` events, and keep watching while another process
+    writes it; return when it is finished or its writer is gone. A cancel (`ctx.cancelled`) stops watching."""
+    folder = Path(folder)
+    record = read_run_record(folder)
+    if record.get("kind", "attack") != "attack":
+        raise InputError(f"{folder} holds a {record.get('kind')} run, not an attack run")
+    request = AttackRequest.from_json(record["request"])
+    loaded = record.get("model")
+    if run_status(folder, record) == "finished" and (folder / SAMPLES_FILE).is_file():
+        try:
+            samples = load_samples(folder)
+        except InputError:
+            samples = None  # damaged: announce the chunk files instead
+        if samples is not None:
+            model = loaded.get("id") if isinstance(loaded, dict) and loaded.get("id") else request.model
+            return _replay_finished(folder, samples, f"attack {model}", ctx)
+    lm = load_model(request.model, "cpu")  # for the images as the model reads them; it never runs here
+    data, identity = load_request_data(request, lm)
+    if record.get("data") is not None and not same_data(record["data"], identity):
+        raise InputError(f"the data files of {folder} changed since the run started: its examples cannot be shown")
+    return _watch(folder, data, f"attack {lm.id}", record.get("format", 1) >= 2, ctx, poll)  # the writer's task
+
+
+def _replay_finished(folder: Path, samples: dict[str, Any], task: str, ctx: RunContext) -> FollowOutcome:
+    """A finished run: its samples, slice by slice (the chunk files' ranges where they tile the run)."""
+    data = _samples_dataset(samples)
+    n = len(data)
+    done = 0
+    for a, b in tiling(_chunk_ranges(folder, n), n):
+        ctx.check_cancel()
+        done += b - a
+        ctx.emit(chunk_event(task, data, a, b, _results(samples, a, b), done))
+    return FollowOutcome("finished", _summary(folder), n, n, folder)
+
+
+def _watch(folder: Path, data: Dataset, task: str, checksummed: bool, ctx: RunContext, poll: float) -> FollowOutcome:
+    """Poll a run's chunk files until its record says done or its writer is gone."""
+    n, shape = len(data), tuple(data.images.shape[1:])
+    accepted: list[tuple[int, int]] = []
+    rejected: dict[str, tuple[int, int]] = {}  # name -> (mtime_ns, size) of a file found unsound
+    while True:
+        ctx.check_cancel()
+        status = _status(folder)  # read before the sweep: chunks written before "done" are all swept after
+        new = _new_chunks(folder, n, shape, checksummed, accepted, rejected)
+        for a, b in new:
+            ctx.check_cancel()
+            accepted.append((a, b))
+            ctx.emit(chunk_event(task, data, a, b, read_chunk(folder, a, b), _covered(accepted)))
+        if status == "finished":
+            _announce_gaps(folder, data, task, accepted, ctx)
+            return FollowOutcome("finished", _summary(folder), _covered(accepted), n, folder)
+        if status != "running":
+            return FollowOutcome("interrupted", None, _covered(accepted), n, folder)
+        if not new:
+            done = _covered(accepted)
+            ctx.emit(Step(task=task, done=done, total=n, message=f"following {folder.name}: {done}/{n} images"))
+        time.sleep(poll)
+
+
+def _status(folder: Path) -> str:
+    """finished | running | interrupted; a record that turned unreadable means the writer is gone."""
+    try:
+        return run_status(folder, read_run_record(folder))
+    except InputError:
+        return "interrupted"
+
+
+def _new_chunks(
+    folder: Path,
+    n: int,
+    shape: tuple[int, ...],
+    checksummed: bool,
+    accepted: list[tuple[int, int]],
+    rejected: dict[str, tuple[int, int]],
+) -> list[tuple[int, int]]:
+    """Chunk files not announced yet that pass `valid_chunks`' checks, each file read only when new or changed."""
+    found: list[tuple[int, int]] = []
+    for path in sorted((folder / CHUNKS).glob("*.safetensors")):
+        try:
+            a, b = (int(s) for s in path.stem.split("-"))
+            stat = path.stat()
+        except (ValueError, OSError):
+            continue
+        taken = accepted + found
+        if (a, b) in accepted or not (0 <= a < b <= n) or any(a < d and c < b for c, d in taken):
+            continue
+        key = (stat.st_mtime_ns, stat.st_size)
+        if rejected.get(path.name) == key:
+            continue
+        if chunk_is_sound(path, b - a, shape, checksummed):
+            found.append((a, b))
+            rejected.pop(path.name, None)
+        else:
+            rejected[path.name] = key  # damaged: looked at again only if it is rewritten (a resume)
+    return found
+
+
+def _announce_gaps(folder: Path, data: Dataset, task: str, accepted: list[tuple[int, int]], ctx: RunContext) -> None:
+    """A finished run's images no chunk file covered (files removed or damaged since), from its samples."""
+    gaps = remaining(accepted, len(data))
+    if not gaps:
+        return
+    try:
+        samples = load_samples(folder)
+    except InputError:
+        return
+    for a, b in tiling([], len(data), gaps):
+        accepted.append((a, b))
+        ctx.emit(chunk_event(task, data, a, b, _results(samples, a, b), _covered(accepted)))
+
+
+def tiling(
+    ranges: list[tuple[int, int]], n: int, within: list[tuple[int, int]] | None = None, step: int = REPLAY_SLICE
+) -> list[tuple[int, int]]:
+    """Slices covering `within` (default [0, n)) once each: the given ranges where they fit, `step` images elsewhere."""
+    spans = within if within is not None else [(0, n)]
+    out: list[tuple[int, int]] = []
+    for lo, hi in spans:
+        pos = lo
+        for a, b in sorted(r for r in ranges if lo <= r[0] and r[1] <= hi):
+            if a < pos:
+                continue  # overlaps one already taken
+            out += _steps(pos, a, step)
+            out.append((a, b))
+            pos = b
+        out += _steps(pos, hi, step)
+    return out
+
+
+def _steps(a: int, b: int, step: int) -> list[tuple[int, int]]:
+    return [(s, min(s + step, b)) for s in range(a, b, step)]
+
+
+def _chunk_ranges(folder: Path, n: int) -> list[tuple[int, int]]:
+    """The image ranges the chunk files' names say (names only: the arrays come from the samples)."""
+    ranges = []
+    for path in (folder / CHUNKS).glob("*.safetensors"):
+        try:
+            a, b = (int(s) for s in path.stem.split("-"))
+        except ValueError:
+            continue
+        if 0 <= a < b <= n:
+            ranges.append((a, b))
+    return ranges
+
+
+def _samples_dataset(samples: dict[str, Any]) -> Dataset:
+    index = samples.get("index")
+    indices = index.numpy() if index is not None else np.arange(len(samples["label"]))
+    return Dataset(samples["x"], samples["label"], "", indices)
+
+
+def _results(samples: dict[str, Any], a: int, b: int) -> dict[str, Any]:
+    return {k: samples[k][a:b] for k in CHUNK_KEYS if k in samples}
+
+
+def _covered(ranges: list[tuple[int, int]]) -> int:
+    return sum(b - a for a, b in ranges)
+
+
+def _summary(folder: Path) -> AttackResult | None:
+    """The run's summary.json as a result (None when it is missing or damaged)."""
+    try:
+        return replace(AttackResult.from_json(read_json(folder / SUMMARY_FILE)), run=str(folder))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
