@@ -71,7 +71,7 @@ class AttackScreen(WorkbenchScreen):
     """
     BINDINGS = [
         Binding("s", "start_attack", "Start"),
-        Binding("g", "focus_grid", "Examples"),
+        Binding("g", "focus_grid", "Examples", show=False),
         Binding("f", "focus_form", "Settings"),
         Binding("e", "export", "Export"),
         Binding("R", "resume", "Resume", show=False),

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -110,6 +111,8 @@ class ModelsScreen(WorkbenchScreen):
 
     def show_rows(self, rows: list[dict[str, Any]]) -> None:
         self.rows = rows + [r for r in self.state.extra_models if r["path"] not in {x["path"] for x in rows}]
+        if not any(self.is_active(r) for r in self.rows):  # restored from the last session, not loaded yet
+            self.rows.append(self.active_placeholder())
         table = self.query_one("#models", DataTable)
         current = table.cursor_row
         table.clear()
@@ -136,6 +139,19 @@ class ModelsScreen(WorkbenchScreen):
         self.show_details()
         table.focus()
 
+    def active_placeholder(self) -> dict[str, Any]:
+        """A row for an active model that no listing holds (a torchvision name, a factory, a file elsewhere)."""
+        ref = self.state.active_ref
+        weights = f" · weights {Path(ref.weights).name}" if ref.weights else ""
+        return {
+            "id": Path(str(ref)).name,
+            "architecture": f"{ref.kind}{weights}",
+            "path": str(ref),
+            "ref": ref.to_json(),
+            "loaded": True,
+            "source": ref.kind,
+        }
+
     def is_active(self, row: dict[str, Any]) -> bool:
         if "ref" in row:
             return row["ref"] == self.state.active_ref.to_json()
@@ -158,6 +174,18 @@ class ModelsScreen(WorkbenchScreen):
             return
         if "error" in row:
             details.update(f"[b]{row['id']}[/b]: [red]{row['error']}[/red]")
+            return
+        if row.get("source") in ("torchvision", "factory") or row.get("parameters") is None:
+            ref = row.get("ref")
+            weights = ref.get("weights") if isinstance(ref, dict) else None
+            count = f" · {row['parameters']:,} parameters" if isinstance(row.get("parameters"), int) else ""
+            details.update(
+                f"[b]{escape(row['id'])}[/b] {escape(row.get('architecture', ''))}{count}"
+                + (" · [green]active[/green]" if self.is_active(row) else "")
+                + f"\nweights {escape(weights) if weights else 'random (no weights file: say one in the weights field)'}"
+                + f"\nnot a zoo checkpoint: no training record · device "
+                f"{self.state.settings.device}"
+            )
             return
         paper = row.get("paper") or {}
         ref = (

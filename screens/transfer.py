@@ -99,7 +99,7 @@ class TransferScreen(WorkbenchScreen):
         """Open the chosen matrix, else the newest one under the runs folder (never a blank screen when one exists)."""
         path = str(self.state.settings.matrix_path or self.query_one("#path", Input).value)
         if path:
-            self.open(path)
+            self.open(path, show_path=False)
 
     def focus_main(self) -> None:
         self.query_one("#matrix", DataTable).focus()
@@ -114,7 +114,7 @@ class TransferScreen(WorkbenchScreen):
         else:
             self.action_compute()
 
-    def open(self, path: str) -> None:
+    def open(self, path: str, show_path: bool = True) -> None:
         if not path:
             self.say("type the path of a matrix.json (or its run folder) first", error=True)
             return
@@ -124,7 +124,8 @@ class TransferScreen(WorkbenchScreen):
 
             return load_matrix(path)
 
-        self.query_one("#path", Input).value = path
+        if show_path:
+            self.query_one("#path", Input).value = path
         self.start(
             "open matrix", work, replace=True, on_done=self.show_matrix, on_error=lambda m: self.say(m, error=True)
         )

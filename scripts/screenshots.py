@@ -83,6 +83,10 @@ async def shoot(size: tuple[int, int], out: Path, work: Path) -> list[Path]:
         await pilot.press("down")
         await pilot.pause()
         save("5-bounds")
+        await pilot.press("6")
+        await settle(pilot)
+        await pilot.pause(0.5)
+        save("6-runs")
     return svgs
 
 

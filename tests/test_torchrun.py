@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +158,39 @@ def test_two_ranks_share_the_activations_pass_of_units(tmp_path: Path) -> None:
     for doc in (one, two):
         doc.pop("run"), doc.pop("files"), doc.pop("seconds")
     assert one == two
+
+
+def test_a_sharded_run_is_watched_read_only_with_the_progress_of_every_rank(tmp_path: Path) -> None:
+    """The workbench's watch mode (issue 14): a follower sees each rank's chunks as they land, counts the whole
+    run, and ends with rank 0's merged summary; it never writes into the folder."""
+
+    from engines.attack.follow import follow_attack
+    from engines.core.context import RunContext
+    from engines.core.events import ChunkDone
+
+    out = tmp_path / "two"
+    args = [*ATTACK, "--c-steps", "6", "--max-iter", "60", "--batch-size", "4", "--out", out]
+    result: dict[str, subprocess.CompletedProcess[str]] = {}
+    writer = threading.Thread(target=lambda: result.update(run=_blindspot(tmp_path, args, ranks=2)))
+    writer.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "run.json").is_file():  # rank 0 creates the folder
+            assert time.monotonic() < deadline, "the sharded run never started"
+            time.sleep(0.05)
+        seen: list[ChunkDone] = []
+        outcome = follow_attack(
+            out,
+            RunContext(device="cpu", on_event=lambda e: seen.append(e) if isinstance(e, ChunkDone) else None),
+            poll=0.1,
+        )
+    finally:
+        writer.join(timeout=300)
+    assert result["run"].returncode == 0, result["run"].stderr
+    assert outcome.status == "finished" and outcome.result is not None and outcome.result.n == 64
+    starts = sorted(e.start for e in seen)
+    assert sorted(i for e in seen for i in range(e.start, e.stop)) == list(range(64))  # every image once
+    assert any(s < 32 for s in starts) and any(s >= 32 for s in starts)  # both ranks' shards streamed in
+    assert max(e.done for e in seen) == 64 and [e.done for e in seen] == sorted(e.done for e in seen)
+    per_rank = json.loads((out / "run.json").read_text())["ranks"]["per_rank"]
+    assert [r["images"] for r in per_rank] == [32, 32]

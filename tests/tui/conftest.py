@@ -146,7 +146,8 @@ def runs_root(tmp_path, models_folder, matrix_dir):
     broken = runs / "attack-broken-20261129-050000"
     broken.mkdir()
     (broken / "run.json").write_text("{ not json")
-    os.utime(broken / "run.json", (1_795_939_200.0 + 3600 * 5,) * 2)
+    for path in (broken / "run.json", broken):
+        os.utime(path, (1_795_939_200.0 + 3600 * 5,) * 2)
     (runs / "not-a-run").mkdir()
     for folder, hour in ((done, 8), (stopped, 9), (bounds, 7), (matrix, 6)):
         pin_times(folder, 1_795_939_200.0 + 3600 * hour)

@@ -110,3 +110,40 @@ async def test_a_factory_with_local_weights_and_an_image_folder_are_attacked_and
     assert sum(int(r["success"]) for r in rows) == summary["n_success"]
     assert sum(int(r["trivial"]) for r in rows) == summary["n_trivial"]
     assert [r["distortion"] != "" for r in rows] == [r["success"] == "1" for r in rows]
+
+
+@run_async
+async def test_a_torchvision_or_factory_model_and_its_data_come_back_at_the_next_start(
+    tmp_path, models_folder, user_world
+):
+    from blindspot.app import create_app
+    from blindspot.commands.tui import session_settings
+    from engines.core.errors import InputError
+    from screens.state import settings_file
+
+    ref = ModelRef(factory="tuipkg.nets:tiny", weights=str(user_world["weights"]))
+    app = create_app(make_app(tmp_path).state.settings, graphics_mode="halfblock", store=settings_file())
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        app.state.set_active_model(ref)
+        app.state.set_data(str(user_world["data"]))
+    again = session_settings(None, None, None, None)
+    assert again.settings.model == ref.to_json() and again.settings.data_dir == str(user_world["data"])
+    app = create_app(again.settings, graphics_mode="halfblock", store=settings_file())
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, app)
+        screen = app.screen
+        assert app.state.active_ref == ref and screen.query_one("#data", Input).value == str(user_world["data"])
+        active = screen.highlighted()  # a row for the restored model, highlighted, though nothing listed it
+        assert active["ref"] == ref.to_json() and "weights tiny.safetensors" in active["architecture"]
+    # --model/--weights/--data of `blindspot tui` take what the CLI takes, checked before the terminal is taken
+    one = session_settings("resnet18", user_world["data"], None, None, weights=user_world["weights"])
+    assert one.settings.model == {"name": "resnet18", "weights": str(user_world["weights"])}
+    with pytest.raises(InputError, match="weights file not found"):
+        session_settings("resnet18", None, None, None, weights=tmp_path / "missing.pth")
+    with pytest.raises(InputError, match="--weights needs --model"):
+        session_settings(None, None, None, None, weights=user_world["weights"])
+    # a saved weights file that is gone: a note and the default model, never a refusal to start
+    user_world["weights"].unlink()
+    gone = session_settings(None, None, None, None)
+    assert gone.settings.model == "n100-100-10" and "not usable here" in gone.notes[0]
