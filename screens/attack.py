@@ -88,6 +88,7 @@ class AttackScreen(WorkbenchScreen):
         self.chunks_done = 0  # ChunkDone events of the current run
         self.split = "test"
         self.watching = False  # the shown run is another process's (or a finished one): read-only
+        self.live_ticks = 0  # progress ticks of a run followed while another process writes it
 
     def compose(self) -> ComposeResult:
         defaults, devices = self.state.settings.attack, usable_devices()
@@ -251,6 +252,7 @@ class AttackScreen(WorkbenchScreen):
     def reset_view(self, out: Path, split: str, n: int, watching: bool = False) -> None:
         """Forget the shown run: a new, resumed or reopened one fills the screen from its own events."""
         self.run_dir, self.result, self.split, self.chunks_done, self.watching = out, None, split, 0, watching
+        self.live_ticks = 0
         self.triplets, self.success_history, self.distortion_history = [], [], []
         self.kept_bytes, self.dropped = 0, 0
         self.query_one("#triplets", ImageGrid).set_items([])
@@ -299,8 +301,12 @@ class AttackScreen(WorkbenchScreen):
         )
 
     def followed(self, outcome: Any) -> None:
-        if outcome.status == "finished" and outcome.result is not None:
-            self.finished(outcome.result)
+        if outcome.status == "finished":
+            if outcome.result is not None:
+                self.finished(outcome.result)
+            else:
+                self.query_one("#stats", Static).update(f"[b]finished[/b] · {len(self.triplets)} examples shown")
+                self.say(f"{self.run_dir}: summary.json is missing or damaged; the examples come from the samples")
             return
         self.query_one("#bar", ProgressBar).update(total=outcome.total or 1, progress=outcome.done)
         self.query_one("#stats", Static).update(
@@ -309,8 +315,20 @@ class AttackScreen(WorkbenchScreen):
         self.say(f"{self.run_dir} · R resumes it here")
 
     def action_resume(self) -> None:
-        if self.run_dir is None:
-            self.say("nothing to resume: reopen an interrupted run from Runs (6)", error=True)
+        """R: carry on the shown run, if it is interrupted (a finished one is complete, a running one is not ours)."""
+        from engines.core.errors import BlindspotError
+        from engines.core.run_index import read_run_entry
+
+        if self.run_dir is None or self.busy("attack"):
+            self.say("nothing to resume here: reopen an interrupted run from Runs (6)", error=True)
+            return
+        try:
+            status = read_run_entry(self.run_dir).status
+        except BlindspotError as exc:
+            self.say(str(exc), error=True)
+            return
+        if status != "interrupted":
+            self.say(f"{self.run_dir.name} is {status}: only an interrupted run resumes", error=True)
             return
         self.resume_run(self.run_dir)
 
@@ -341,6 +359,7 @@ class AttackScreen(WorkbenchScreen):
         if isinstance(event, SolverStep):
             self.show_progress(event)
         elif isinstance(event, Step) and event.total:
+            self.live_ticks += 1
             self.query_one("#bar", ProgressBar).update(total=event.total, progress=event.done)
             self.query_one("#stats", Static).update(
                 f"watching {self.run_dir.name if self.run_dir else ''}: {int(event.done)}/{int(event.total)} images "

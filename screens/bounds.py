@@ -89,7 +89,12 @@ class BoundsScreen(WorkbenchScreen):
 
             return read_bounds(folder)
 
-        self.start("bounds", work, replace=True, on_done=self.show_result, on_error=lambda m: self.say(m, error=True))
+        def failed(message: str) -> None:
+            self.pinned = False  # nothing is on show: returning here computes the active model again
+            self.query_one("#bar", Static).update(f"[b]{folder.name}[/b] · cannot be opened")
+            self.say(message, error=True)
+
+        self.start("bounds", work, replace=True, on_done=self.show_result, on_error=failed)
 
     # ------------------------------------------------------------------ compute
     def compute(self) -> None:

@@ -159,6 +159,12 @@ class RunsScreen(WorkbenchScreen):
         )
 
     # ---------------------------------------------------------------- actions
+    async def go_to(self, mode: str) -> None:
+        """Switch to `mode` with its own screen on top: a window left open there (help, an image) is closed."""
+        await self.app.switch_mode(mode)
+        while len(self.app.screen_stack) > 1:
+            await self.app.pop_screen()
+
     async def on_data_table_row_selected(self, _: DataTable.RowSelected) -> None:
         await self.action_open_run()
 
@@ -171,17 +177,17 @@ class RunsScreen(WorkbenchScreen):
             self.say(f"{e.path.name} is damaged: {self.why(e)}", error=True)
             return
         if e.kind == "attack":
-            await self.app.switch_mode("attack")
+            await self.go_to("attack")
             self.app.screen.show_run(e.path)
         elif e.kind == "transfer" and e.status == "finished":
-            await self.app.switch_mode("transfer")
+            await self.go_to("transfer")
             self.app.screen.open(str(e.path))
         elif e.kind == "bounds" and e.status == "finished":
-            await self.app.switch_mode("bounds")
+            await self.go_to("bounds")
             self.app.screen.show_saved(e.path)
         elif e.kind == "train":
             self.state.set_active_model(str(e.path))
-            await self.app.switch_mode("models")
+            await self.go_to("models")
             self.app.screen.action_refresh()
             self.app.screen.say(f"active model: {e.path.name} (from Runs)")
         elif e.status == "finished":
@@ -199,5 +205,5 @@ class RunsScreen(WorkbenchScreen):
             why = "it is not an attack" if e.kind != "attack" else f"it is {e.status}"
             self.say(f"R resumes interrupted attack runs; {why}", error=True)
             return
-        await self.app.switch_mode("attack")
+        await self.go_to("attack")
         self.app.screen.resume_run(e.path)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from engines.attack.chunks import covered_images
 from engines.attack.problems import AttackConfig
 from engines.attack.run import AttackRequest, run_attack
 from engines.bounds.operation import BoundsRequest, run_bounds
@@ -19,7 +20,7 @@ from engines.core.data import sample_data_dir
 from engines.core.errors import Cancelled
 from engines.core.events import ChunkDone
 from engines.core.io import write_json_atomic
-from engines.core.run_index import covered_images, list_runs, read_run_entry
+from engines.core.run_index import list_runs, read_run_entry
 from engines.core.runs import LOCK_FILE, lock_is_live, request_digest
 from tests.conftest import make_mnist_dir
 
@@ -210,4 +211,4 @@ def test_missing_root_and_chunk_names(tmp_path):
     chunks.mkdir()
     for name in ("000000-000004", "000002-000006", "000010-000020", "garbage", ".000004-000008.tmp"):
         (chunks / f"{name}.safetensors").write_bytes(b"")
-    assert covered_images(chunks, 12) == 8  # 0–6 once, 10–12 clipped to the run; garbage names ignored
+    assert covered_images(tmp_path, 12) == 8  # 0–6 once, 10–12 clipped to the run; garbage names ignored

@@ -166,7 +166,7 @@ def test_a_sharded_run_is_watched_read_only_with_the_progress_of_every_rank(tmp_
 
     from engines.attack.follow import follow_attack
     from engines.core.context import RunContext
-    from engines.core.events import ChunkDone
+    from engines.core.events import ChunkDone, Event, Step
 
     out = tmp_path / "two"
     args = [*ATTACK, "--c-steps", "6", "--max-iter", "60", "--batch-size", "4", "--out", out]
@@ -178,16 +178,14 @@ def test_a_sharded_run_is_watched_read_only_with_the_progress_of_every_rank(tmp_
         while not (out / "run.json").is_file():  # rank 0 creates the folder
             assert time.monotonic() < deadline, "the sharded run never started"
             time.sleep(0.05)
-        seen: list[ChunkDone] = []
-        outcome = follow_attack(
-            out,
-            RunContext(device="cpu", on_event=lambda e: seen.append(e) if isinstance(e, ChunkDone) else None),
-            poll=0.1,
-        )
+        events: list[Event] = []
+        outcome = follow_attack(out, RunContext(device="cpu", on_event=events.append), poll=0.1)
+        seen = [e for e in events if isinstance(e, ChunkDone)]
     finally:
         writer.join(timeout=300)
     assert result["run"].returncode == 0, result["run"].stderr
     assert outcome.status == "finished" and outcome.result is not None and outcome.result.n == 64
+    assert any(isinstance(e, Step) and e.done < 64 for e in events)  # followed while running, not replayed after
     starts = sorted(e.start for e in seen)
     assert sorted(i for e in seen for i in range(e.start, e.stop)) == list(range(64))  # every image once
     assert any(s < 32 for s in starts) and any(s >= 32 for s in starts)  # both ranks' shards streamed in

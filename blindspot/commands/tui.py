@@ -88,7 +88,7 @@ def session_settings(
         if value != getattr(defaults, key) and value is not None:
             try:
                 check(value)
-            except BlindspotError as exc:
+            except (BlindspotError, TypeError, ValueError, AttributeError) as exc:  # a hand-edited file, too
                 notes.append(
                     f"the saved {key.replace('_dir', '')} {value} is not usable here ({exc}); using the default"
                 )

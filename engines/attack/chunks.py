@@ -56,11 +56,7 @@ def valid_chunks(
     and (`checksummed`, runs of format 2 on) arrays that match the checksum in the header.
     Others are left out, so the run recomputes them."""
     ranges: list[tuple[int, int]] = []
-    for path in sorted((out / CHUNKS).glob("*.safetensors")):
-        try:
-            a, b = (int(s) for s in path.stem.split("-"))
-        except ValueError:
-            continue
+    for path, a, b in chunk_files(out):
         if not (0 <= a < b <= n) or any(a < d and c < b for c, d in ranges):
             continue
         if chunk_is_sound(path, b - a, image_shape, checksummed):
@@ -68,16 +64,31 @@ def valid_chunks(
     return ranges
 
 
-def chunk_images_done(out: Path) -> int:
-    """Images covered by the chunk files in a run folder, read from their names only (cheap: for progress)."""
-    total = 0
-    for path in (out / CHUNKS).glob("*.safetensors"):
+def chunk_files(out: Path) -> list[tuple[Path, int, int]]:
+    """The chunk files of a run folder with the image range their names say, in name order (unreadable
+    folder or foreign names: left out)."""
+    found = []
+    try:
+        paths = sorted((out / CHUNKS).glob("*.safetensors"))
+    except OSError:
+        return []
+    for path in paths:
         try:
             a, b = (int(v) for v in path.stem.split("-"))
         except ValueError:
             continue
-        total += max(0, b - a)
-    return total
+        found.append((path, a, b))
+    return found
+
+
+def covered_images(out: Path, n: int | None = None) -> int:
+    """Images of [0, n) covered by the chunk files' names (names only: cheap enough to poll; overlaps once)."""
+    ranges = sorted((a, b if n is None else min(b, n)) for _, a, b in chunk_files(out) if a >= 0)
+    covered, pos = 0, 0
+    for a, b in ranges:
+        covered += max(0, b - max(a, pos))
+        pos = max(pos, b)
+    return covered
 
 
 def remaining(done: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:

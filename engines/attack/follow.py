@@ -18,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from engines.attack.chunks import CHUNK_KEYS, CHUNKS, SAMPLES_FILE, chunk_is_sound, load_samples, read_chunk, remaining
+from engines.attack.chunks import (
+    CHUNK_KEYS,
+    SAMPLES_FILE,
+    chunk_files,
+    chunk_is_sound,
+    load_samples,
+    read_chunk,
+    remaining,
+)
 from engines.attack.results import AttackResult
 from engines.attack.run import SUMMARY_FILE, AttackRequest, chunk_event, load_request_data, same_data
 from engines.core.context import RunContext
@@ -122,11 +130,10 @@ def _new_chunks(
 ) -> list[tuple[int, int]]:
     """Chunk files not announced yet that pass `valid_chunks`' checks, each file read only when new or changed."""
     found: list[tuple[int, int]] = []
-    for path in sorted((folder / CHUNKS).glob("*.safetensors")):
+    for path, a, b in chunk_files(folder):
         try:
-            a, b = (int(s) for s in path.stem.split("-"))
             stat = path.stat()
-        except (ValueError, OSError):
+        except OSError:
             continue
         taken = accepted + found
         if (a, b) in accepted or not (0 <= a < b <= n) or any(a < d and c < b for c, d in taken):
@@ -180,15 +187,7 @@ def _steps(a: int, b: int, step: int) -> list[tuple[int, int]]:
 
 def _chunk_ranges(folder: Path, n: int) -> list[tuple[int, int]]:
     """The image ranges the chunk files' names say (names only: the arrays come from the samples)."""
-    ranges = []
-    for path in (folder / CHUNKS).glob("*.safetensors"):
-        try:
-            a, b = (int(s) for s in path.stem.split("-"))
-        except ValueError:
-            continue
-        if 0 <= a < b <= n:
-            ranges.append((a, b))
-    return ranges
+    return [(a, b) for _, a, b in chunk_files(folder) if 0 <= a < b <= n]
 
 
 def _samples_dataset(samples: dict[str, Any]) -> Dataset:

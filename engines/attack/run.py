@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from engines.attack.chunks import (
     CHUNKS,
     SAMPLES_FILE,
-    chunk_images_done,
+    covered_images,
     read_chunk,
     remaining,
     save_chunk,
@@ -166,8 +166,10 @@ def _run(request: AttackRequest, ctx: RunContext, resuming: tuple[Path, dict[str
             else:
                 opener = reopen_run(resuming[0], "attack")
             opened.append(stack.enter_context(opener))
-            if resuming is None:  # --overwrite: an earlier run's chunks must not pass for this run's results
+            if resuming is None:  # --overwrite: an earlier run's results must not pass for this run's
                 shutil.rmtree(opened[0].path / CHUNKS, ignore_errors=True)
+                for name in (SAMPLES_FILE, SUMMARY_FILE, FIGURE_FILE, IMAGES_FILE):
+                    (opened[0].path / name).unlink(missing_ok=True)
             return opened[0].path
 
         out = on_main_first(ctx.ranks, open_folder)
@@ -367,7 +369,7 @@ def _whole_run_progress(sink: EventSink, out: Path, every: float = 1.0) -> Event
     def emit(event: Event) -> None:
         now = time.monotonic()
         if now - seen["at"] >= every or isinstance(event, ChunkDone):
-            seen["at"], seen["done"] = now, chunk_images_done(out)
+            seen["at"], seen["done"] = now, covered_images(out)
         if isinstance(event, SolverStep) and event.images_done is not None:
             event = replace(event, images_done=max(event.images_done, seen["done"]))
         elif isinstance(event, ChunkDone):

@@ -16,9 +16,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from engines.attack.chunks import covered_images
 from engines.core.errors import InputError
 from engines.core.io import read_json
 from engines.core.runs import RUN_FILE, lock_is_live, read_run_record
+
+SUMMARY_FILE = "summary.json"  # engines.attack.run's name (importing run.py here would load the attack engine)
 
 KINDS = ("attack", "transfer", "units", "bounds", "reproduce", "robustness", "train")
 STATUSES = ("running", "interrupted", "finished", "damaged")
@@ -53,11 +56,19 @@ def list_runs(root: Path) -> list[RunEntry]:
     newest first; a missing root lists nothing."""
     root = Path(root)
     try:
-        children = [p for p in root.iterdir() if p.is_dir() and (p / RUN_FILE).is_file()]
+        children = list(root.iterdir())
     except OSError:
         return []
-    entries = [read_run_entry(p) for p in children] + list_checkpoints(root / MODELS_FOLDER)
+    entries = [read_run_entry(p) for p in children if _holds_run(p)] + list_checkpoints(root / MODELS_FOLDER)
     return sorted(entries, key=lambda e: (e.started, e.path.name), reverse=True)
+
+
+def _holds_run(folder: Path) -> bool:
+    """A folder with run.json; one this user cannot enter is skipped, never the whole listing."""
+    try:
+        return folder.is_dir() and (folder / RUN_FILE).is_file()
+    except OSError:
+        return False
 
 
 def list_checkpoints(folder: Path) -> list[RunEntry]:
@@ -165,33 +176,12 @@ def run_status(folder: Path, record: dict[str, Any]) -> str:
 def _attack_figures(folder: Path, request: dict[str, Any], status: str) -> tuple[int, int, str]:
     total = int(request["n"])
     if status == "finished":
-        summary = read_json(folder / "summary.json")
+        summary = read_json(folder / SUMMARY_FILE)
         parts = [f"success {100 * float(summary['success_rate']):.1f}%"]
         if _number(summary.get("mean_distortion")):
             parts.append(f"distortion {float(summary['mean_distortion']):.4f}")
         return total, total, " · ".join(parts)
-    return covered_images(folder / "chunks", total), total, ""
-
-
-def covered_images(chunks: Path, n: int) -> int:
-    """Images of [0, n) that the chunk files' names cover (names only: cheap enough to poll)."""
-    ranges = []
-    try:
-        names = [p.name for p in chunks.iterdir() if p.suffix == ".safetensors"]
-    except OSError:
-        return 0
-    for name in names:
-        try:
-            a, b = (int(v) for v in name.removesuffix(".safetensors").split("-"))
-        except ValueError:
-            continue
-        if max(a, 0) < min(b, n):
-            ranges.append((max(a, 0), min(b, n)))
-    covered, pos = 0, 0
-    for a, b in sorted(ranges):
-        covered += max(0, b - max(a, pos))
-        pos = max(pos, b)
-    return covered
+    return covered_images(folder, total), total, ""
 
 
 def _transfer_figures(folder: Path, _: dict[str, Any]) -> str:

@@ -34,7 +34,7 @@ def attack_rows(folder: str | Path) -> list[dict[str, Any]]:
     request = record["request"]
     index: list[int] | None = None  # an unfinished run's chunks hold results only: index and label stay empty
     labels: list[int] | None = None
-    if (folder / SAMPLES_FILE).is_file():
+    if record.get("status") == "done" and (folder / SAMPLES_FILE).is_file():  # else the chunks are the run
         samples = load_samples(folder)
         parts = [(0, samples)]
         index, labels = samples["index"].tolist(), samples["label"].tolist()

@@ -53,6 +53,10 @@ async def test_every_run_is_listed_newest_first_and_opens_in_its_own_screen(tmp_
             and len(listed) == 5
         ), listed
         before = sorted(p.name for p in runs_root["root"].iterdir())
+        await pilot.press("3", "question_mark")  # a window left open on Attack (help) ...
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "HelpScreen", what="the help window")
+        await app.switch_mode("runs")  # ... (the palette switches screens under it) is closed, not crashed into
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen), what="the runs screen")
 
         await open_row(pilot, app, runs_root["done"])  # every example of the finished run, from its files
         attack = app.screen
@@ -116,8 +120,8 @@ async def test_a_cli_attack_in_another_process_is_watched_live_and_read_only(tmp
     runs = tmp_path / "runs"
     out = runs / "attack-n100-100-10-cli"
     cli = subprocess.Popen(
-        [sys.executable, "-m", "blindspot", "attack", "--model", "n100-100-10", "--n", "48", "--c-steps", "6",
-         "--max-iter", "60", "--batch-size", "6", "--device", "cpu", "--threads", "1", "--out", str(out)],
+        [sys.executable, "-m", "blindspot", "attack", "--model", "n100-100-10", "--n", "96", "--c-steps", "9",
+         "--max-iter", "100", "--batch-size", "4", "--device", "cpu", "--threads", "1", "--out", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -134,12 +138,13 @@ async def test_a_cli_attack_in_another_process_is_watched_live_and_read_only(tmp
                 what="the CLI run to be listed as running with finished images",
             )
             entry = app.screen.entries[0]
-            assert entry.path == out and 0 < entry.done < entry.total == 48
+            assert entry.path == out and 0 < entry.done < entry.total == 96
             await pilot.press("enter")
             attack = app.screen
             assert isinstance(attack, AttackScreen)
             await wait_for(pilot, lambda: attack.result is not None, timeout=240, what="the watched run to end")
             assert attack.watching and attack.chunks_done >= 2  # chunks streamed in as the other process wrote them
+            assert attack.live_ticks > 0  # followed while it ran, not replayed after it had finished
     finally:
         cli.wait(timeout=240)
     assert cli.returncode == 0, cli.stderr.read() if cli.stderr else ""
