@@ -235,10 +235,15 @@ class AttackScreen(WorkbenchScreen):
         self.say(f"run folder {out} · x cancels (finished chunks are kept)")
         self.query_one("#triplets", ImageGrid).focus()
 
-        def work(job: Job) -> Any:
-            from engines.attack.run import run_attack
+        from engines.attack.run import run_attack
 
-            return run_attack(request, self.job_context(job, out=out, device=device))
+        self.run_operation(lambda ctx: run_attack(request, ctx), out, device)
+
+    def run_operation(self, operation: Any, out: Path, device: str) -> None:
+        """Run an attack operation (`run_attack`, `resume_attack`) in a worker, its events drawn here."""
+
+        def work(job: Job) -> Any:
+            return operation(self.job_context(job, out=out, device=device))
 
         self.start(
             "attack",
@@ -338,21 +343,9 @@ class AttackScreen(WorkbenchScreen):
         if not self._take_over(folder, "resuming", watching=False):
             return
         self.say(f"resuming {folder} · x cancels (finished chunks are kept)")
-        device = self.state.settings.device
+        from engines.attack.run import resume_attack
 
-        def work(job: Job) -> Any:
-            from engines.attack.run import resume_attack
-
-            return resume_attack(folder, self.job_context(job, out=folder, device=device))
-
-        self.start(
-            "attack",
-            work,
-            on_event=self.show_event,
-            on_done=self.finished,
-            on_error=self.failed,
-            on_cancel=self.cancelled,
-        )
+        self.run_operation(lambda ctx: resume_attack(folder, ctx), folder, self.state.settings.device)
 
     # ------------------------------------------------------------------ stream
     def show_event(self, event: Event) -> None:

@@ -20,7 +20,7 @@ from textual.widgets import DataTable, Footer, Input, ProgressBar, Static
 
 from engines.core.events import EpochDone, Event, ModelTrained
 from screens.jobs import Job, WorkbenchScreen
-from screens.widgets import NavBar, fmt_num
+from screens.widgets import NavBar, cursor_item, fmt_num
 
 
 def _pct(v: Any) -> str:
@@ -158,10 +158,7 @@ class ModelsScreen(WorkbenchScreen):
         return self.state.active_model in (row["id"], row["path"])
 
     def highlighted(self) -> dict[str, Any] | None:
-        table = self.query_one("#models", DataTable)
-        if not self.rows or table.cursor_row < 0 or table.cursor_row >= len(self.rows):
-            return None
-        return self.rows[table.cursor_row]
+        return cursor_item(self.query_one("#models", DataTable), self.rows)
 
     def on_data_table_row_highlighted(self, _: DataTable.RowHighlighted) -> None:
         self.show_details()

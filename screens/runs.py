@@ -20,7 +20,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Static
 
 from screens.jobs import WorkbenchScreen
-from screens.widgets import NavBar
+from screens.widgets import NavBar, cursor_item
 
 REFRESH_S = 2.0
 WIDE = 110  # from this width the table has a data column (the details line always names the data)
@@ -133,10 +133,7 @@ class RunsScreen(WorkbenchScreen):
         return entry.error.replace(f"{entry.path}/", "").replace(str(entry.path), "the folder")
 
     def highlighted(self) -> Any:
-        table = self.query_one("#runs", DataTable)
-        if not self.entries or not 0 <= table.cursor_row < len(self.entries):
-            return None
-        return self.entries[table.cursor_row]
+        return cursor_item(self.query_one("#runs", DataTable), self.entries)
 
     def on_data_table_row_highlighted(self, _: DataTable.RowHighlighted) -> None:
         self.show_details()

@@ -347,3 +347,9 @@ def fmt_num(v: float | None, digits: int = 3) -> str:
     if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4):
         return f"{v:.2e}"
     return f"{v:.{digits}g}"
+
+
+def cursor_item(table: Any, items: list[Any]) -> Any:
+    """The item under a DataTable's cursor (rows added in `items` order), None when there is none."""
+    row = table.cursor_row
+    return items[row] if items and 0 <= row < len(items) else None
