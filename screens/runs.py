@@ -107,6 +107,8 @@ class RunsScreen(WorkbenchScreen):
 
     def show_entries(self, entries: list[Any]) -> None:
         table = self.query_one("#runs", DataTable)
+        if entries and entries == self.entries:
+            return  # nothing changed on disk: keep the table (and where the user scrolled it) as it is
         keep = self.highlighted()
         self.entries = entries
         table.clear()

@@ -12,7 +12,7 @@ and a folder on a read-only mount can be followed.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,12 @@ from engines.attack.chunks import (
     read_chunk,
     remaining,
 )
-from engines.attack.results import AttackResult
-from engines.attack.run import SUMMARY_FILE, AttackRequest, chunk_event, load_request_data, same_data
+from engines.attack.results import AttackResult, read_summary
+from engines.attack.run import AttackRequest, chunk_event, load_request_data, same_data
 from engines.core.context import RunContext
 from engines.core.data import Dataset
 from engines.core.errors import InputError
 from engines.core.events import Step
-from engines.core.io import read_json
 from engines.core.models import load_model
 from engines.core.run_index import run_status
 from engines.core.runs import read_run_record
@@ -85,7 +84,7 @@ def _replay_finished(folder: Path, samples: dict[str, Any], task: str, ctx: RunC
         ctx.check_cancel()
         done += b - a
         ctx.emit(chunk_event(task, data, a, b, _results(samples, a, b), done))
-    return FollowOutcome("finished", _summary(folder), n, n, folder)
+    return FollowOutcome("finished", read_summary(folder), n, n, folder)
 
 
 def _watch(folder: Path, data: Dataset, task: str, checksummed: bool, ctx: RunContext, poll: float) -> FollowOutcome:
@@ -103,12 +102,11 @@ def _watch(folder: Path, data: Dataset, task: str, checksummed: bool, ctx: RunCo
             ctx.emit(chunk_event(task, data, a, b, read_chunk(folder, a, b), _covered(accepted)))
         if status == "finished":
             _announce_gaps(folder, data, task, accepted, ctx)
-            return FollowOutcome("finished", _summary(folder), _covered(accepted), n, folder)
+            return FollowOutcome("finished", read_summary(folder), _covered(accepted), n, folder)
         if status != "running":
             return FollowOutcome("interrupted", None, _covered(accepted), n, folder)
-        if not new:
-            done = _covered(accepted)
-            ctx.emit(Step(task=task, done=done, total=n, message=f"following {folder.name}: {done}/{n} images"))
+        done = _covered(accepted)  # a tick per poll while the writer runs: "following", whether or not chunks came
+        ctx.emit(Step(task=task, done=done, total=n, message=f"following {folder.name}: {done}/{n} images"))
         time.sleep(poll)
 
 
@@ -202,11 +200,3 @@ def _results(samples: dict[str, Any], a: int, b: int) -> dict[str, Any]:
 
 def _covered(ranges: list[tuple[int, int]]) -> int:
     return sum(b - a for a, b in ranges)
-
-
-def _summary(folder: Path) -> AttackResult | None:
-    """The run's summary.json as a result (None when it is missing or damaged)."""
-    try:
-        return replace(AttackResult.from_json(read_json(folder / SUMMARY_FILE)), run=str(folder))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None

@@ -13,6 +13,9 @@ from safetensors import safe_open
 
 from engines.attack.chunks import CHUNKS, chunk_name
 from engines.core.events import Event, EventSink, SolverStep
+from engines.core.io import read_json
+
+SUMMARY_FILE = "summary.json"  # a run folder's AttackResult.to_json()
 
 
 @dataclass(frozen=True)
@@ -168,3 +171,11 @@ def summarize(
         model_source=model_source,
         random_init=random_init,
     )
+
+
+def read_summary(folder: Path) -> AttackResult | None:
+    """A finished run's summary.json as its result (None when it is missing or damaged: the caller rebuilds or says so)."""
+    try:
+        return replace(AttackResult.from_json(read_json(Path(folder) / SUMMARY_FILE)), run=str(folder))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

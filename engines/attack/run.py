@@ -37,7 +37,7 @@ from engines.attack.chunks import (
     valid_chunks,
 )
 from engines.attack.problems import AttackConfig, attack_problems, paper_distortion, validate_images
-from engines.attack.results import AttackResult, RunTally, summarize
+from engines.attack.results import SUMMARY_FILE, AttackResult, RunTally, read_summary, summarize
 from engines.attack.targets import choose_targets, expand_all_targets, parse_target
 from engines.core.checkpoint import LoadedModel, check_classifier, check_finite_logits, warn_if_trained_on_other_data
 from engines.core.context import RunContext
@@ -45,14 +45,14 @@ from engines.core.data import Dataset
 from engines.core.distributed import first_error, gather, on_main_first
 from engines.core.errors import Cancelled, InputError
 from engines.core.events import ChunkDone, Event, EventSink, SolverStep
-from engines.core.io import atomic_write, read_json, write_json_atomic
+from engines.core.io import atomic_write, write_json_atomic
 from engines.core.memory import activation_floats, available_memory
 from engines.core.model_data import check_labels, data_record, open_model_data, take_images
 from engines.core.models import ModelRef, load_model
 from engines.core.runs import RunFolder, open_run, read_run_record, reopen_run
 from engines.report.figures import attack_figure
 
-SUMMARY_FILE, FIGURE_FILE, IMAGES_FILE = "summary.json", "figure.png", "images.json"
+FIGURE_FILE, IMAGES_FILE = "figure.png", "images.json"
 
 
 @dataclass(frozen=True)
@@ -150,8 +150,9 @@ def resume_attack(folder: Path, ctx: RunContext) -> AttackResult:
     folder = Path(folder)
     record = on_main_first(ctx.ranks, lambda: read_run_record(folder))
     if record.get("status") == "done":
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # a damaged summary is rebuilt below
-            return replace(AttackResult.from_json(read_json(folder / SUMMARY_FILE)), run=str(folder))
+        summary = read_summary(folder)  # a damaged one is rebuilt below
+        if summary is not None:
+            return summary
     return _run(AttackRequest.from_json(record["request"]), ctx, (folder, record))
 
 

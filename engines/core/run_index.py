@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from engines.attack.chunks import covered_images
+from engines.attack.results import SUMMARY_FILE
 from engines.core.errors import InputError
 from engines.core.io import read_json
 from engines.core.runs import RUN_FILE, lock_is_live, read_run_record
-
-SUMMARY_FILE = "summary.json"  # engines.attack.run's name (importing run.py here would load the attack engine)
 
 KINDS = ("attack", "transfer", "units", "bounds", "reproduce", "robustness", "train")
 STATUSES = ("running", "interrupted", "finished", "damaged")
