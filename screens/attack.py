@@ -19,10 +19,13 @@ from textual.widgets import Footer, Input, ProgressBar, Select, Sparkline, Stati
 from engines.core.choices import SPLITS, TARGETS
 from engines.core.device import usable_devices
 from engines.core.events import ChunkDone, Event, SolverStep, Step
+from screens.image_grid import change_zoom
 from screens.image_view import ImageView
 from screens.jobs import Job, WorkbenchScreen
+from screens.pictures import scale_label
 from screens.widgets import GridItem, ImageGrid, NavBar
 
+TRIPLET_LABEL = "original | difference r (blue −, white 0, red +) | adversarial"
 KEEP_BYTES = 256 << 20  # examples kept for paging; past this the run folder holds the rest (ImageNet-sized images)
 HISTORY = 240
 
@@ -33,20 +36,26 @@ def chunk_images(n: int) -> int:
 
 
 def finished_examples(event: ChunkDone) -> list[dict[str, Any]]:
-    """The successes of a finished chunk as original | difference ×10 | adversarial, from the event alone."""
-    from engines.report.figures import magnified_difference, to_uint8
+    """The successes of a finished chunk as original | difference r | adversarial, from the event alone.
+
+    r is drawn in a diverging map (blue negative, white zero, red positive) scaled to its own largest
+    |r|, so that its structure shows whatever its size; `scale` says what full colour means."""
+    from engines.report.figures import to_uint8
+    from screens.pictures import difference_picture
 
     res = event.results
     out = []
     for i in res["success"].nonzero().flatten().tolist():
         x, adv = event.x[i], res["x_adv"][i]
+        diff, scale = difference_picture(x, adv)
         out.append(
             {
                 "index": int(event.index[i]),
                 "label": int(event.label[i]),
                 "target": int(res["target"][i]),
                 "distortion": float(res["distortion"][i]),
-                "images": [to_uint8(x), to_uint8(magnified_difference(x, adv)), to_uint8(adv)],
+                "images": [to_uint8(x), diff, to_uint8(adv)],
+                "scale": scale,
             }
         )
     return out
@@ -75,6 +84,8 @@ class AttackScreen(WorkbenchScreen):
         Binding("f", "focus_form", "Settings"),
         Binding("e", "export", "Export"),
         Binding("R", "resume", "Resume", show=False),
+        Binding("z", "zoom(1)", "Zoom", show=False),
+        Binding("Z", "zoom(-1)", "Zoom out", show=False),
     ]
 
     def __init__(self) -> None:
@@ -147,8 +158,8 @@ class AttackScreen(WorkbenchScreen):
                     yield Sparkline([], id="spark-dist")
                 yield ImageGrid(
                     id="triplets",
-                    label="original | difference ×10 | adversarial",
-                    max_tile=10,
+                    label=TRIPLET_LABEL,
+                    zoom=self.state.settings.zoom.get("attack", 0),
                     empty="finished examples appear here, newest first",
                 )
         yield Static("", id="status", classes="status")
@@ -179,6 +190,10 @@ class AttackScreen(WorkbenchScreen):
 
     def focus_main(self) -> None:
         self.query_one("#triplets", ImageGrid).focus()
+
+    def action_zoom(self, delta: int) -> None:
+        zoom = change_zoom(self.state, "attack", [self.query_one("#triplets", ImageGrid)], delta)
+        self.say(f"zoom {zoom}: z larger examples, Z smaller" + (" (the smallest legible size)" if zoom == 0 else ""))
 
     def action_focus_grid(self) -> None:
         self.focus_main()
@@ -397,6 +412,7 @@ class AttackScreen(WorkbenchScreen):
             GridItem(
                 f"#{t['index']} {t['label']}→{t['target']} d={t['distortion']:.3f}",
                 t["images"],
+                captions=["original", scale_label(t["scale"]), "adversarial"],
                 payload=t,
             )
             for t in self.triplets
@@ -439,7 +455,7 @@ class AttackScreen(WorkbenchScreen):
 
     def on_image_grid_opened(self, event: ImageGrid.Opened) -> None:
         t = self.triplets[event.item]
-        names = ["original", "difference ×10", "adversarial"]
+        names = ["original", f"difference ({scale_label(t['scale'])}: blue −, red +)", "adversarial"]
         about = (
             f"{self.split} #{t['index']} · label {t['label']} → target {t['target']} · distortion {t['distortion']:.4f}"
         )

@@ -14,6 +14,7 @@ from textual.widgets import Footer, Select, Static
 
 from engines.core.errors import BlindspotError
 from engines.core.events import Event, Step
+from screens.image_grid import change_zoom
 from screens.image_view import ImageView
 from screens.jobs import Job, WorkbenchScreen
 from screens.widgets import GridItem, ImageGrid, NavBar
@@ -56,6 +57,8 @@ class GalleryScreen(WorkbenchScreen):
         Binding("n", "page(1)", "Next"),
         Binding("p", "page(-1)", "Prev", show=False),
         Binding("tab", "swap", "Grid"),
+        Binding("z", "zoom(1)", "Zoom"),
+        Binding("Z", "zoom(-1)", "Zoom out", show=False),
     ]
 
     def __init__(self) -> None:
@@ -76,8 +79,9 @@ class GalleryScreen(WorkbenchScreen):
             yield Select([], prompt="loading layers…", compact=True, id="layer")
             yield Static("", id="info")
         with Horizontal(id="grids"):
-            yield ImageGrid(id="units", label="natural basis: units", max_tile=14, empty="computing…")
-            yield ImageGrid(id="random", label="random directions", max_tile=14, empty="computing…")
+            zoom = self.state.settings.zoom.get("gallery", 0)
+            yield ImageGrid(id="units", label="natural basis: units", zoom=zoom, empty="computing…")
+            yield ImageGrid(id="random", label="random directions", zoom=zoom, empty="computing…")
         yield Static("", id="verdict")
         yield Static("", id="status", classes="status")
         yield Footer(compact=True)
@@ -214,6 +218,11 @@ class GalleryScreen(WorkbenchScreen):
     def action_page(self, delta: int) -> None:
         for gid in ("#units", "#random"):
             self.query_one(gid, ImageGrid).action_page(delta)
+
+    def action_zoom(self, delta: int) -> None:
+        grids = [self.query_one(gid, ImageGrid) for gid in ("#units", "#random")]
+        zoom = change_zoom(self.state, "gallery", grids, delta)
+        self.say(f"zoom {zoom}: z larger tiles, Z smaller" + (" (the smallest legible size)" if zoom == 0 else ""))
 
     def action_swap(self) -> None:
         units, rand = self.query_one("#units", ImageGrid), self.query_one("#random", ImageGrid)

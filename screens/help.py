@@ -24,7 +24,8 @@ ABOUT = {
     ),
     "attack": (
         "§4.1: the box-constrained L-BFGS attack, minimising c·|r|² + loss(x + r, target) with x + r in "
-        "[0, 1]. Each row: original | difference ×10 (grey is 0) | adversarial. Distortion is Table 1's "
+        "[0, 1]. Each row: original | difference r (blue −, white 0, red +, full colour at the ±scale printed "
+        "under it) | adversarial; z / Z zoom. Distortion is Table 1's "
         "sqrt(Σ(x′ − x)² / n); success is the share of images sent to their target."
     ),
     "transfer": (

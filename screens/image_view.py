@@ -11,9 +11,11 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
 from screens import graphics
+from screens.pictures import tile_picture
 from screens.widgets import GridItem, ImageGrid
 
 ENLARGE_PX = 280  # the enlarged image is upscaled with nearest neighbours: crisp pixels in sixel / TGP
+BACK_RGB = (0, 0, 0)
 
 
 def enlarged(arr: np.ndarray, size: int = ENLARGE_PX) -> Image.Image:
@@ -21,6 +23,15 @@ def enlarged(arr: np.ndarray, size: int = ENLARGE_PX) -> Image.Image:
     img = Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")
     scale = max(1, size // max(img.width, img.height))
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+
+
+def framed(arr: np.ndarray, box_px: tuple[int, int]) -> Image.Image:
+    """The image at the largest whole upscale that fits `box_px` (shrunk to fit if it is larger), centred on a
+    canvas of exactly `box_px`: the image widget then draws it pixel for pixel, never resampled."""
+    h, w = arr.shape[:2]
+    scale = min(box_px[0] / w, box_px[1] / h)
+    scale = float(int(scale)) if scale >= 1 else scale
+    return tile_picture(arr, (max(1, int(w * scale)), max(1, int(h * scale))), box_px, BACK_RGB)
 
 
 class ImageView(ModalScreen):
@@ -77,12 +88,23 @@ class ImageView(ModalScreen):
         big = self.query_one("#big")
         big.styles.width, big.styles.height = 2 * rows, rows
         self.query_one("#caption", Static).styles.width = 2 * rows
+        self.draw()
+
+    def box_px(self) -> tuple[int, int]:
+        """The image widget's size in the pixels its renderer draws (terminal pixels, or half-blocks)."""
+        big = self.query_one("#big")
+        cols, rows = int(big.styles.width.value), int(big.styles.height.value)
+        cw, ch = graphics.cell_size() if graphics.pixels() else (1, 2)
+        return cols * cw, rows * ch
+
+    def draw(self) -> None:
+        self.query_one("#big").image = framed(self.images[self.index], self.box_px())
 
     def action_step(self, delta: int) -> None:
         if len(self.images) < 2:
             return
         self.index = (self.index + delta) % len(self.images)
-        self.query_one("#big").image = enlarged(self.images[self.index])
+        self.draw()
         self.query_one("#frame").border_title = f"{self.names[self.index]} ({graphics.mode()})"
         self.query_one("#caption", Static).update(self.caption)
 
@@ -105,7 +127,7 @@ class GridView(ModalScreen):
         with Vertical(id="frame") as frame:
             frame.border_title = self.title_text
             yield Static(self.note, id="note")
-            yield ImageGrid(self.items, id="cell-grid", max_tile=14, empty="no examples")
+            yield ImageGrid(self.items, id="cell-grid", empty="no examples")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:

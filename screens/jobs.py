@@ -22,6 +22,7 @@ from textual.widgets import Input, Static
 from engines.core.context import RunContext
 from engines.core.errors import BlindspotError, Cancelled
 from engines.core.events import Event, Throttle
+from engines.core.memory import release_memory
 from screens.state import HasState, WorkbenchState
 from screens.widgets import NAV, NavBar
 
@@ -135,9 +136,16 @@ def run_job(
             screen.post_message(JobDone(job, error=f"{type(exc).__name__}: {exc}"))
         else:
             screen.post_message(JobDone(job, result))
+        release_job_memory()
 
     screen.run_worker(body, thread=True, name=name, group=name, exit_on_error=False)
     return job
+
+
+def release_job_memory() -> None:
+    """After a job: the GPU memory PyTorch cached for it goes back to the driver (outside any handler, so a failed
+    job's traceback no longer holds its tensors), so that the next job, or another process, can have it."""
+    release_memory("cuda")
 
 
 NAV_GROUP = Binding.Group("screens", compact=True)

@@ -31,9 +31,10 @@ class Settings:
     matrix_path: Path | None = None  # a transfer matrix (matrix.json or its folder) to open first
     units_random: int | None = None
     units_images: int | None = None
+    zoom: dict[str, int] = field(default_factory=dict)  # image grid zoom per screen (z / Z): 0 is the legible minimum
 
 
-REMEMBERED = ("model", "device", "data_dir", "runs_dir", "attack")  # what the workbench keeps across restarts
+REMEMBERED = ("model", "device", "data_dir", "runs_dir", "attack", "zoom")  # what the workbench keeps across restarts
 
 
 def settings_file() -> Path:
@@ -70,6 +71,8 @@ def remembered_settings(path: Path) -> tuple[Settings, str]:
             settings.device = value
         elif key == "data_dir" and (value is None or isinstance(value, str)):
             settings.data_dir = value
+        elif key == "zoom" and isinstance(value, dict):
+            settings.zoom = {str(k): int(v) for k, v in value.items() if isinstance(v, int) and not isinstance(v, bool)}
     return settings, note
 
 
@@ -93,7 +96,8 @@ class WorkbenchState:
         self.jobs: list[tuple[str, Any]] = []  # (screen label, Job) of every job started, for the jobs panel
         self.on_change = on_change
         self._models: dict[tuple[str, str], Any] = {}
-        self._lock = threading.Lock()
+        self._loading: dict[tuple[str, str], threading.Lock] = {}  # one per model: loads of others go on meanwhile
+        self._lock = threading.Lock()  # guards the two dicts
 
     @property
     def active_model(self) -> str:
@@ -140,7 +144,11 @@ class WorkbenchState:
 
     def load_model(self, ref: Any = None, device: str | None = None) -> Any:
         """Load (once) any model the CLI can load (zoo id, checkpoint, torchvision name, factory) on a device,
-        through the same `engines.core.models.load_model`. Call from a worker thread only."""
+        through the same `engines.core.models.load_model`. Call from a worker thread only.
+
+        Worker threads share the cache: two asking for one model get one copy, loaded once (the second waits
+        for the first), while a model asked for meanwhile loads in parallel. A cached model is in eval mode
+        and only read (forward passes), which PyTorch allows from several threads at once."""
         from engines.core.device import resolve_device
         from engines.core.models import as_model_ref, load_model
 
@@ -148,14 +156,28 @@ class WorkbenchState:
         dev = resolve_device(device or self.settings.device)
         key = (json.dumps(model_ref.to_json(), sort_keys=True), str(dev))
         with self._lock:
-            if key not in self._models:
-                self._models[key] = load_model(model_ref, dev)
-            return self._models[key]
+            if key in self._models:
+                return self._models[key]
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            with self._lock:
+                if key in self._models:  # loaded by the thread this one waited for
+                    return self._models[key]
+            loaded = load_model(model_ref, dev)
+            with self._lock:
+                self._models[key] = loaded
+                self._loading.pop(key, None)
+            return loaded
 
     def forget_models(self) -> None:
-        """Drop cached models (after training wrote a checkpoint)."""
+        """Drop cached models (after training wrote a checkpoint), and the GPU memory they held."""
+        from engines.core.memory import release_memory
+
         with self._lock:
+            devices = {device for _, device in self._models}
             self._models.clear()
+        for device in devices:
+            release_memory(device)
 
 
 class HasState(Protocol):

@@ -289,26 +289,26 @@ class TransferScreen(WorkbenchScreen):
         def work(job: Job) -> Any:
             from engines.attack.transfer import cell_examples
             from engines.core.device import resolve_device
-            from engines.report.figures import magnified_difference, to_uint8
+            from engines.report.figures import to_uint8
+            from screens.pictures import difference_picture, scale_label
 
             found = cell_examples(matrix, row, col, k=12, device=resolve_device(device))
-            return [
-                GridItem(
-                    f"#{e['index']} {e['label']}→{e['pred']}",
-                    [to_uint8(e["x"]), to_uint8(magnified_difference(e["x"], e["x_pert"])), to_uint8(e["x_pert"])],
-                )
-                for e in found
-            ]
+            items = []
+            for e in found:
+                diff, scale = difference_picture(e["x"], e["x_pert"])  # blue −, white 0, red +, its own scale
+                label = f"#{e['index']} {e['label']}→{e['pred']} {scale_label(scale)}"
+                items.append(GridItem(label, [to_uint8(e["x"]), diff, to_uint8(e["x_pert"])]))
+            return items
 
         def show(items: list[GridItem]) -> None:
             r = matrix.rows[row]
             note = (
                 f"{len(items)} of {int(matrix.errors[row, col])} images of '{r.name}' that {matrix.columns[col]} "
-                "misclassifies (label→prediction): original | difference ×10 | fed to the model"
+                "misclassifies (label→prediction): original | difference r (blue −, white 0, red +) | fed to the model"
             )
             self.say("Escape closes the examples")
             self.app.push_screen(
-                GridView(f"{r.name} → {matrix.columns[col]}", items, note, ["original", "difference ×10", "perturbed"])
+                GridView(f"{r.name} → {matrix.columns[col]}", items, note, ["original", "difference r", "perturbed"])
             )
 
         self.start("examples", work, on_done=show, on_error=lambda m: self.say(m, error=True))

@@ -2,9 +2,10 @@
 
 usage: .venv/bin/python scripts/screenshots.py [--size 120x34] [--out docs/screenshots]
 
-Textual writes SVG; the PNGs need cairosvg, which is not a project dependency: install it into the
-virtual environment for this purpose only (`.venv/bin/pip install cairosvg`). Without it the SVGs
-are kept and the script says so. Images use half-block cells, as in a plain terminal.
+Textual writes SVG; the PNGs need cairosvg (not a project dependency: `.venv/bin/pip install cairosvg`
+for this purpose only) or librsvg's `rsvg-convert` (`apt-get install librsvg2-bin`). Without either the
+SVGs are kept and the script says so. Images use half-block cells, as in a plain terminal; for the
+real terminal's pixels (sixel) see scripts/terminal_check.sh, whose screenshots are in docs/screenshots/terminal/.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -104,11 +107,19 @@ def main() -> None:
     try:
         import cairosvg
     except ImportError:
-        print(f"wrote {len(svgs)} SVGs to {args.out}; install cairosvg into the venv to get PNGs")
+        cairosvg = None
+    rsvg = shutil.which("rsvg-convert")
+    if cairosvg is None and rsvg is None:
+        print(f"wrote {len(svgs)} SVGs to {args.out}; install cairosvg into the venv (or rsvg-convert) to get PNGs")
         return
     for svg in svgs:
         png = svg.with_suffix(".png")
-        cairosvg.svg2png(url=str(svg), write_to=str(png), output_width=width * 10)
+        if cairosvg is not None:
+            cairosvg.svg2png(url=str(svg), write_to=str(png), output_width=width * 10)
+        else:
+            subprocess.run(
+                [rsvg, "--width", str(width * 10), "--keep-aspect-ratio", str(svg), "-o", str(png)], check=True
+            )
         svg.unlink()
         print(f"wrote {png}")
 

@@ -93,7 +93,8 @@ async def test_enlarged_image_in_every_graphics_mode(tmp_path, models_folder, mo
             await pilot.press("right")
             await pilot.pause()
             big = app.screen.query_one("#big")
-            assert isinstance(big, widgets.Image if mode == "auto" else graphics.large_image_widget())
+            assert isinstance(big, graphics.large_image_widget())  # auto without a terminal to ask: half-blocks
+            assert mode != "auto" or isinstance(big, widgets.HalfcellImage)
             assert app.screen.index == 1 and "two" in app.screen.query_one("#frame").border_title
     finally:
         graphics.configure("halfblock")
@@ -188,7 +189,8 @@ async def test_every_footer_fits_80_columns_even_while_a_job_runs(tmp_path, mode
     """At 80×24 the footers used to be cut ('n Ne', 'f Setting', 'screensx')."""
     from textual.widgets import Footer
 
-    app = make_app(tmp_path, models_folder=models_folder, attack={"n": 64, "c_steps": 9, "max_iter": 100})
+    # enough images that the attack still runs when the footer is read (64 take about a second now)
+    app = make_app(tmp_path, models_folder=models_folder, attack={"n": 4000, "c_steps": 9, "max_iter": 100})
     async with app.run_test(size=SIZE) as pilot:
         for key in "12345":
             await pilot.press(key)
@@ -240,7 +242,7 @@ async def test_the_jobs_panel_lists_and_cancels_a_job_of_another_screen(tmp_path
     from screens.jobs_panel import JobsPanel
     from screens.widgets import NavBar
 
-    app = make_app(tmp_path, models_folder=models_folder, attack={"n": 400, "c_steps": 9, "max_iter": 100})
+    app = make_app(tmp_path, models_folder=models_folder, attack={"n": 4000, "c_steps": 9, "max_iter": 100})
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot, app)
         await pilot.press("3")

@@ -111,7 +111,7 @@ async def test_finished_examples_come_from_chunk_events_while_the_run_goes_on(tm
 
 @run_async
 async def test_cancelling_an_attack_keeps_finished_chunks(tmp_path, models_folder):
-    app = make_app(tmp_path, attack={"n": 64, "c_steps": 9, "max_iter": 100})
+    app = make_app(tmp_path, attack={"n": 4000, "c_steps": 9, "max_iter": 100})  # still running at the `x`
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("3")
         await pilot.pause()
@@ -126,7 +126,8 @@ async def test_cancelling_an_attack_keeps_finished_chunks(tmp_path, models_folde
         assert f"--resume {screen.run_dir}" in " ".join(text_of(app, "#status").split())
         run = json.loads((screen.run_dir / "run.json").read_text())
         chunks = sorted((screen.run_dir / "chunks").glob("*.safetensors"))
-        assert run["status"] == "interrupted" and 1 <= len(chunks) < 8
+        covered = sum(int(p.stem.split("-")[1]) - int(p.stem.split("-")[0]) for p in chunks)
+        assert run["status"] == "interrupted" and len(chunks) >= 1 and covered < 4000
         assert len(chunks) == screen.chunks_done  # every saved chunk was announced, none after the cancel
         found = sum(int(e.results["success"].sum()) for e, *_ in seen if isinstance(e, ChunkDone))
         assert found and len(screen.query_one("#triplets", ImageGrid).items) == found  # shown
@@ -227,6 +228,6 @@ async def test_every_example_of_a_run_can_be_paged_not_only_the_newest_24(tmp_pa
         indices = [item.payload["index"] for item in grid.items]
         assert indices == sorted(indices)  # in image order
         grid.focus()
-        for _ in range(30):
+        for _ in range(found):  # one screenful may hold a single example (tiles are never shrunk below legible)
             await pilot.press("pagedown")
         assert grid.cursor[0] == found - 1 and grid.position_text().endswith(f"of {found}")

@@ -112,3 +112,24 @@ async def test_a_failed_model_leaves_no_stale_grids_and_is_retried(tmp_path, mod
         await pilot.press("1", "2")
         await wait_for(pilot, lambda: screen.run_result is not None, timeout=120, what="the retried result")
         assert units.items and screen.result.layer == "act1"
+
+
+@run_async
+async def test_at_120x40_in_half_blocks_every_gallery_tile_is_at_least_14_by_7_cells(tmp_path, models_folder):
+    from screens.pictures import scaled
+    from tests.tui.test_widgets import first_tile_halfblock
+
+    app = make_app(tmp_path, units_images=300)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await _gallery_result(pilot, app)
+        for gid in ("#units", "#random"):
+            grid = screen.query_one(gid, ImageGrid)
+            lay = grid.geometry()
+            assert lay.tile_cols >= 14 and lay.tile_rows >= 7 and grid.visible_lines() >= 2, (gid, lay)
+            drawn = first_tile_halfblock(grid)[: lay.image_px[1], : lay.image_px[0]]
+            source = grid.items[grid.top_line * lay.per_line].images[0]
+            assert np.array_equal(drawn, np.asarray(scaled(source, *lay.image_px).convert("RGB")))  # what is drawn
+        await pilot.press("z")  # larger tiles: fewer per line, remembered for the screen
+        await pilot.pause()
+        assert screen.query_one("#units", ImageGrid).geometry().tile_cols > lay.tile_cols
+        assert app.state.settings.zoom == {"gallery": 1}
