@@ -16,7 +16,7 @@ try:  # Typer >= 0.20 carries its own copy of click, and its own Abort
 except ImportError:  # older Typer runs on click itself
     from click.exceptions import Abort, ClickException, UsageError  # type: ignore[assignment,no-redef]
 
-from blindspot.commands import attack, bounds, data, models, reproduce, robustness, train, transfer, tui, units
+from blindspot.commands import attack, bounds, certify, data, models, reproduce, robustness, train, transfer, tui, units
 from blindspot.console import err, route_engine_warnings
 from engines.core.errors import BlindspotError, Cancelled
 
@@ -31,7 +31,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-for module in (data, models, train, attack, transfer, robustness, bounds, units, reproduce, tui):
+for module in (data, models, train, attack, certify, transfer, robustness, bounds, units, reproduce, tui):
     module.register(app)
 
 

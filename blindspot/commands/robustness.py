@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -10,14 +11,23 @@ from rich.table import Table
 
 from blindspot.commands.transfer import model_refs
 from blindspot.console import cli_context, note, out, print_json
-from blindspot.options import CSteps, DataDir, Device, Json, MaxIter, OutDir, Overwrite, Seed, Threads
+from blindspot.options import CSteps, DataDir, Device, Json, MaxIter, OutDir, Overwrite, Seed, Tf32, Threads
 from engines.attack.problems import AttackConfig
 from engines.robustness.operation import RESULT_FILE, RobustnessRequest, RobustnessResult, run_robustness
 
 
 def _table(result: RobustnessResult) -> Table:
     t = Table(box=box.SIMPLE_HEAD)
-    for col in ("model", "test err %", "attack dist.", "certified", "bound/attack", "transfer %", "noise %"):
+    for col in (
+        "model",
+        "test err %",
+        "attack dist.",
+        "certified",
+        "bound/attack",
+        "global bound",
+        "transfer %",
+        "noise %",
+    ):
         t.add_column(col, justify="left" if col == "model" else "right")
     for r in result.rows:
         extra = ["–" if v is None else f"{v:.1f}" for v in (r.transfer, r.noise)]
@@ -25,8 +35,9 @@ def _table(result: RobustnessResult) -> Table:
             r.model,
             f"{r.test_error:.2f}",
             f"{r.distortion:.4f}",
-            f"{r.certified:.5f}",
+            f"{r.certified:.5f} ({r.certified_method})",
             f"{r.certified_over_attack:.3f}",
+            "–" if r.certified_global is None else f"{r.certified_global:.5f}",
             *extra,
         )
     return t
@@ -52,11 +63,13 @@ def robustness(
     out_dir: OutDir = None,
     device: Device = "auto",
     threads: Threads = None,
+    tf32: Tf32 = False,
     json_out: Json = False,
     overwrite: Overwrite = False,
 ) -> None:
-    """Test error, the L-BFGS attack's mean minimum distortion (an upper bound), the certified radius
-    margin/(√2·L) from the frame bounds (a lower bound), transfer and noise error, per model."""
+    """Test error, the L-BFGS attack's mean minimum distortion (an upper bound), a certified radius (a lower
+    bound: the exact minimum for linear models, CROWN's otherwise; the global margin/(√2·L) beside it),
+    transfer and noise error, per model."""
     request = RobustnessRequest(
         models=model_refs(model, {}, {}, {}),
         reference=None if reference == "none" else reference,
@@ -67,7 +80,7 @@ def robustness(
         data_dir=str(data) if data else None,
     )
     with cli_context(device, threads=threads, out=out_dir, overwrite=overwrite) as ctx:
-        result = run_robustness(request, ctx)
+        result = run_robustness(request, replace(ctx, tf32=tf32))
     if json_out:
         print_json(result.to_json())
     else:

@@ -32,8 +32,9 @@ def section42_lines(s42: dict[str, Any]) -> list[str]:
     lines += [
         "",
         f"Per model, the first {n} correctly classified test images: the true minimum distortion of each lies between "
-        "the certified bound margin/(√2·L) (L: the product of the frame-bound engine's guaranteed layer bounds, "
-        "sigmoid's 1/4 included) and the attack's closest success over all nine wrong labels; both in rms units "
+        "the certified bound (CROWN's radius over the L2 ball ∩ [0, 1] box, or the global margin/(√2·L) where larger; "
+        "L: the product of the frame-bound engine's guaranteed layer bounds) and the attack's closest success over all "
+        "nine wrong labels; both in rms units "
         f"sqrt(Σr²/784), means over the images. Violations (an attack success inside the bound): "
         f"{sum(int(r['violations']) for r in s42['rows'] + s42['ablation'])}.",
         "",
