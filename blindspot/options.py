@@ -25,6 +25,15 @@ Threads = Annotated[
         help="CPU threads for the computation (default: torch's, one per core); recorded in run.json.",
     ),
 ]
+Tf32 = Annotated[
+    bool,
+    typer.Option(
+        "--tf32",
+        help="Let float32 products and convolutions run in TF32 on Ampere and later GPUs: faster, but a ~1e-3 "
+        "relative error, far above the float32 rounding the L-BFGS line search assumes (runs stop earlier, results "
+        "differ from the CPU's). Off by default; recorded in run.json. No effect on the CPU.",
+    ),
+]
 Overwrite = Annotated[
     bool, typer.Option("--overwrite", help="Write into an --out folder that already holds results (they are replaced).")
 ]

@@ -14,6 +14,11 @@ from blindspot.cli import main
 
 torch.set_num_threads(1)  # tiny problems: threads only add contention
 
+try:  # the workbench's tests need Textual; a bare GPU machine has none, and `pytest -m gpu` must still run there
+    import textual  # noqa: F401
+except ImportError:
+    collect_ignore = ["tui"]
+
 # The paper's model ids (Tables 1 and 3), in the order the zoo lists them.
 PAPER_IDS = [
     "softmax1",

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from engines.attack.chunks import load_samples
 from engines.attack.lbfgsb import minimize
-from engines.attack.problems import AttackConfig, _Objective, attack_problems, paper_distortion, validate_images
+from engines.attack.objective import _Objective
+from engines.attack.problems import AttackConfig, attack_problems, paper_distortion, validate_images
 from engines.attack.results import AttackResult
 from engines.attack.run import AttackRequest, resume_attack, run_attack
 from engines.attack.targets import choose_targets, expand_all_targets, parse_target
@@ -304,7 +305,7 @@ def test_cuda_attack_matches_the_cpu_attack():
 
 
 def test_out_of_memory_halves_the_chunk_and_goes_on(tmp_path, monkeypatch):
-    import engines.attack.run as ar
+    import engines.attack.batching as ar
 
     real = ar.attack_problems
     sizes = []

@@ -135,11 +135,11 @@ def _dense_lbfgs_direction(pairs, g, free, m):
 
 
 def test_two_loop_direction_equals_the_dense_bfgs_matrix():
-    from engines.attack.lbfgsb import _History
+    from engines.attack.curvature import CurvatureMemory
 
     gen = torch.Generator().manual_seed(3)
     batch, n, m = 4, 7, 3
-    hist = _History(batch, n, m, torch.zeros(1, dtype=D))
+    hist = CurvatureMemory(batch, n, m, torch.zeros(1, dtype=D))
     accepted = [[] for _ in range(batch)]
     for _ in range(6):  # more pushes than slots: the ring wraps; some pushes are rejected per row
         s = torch.randn(batch, n, generator=gen, dtype=D)

@@ -226,7 +226,7 @@ def test_reproduce_adds_figure5_on_a_trained_alexnet_and_the_users_images(world:
         imagenet_dir=str(world["data"]),
         alexnet_weights=str(weights),
         figure5_n=1,
-        config=AttackConfig(c_steps=2, max_iter=5),
+        config=AttackConfig(c_steps=3, max_iter=5),
     )
     assert request.alexnet() == ModelRef("alexnet", weights=str(weights))
     path = figure5(request, RunContext(device="cpu"), tmp_path / "report")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,7 @@ from blindspot.options import (
     Offset,
     Overwrite,
     Seed,
+    Tf32,
     Threads,
     optional_path,
     with_model_options,
@@ -32,6 +34,8 @@ from engines.attack.run import AttackRequest, AttackResult, resume_attack, run_a
 from engines.core.choices import DISTANCES, SPLITS, TARGETS
 from engines.core.errors import InputError
 from engines.core.runs import new_run_folder
+
+DEFAULT_CONFIG = AttackConfig()
 
 
 @with_model_options
@@ -55,11 +59,34 @@ def attack(
         str, typer.Option(help=f"Distance term, one of {', '.join(DISTANCES)}: ‖r‖² (default) or ‖r‖.")
     ] = "l2sq",
     c_init: Annotated[
-        float, typer.Option("--c-init", help="First c (c multiplies the distance: larger c, smaller r).")
-    ] = 1.0,
+        float | None,
+        typer.Option(
+            "--c-init",
+            help="First c (c multiplies the distance: larger c, smaller r); "
+            "default: estimated per image from one linearisation of the margin.",
+        ),
+    ] = None,
     warm_start: Annotated[
         bool, typer.Option("--warm-start/--cold-start", help="Start each c from the best success so far.")
     ] = True,
+    budget: Annotated[
+        int | None,
+        typer.Option(
+            "--budget",
+            min=2,
+            help="At most this many forward+backward model evaluations per image (per image and target with "
+            "--target all); default: no cap beyond --c-steps × --max-iter.",
+        ),
+    ] = None,
+    temperature: Annotated[
+        float,
+        typer.Option(
+            "--temperature",
+            min=0.01,
+            help="Temperature τ of the loss: 1 is the cross-entropy of the target; smaller τ approaches the "
+            "hinge on the logit margin, whose minimisers lie on the decision boundary (closer examples).",
+        ),
+    ] = DEFAULT_CONFIG.temperature,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", min=1, help="Problems solved at once (default: by free memory).")
     ] = None,
@@ -72,6 +99,7 @@ def attack(
     classes: ClassesFile = None,
     json_out: Json = False,
     threads: Threads = None,
+    tf32: Tf32 = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Find the closest image of another class (Szegedy et al. §4.1).
@@ -92,7 +120,13 @@ def attack(
             target=target,
             seed=seed,
             config=AttackConfig(
-                c_steps=c_steps, max_iter=max_iter, distance=distance, c_init=c_init, warm_start=warm_start
+                c_steps=c_steps,
+                max_iter=max_iter,
+                distance=distance,
+                c_init=c_init,
+                warm_start=warm_start,
+                budget=budget,
+                temperature=temperature,
             ),
             batch_size=batch_size,
             data_dir=optional_path(data),
@@ -109,6 +143,7 @@ def attack(
         out=folder,
         hint=f"finished chunks are kept; finish with `blindspot attack --resume {folder}`",
     ) as ctx:
+        ctx = replace(ctx, tf32=tf32)
         result = resume_attack(resume, ctx) if resume is not None else run_attack(request, ctx)
     if json_out:
         print_json(result.to_json())
@@ -125,6 +160,8 @@ RESUME_FIXED = (  # besides the model options, which --resume ignores too
     "max_iter",
     "distance",
     "c_init",
+    "budget",
+    "temperature",
     "seed",
     "image_size",
     "classes",
@@ -161,6 +198,11 @@ def print_summary(r: AttackResult) -> None:
         s["device"],
     )
     stdout_console.print(table)
+    if s.get("evaluations_per_image") is not None:
+        note(
+            f"model evaluations per image: {s['evaluations_per_image']:.0f} forward+backward, "
+            f"{s['forward_evaluations_per_image'] or 0:.0f} forward only"
+        )
     if s.get("random_init"):
         note(
             f"{s['model']} has random weights ({s['model_source']}): these figures say nothing about a trained network"

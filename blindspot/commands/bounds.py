@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +19,7 @@ from blindspot.options import (
     OutDir,
     Overwrite,
     Seed,
+    Tf32,
     Threads,
     with_model_options,
 )
@@ -48,6 +50,7 @@ def bounds(
     out_dir: OutDir = None,
     overwrite: Overwrite = False,
     threads: Threads = None,
+    tf32: Tf32 = False,
 ) -> None:
     """Frame bounds of every Linear and Conv2d layer and the product of upper bounds (Table 5)."""
     request = BoundsRequest(
@@ -59,7 +62,7 @@ def bounds(
     )
     hint = "finished layers are not kept; run the command again"
     with cli_context(device, threads=threads, out=out_dir, overwrite=overwrite, hint=hint) as ctx:
-        result = run_bounds(request, ctx, save=out_dir is not None)
+        result = run_bounds(request, replace(ctx, tf32=tf32), save=out_dir is not None)
     note(
         f"{result.model}: {result.source}; input {'×'.join(map(str, result.input_shape))}; "
         f"{precision} on {result.device}; {result.seconds:.1f} s"

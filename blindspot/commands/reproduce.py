@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +19,7 @@ from blindspot.options import (
     MaxIter,
     Overwrite,
     Seed,
+    Tf32,
     Threads,
     optional_path,
 )
@@ -51,6 +53,7 @@ def reproduce_cmd(
     classes: ClassesFile = None,
     json_out: Json = False,
     threads: Threads = None,
+    tf32: Tf32 = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Recompute Tables 1–5 with the shipped zoo and write report.md beside the paper's numbers."""
@@ -66,7 +69,7 @@ def reproduce_cmd(
     )
     folder = out or new_run_folder(Path("runs"), "reproduce", "paper")  # named here: the hint shows it
     with cli_context(device, threads=threads, overwrite=overwrite, out=folder, hint=f"{SETS_CACHED} ({folder})") as ctx:
-        result = run_reproduce(request, ctx)
+        result = run_reproduce(request, replace(ctx, tf32=tf32))
     if json_out:
         print_json(result.to_json())
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,7 @@ from blindspot.options import (
     Offset,
     Overwrite,
     Seed,
+    Tf32,
     Threads,
     optional_path,
 )
@@ -146,6 +148,7 @@ def transfer(
     classes: ClassesFile = None,
     json_out: Json = False,
     threads: Threads = None,
+    tf32: Tf32 = False,
     overwrite: Overwrite = False,
 ) -> None:
     """Error of every target on every source's minimum-distortion adversarial set (--target all)."""
@@ -170,7 +173,7 @@ def transfer(
         scaled=_scaled(scale_to),
     )
     with cli_context(device, threads=threads, overwrite=overwrite, out=out_dir, hint=SETS_CACHED) as ctx:
-        matrix = run_transfer(request, ctx)
+        matrix = run_transfer(request, replace(ctx, tf32=tf32))
     if json_out:
         print_json(matrix.to_json() | {"folder": str(matrix.folder)})
     else:

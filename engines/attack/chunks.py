@@ -20,7 +20,13 @@ from engines.core.io import atomic_write
 
 SAMPLES_FILE, CHUNKS = "samples.safetensors", "chunks"
 CHUNK_KEYS = ("x_adv", "target", "success", "trivial", "distortion", "l2", "linf", "c")
-_INTEGER_KEYS = {"target": torch.int64, "success": torch.uint8, "trivial": torch.uint8}
+_INTEGER_KEYS = {
+    "target": torch.int64,
+    "success": torch.uint8,
+    "trivial": torch.uint8,
+    "evaluations": torch.int64,  # model evaluations per image (chunks since the evaluation budget; optional)
+    "forward_evaluations": torch.int64,
+}
 _DIGEST = "sha256"
 
 

@@ -13,6 +13,31 @@ Every problem (image, target) has its own c, its own bracket and its own L-BFGS-
 (`engines.attack.lbfgsb.minimize`); the best (smallest-distortion) successful x′ is recorded at every
 objective evaluation, line-search trial points included, not only at each run's last iterate.
 The value and the gradient always come from one forward/backward pass of the same objective.
+
+What a problem spends is counted in model evaluations (`gradient_evals`, `forward_evals`), and the c search
+is built to spend few of them (measured in benchmarks/bench_attack.py, README "Performance"):
+* the first c comes from one linearisation of the margin (`first_c`, as DeepFool estimates the distance to
+  the boundary), within a factor 1.5 of the final c on the zoo's MLP and convnet, so the bracket is found in a
+  step or two of ×3 instead of several of ×10;
+* a c-step ends once an iteration decreases the objective by less than `ftol` (relative): the next c starts
+  from the best success so far with the L-BFGS curvature pairs carried over, shifted exactly to the new c
+  (`CurvatureMemory.add_identity_curvature`: c·‖r‖² only adds 2c·I to the Hessian), so little is lost;
+* a problem whose bracket on c is narrower than `c_tolerance`, or whose `budget` is spent, stops at once;
+* a problem whose run at one c stops starts the next c at once (`_CSearch.next_c`, `minimize`'s restart
+  hook), so a batch never waits for its slowest problem and every round is one model call for all rows.
+
+loss_f is the paper's "continuous loss function associated with f". The default is the cross-entropy of
+the target at temperature τ = 0.2 (`target_loss`; τ = 1 is the plain cross-entropy): the minimiser of
+c·‖r‖² + CE at the largest successful c lies where CE reaches its level at the boundary crossing, a level
+set that cuts off part of the target's region wherever a third class keeps some probability, so the
+example is not the closest one; a cooler loss's level set hugs the decision boundary (zoo convnet, 100
+images: mean distortion 0.0756 at τ = 1, 0.0751 at τ = 0.3, 0.0750 at τ = 0.2; within 1 % of the best of
+ours and DDN on 96 % of the images at τ = 0.2).
+
+A run's relative decrease test divides by max(|f_k|, |f_k+1|, `ftol_floor`), not scipy's max(…, 1): with the
+loose `ftol` an objective well below 1 (a saturated model, tiny gradients) would otherwise stop after any
+iteration and fail its c. The §4.2 pool and runs recorded before these settings (`LEGACY_SETTINGS`) keep the
+solver they ran with.
 """
 
 from __future__ import annotations
@@ -22,9 +47,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from engines.attack.lbfgsb import SCIPY_FTOL, minimize
+from engines.attack.lbfgsb import SCIPY_FTOL, CurvatureMemory, minimize
+from engines.attack.objective import _Objective
 from engines.core.choices import DISTANCES
 from engines.core.device import cpu_speed_settings
 from engines.core.errors import InputError
@@ -38,24 +63,55 @@ class AttackConfig:
     c_steps: int = 9
     max_iter: int = 100
     distance: str = "l2sq"
-    c_init: float = 1.0
-    c_factor: float = 10.0
+    c_init: float | None = None  # None: a first c per problem from a linearisation of the margin (`first_c`)
+    c_factor: float = 3.0  # ×/÷ per step until c is bracketed (the estimated first c is within ×1.5 typically)
     history: int = 10
     warm_start: bool = True
     margin: float = 1e-4
-    pgtol: float = 1e-5  # scipy's L-BFGS-B defaults; the best success is tracked at every evaluation anyway
-    ftol: float = SCIPY_FTOL
+    pgtol: float = 1e-5  # scipy's L-BFGS-B default; the best success is tracked at every evaluation anyway
+    ftol: float = 1e-4  # a c-step ends at a relative decrease below this; the next c goes on from its best point
+    c_tolerance: float = 0.0  # a problem's c search ends once c_fail / c_ok <= 1 + c_tolerance
+    keep_memory: bool = True  # carry the L-BFGS curvature pairs from one c-step to the next (l2sq, warm start)
+    budget: int | None = None  # at most this many forward+backward evaluations per problem
+    temperature: float = 0.2  # of the loss (`target_loss`): 1 is the cross-entropy
+    c_growth: bool = True  # c_factor, c_factor², c_factor³ … on successive moves before c is bracketed
+    ftol_floor: float = 1e-12  # the ftol test is relative to max(|f_k|, |f_k+1|, ftol_floor) (scipy: 1)
 
     def __post_init__(self) -> None:
         if self.distance not in DISTANCES:
             raise InputError(f"unknown distance {self.distance!r}: use l2sq or l2")
         if self.c_steps < 1 or self.max_iter < 1:
             raise InputError("--c-steps and --max-iter must be at least 1")
-        if not (self.c_init > 0 and self.c_factor > 1):
-            raise InputError("c_init must be > 0 and c_factor > 1")
+        if not ((self.c_init is None or self.c_init > 0) and self.c_factor > 1):
+            raise InputError("--c-init must be > 0 and c_factor > 1")
+        if not self.c_tolerance >= 0:
+            raise InputError("c_tolerance must be >= 0")
+        if not self.temperature > 0:
+            raise InputError("--temperature must be > 0")
+        if self.budget is not None and self.budget < 2:
+            raise InputError("--budget must be at least 2 evaluations per problem")
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AttackConfig:
+        """A recorded config; one recorded before a setting existed gets the solver it ran with."""
+        return cls(**{**LEGACY_SETTINGS, **d})
+
+
+# what runs recorded before these settings existed did: a fixed first c, no carried memory, no early end
+LEGACY_SETTINGS = {
+    "c_init": 1.0,
+    "c_factor": 10.0,
+    "ftol": SCIPY_FTOL,
+    "c_tolerance": 0.0,
+    "keep_memory": False,
+    "budget": None,
+    "temperature": 1.0,
+    "c_growth": False,
+    "ftol_floor": 1.0,
+}
 
 
 @dataclass
@@ -66,96 +122,14 @@ class ProblemResult:
     success: torch.Tensor  # (B,) bool
     sq_dist: torch.Tensor  # (B,) ‖x′ − x‖² of the best success (inf if none)
     c: torch.Tensor  # (B,) largest c whose minimiser succeeded (nan if none)
+    gradient_evals: torch.Tensor  # (B,) forward+backward passes of the model spent on each problem
+    forward_evals: torch.Tensor  # (B,) forward-only passes (the c search's verdicts)
 
 
 def paper_distortion(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
     """sqrt(Σ (x′ − x)² / n) per image, n = number of pixels (§4.2)."""
     d = (x_adv - x).flatten(1)
     return (d.pow(2).sum(1) / d.shape[1]).sqrt()
-
-
-def _distance(r: torch.Tensor, kind: str) -> torch.Tensor:
-    sq = r.pow(2).sum(1)
-    # ‖r‖₂ is not differentiable at r = 0; a tiny smoothing keeps the gradient finite there
-    return sq if kind == "l2sq" else (sq + 1e-12).sqrt()
-
-
-ROW_BLOCK = 64  # rows per padded model evaluation (see `padded_forward`), for small images
-PADDED_FLOATS = 1 << 20  # at most this many input floats of padding per block: 64 MNIST digits, 4 ImageNet images
-
-
-class _Objective:
-    """c·D(x′ − x) + CE(f(x′), l) per problem, recording the best success at every evaluation."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        shape: tuple[int, ...],
-        x: torch.Tensor,
-        target: torch.Tensor,
-        distance: str,
-        margin: float = 0.0,
-    ) -> None:
-        self.model, self.shape, self.x, self.target, self.distance = model, shape, x, target, distance
-        self.margin = margin
-        self.c = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
-        self.best_sq = torch.full((x.shape[0],), math.inf, dtype=x.dtype, device=x.device)
-        self.best_x = x.clone()
-        self.evaluations = 0
-
-    def __call__(self, xp: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.evaluations += 1
-        xp = xp.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = padded_forward(self.model, xp.view(-1, *self.shape))
-            r = xp - self.x[rows]
-            value = self.c[rows] * _distance(r, self.distance) + F.cross_entropy(
-                logits, self.target[rows], reduction="none"
-            )
-            (grad,) = torch.autograd.grad(value.sum(), xp)
-        with torch.no_grad():
-            sq = r.detach().pow(2).sum(1)
-            better = self.reaches_target(logits.detach(), self.target[rows]) & (sq < self.best_sq[rows])
-            self.best_sq[rows] = torch.where(better, sq, self.best_sq[rows])
-            self.best_x[rows] = torch.where(better[:, None], xp.detach(), self.best_x[rows])
-        return value.detach(), grad
-
-    def reaches_target(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """f(x′) = l with the target's logit ahead of every other by `margin`, so that the verdict
-        does not flip when the same image is evaluated again in a batch of another size."""
-        others = logits.scatter(1, target[:, None], -math.inf).amax(1)
-        return logits.gather(1, target[:, None]).squeeze(1) > others + self.margin
-
-    def predicts_target(self, xp: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.reaches_target(padded_forward(self.model, xp.view(-1, *self.shape)), self.target)
-
-
-def row_block(image_numel: int) -> int:
-    """Rows per padded block: 64 for MNIST- and CIFAR-sized images, fewer (a power of two) for large ones, so
-    that padding two ImageNet images does not cost the forward pass of 64 (a function of the image size only,
-    so a run's results still do not depend on its batch size)."""
-    block = ROW_BLOCK
-    while block > 1 and block * image_numel > PADDED_FLOATS:
-        block //= 2
-    return block
-
-
-def padded_forward(model: nn.Module, x: torch.Tensor, block: int | None = None) -> torch.Tensor:
-    """The model on `x` with the batch padded to a multiple of `block` rows.
-
-    Matrix kernels pick their blocking by the number of rows, so one image's logits (and gradient)
-    differ in the last bits between a batch of 7 and one of 64; through a hundred L-BFGS steps such
-    bits grew to 0.002 per pixel. On a padded batch each row is computed the same way whatever the
-    batch holds, which makes the attack's result independent of the batch size and of which other
-    problems are still running.
-    """
-    m = x.shape[0]
-    block = block or row_block(int(x[0].numel()))
-    pad = -m % block
-    if pad == 0:
-        return model(x)
-    return model(torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]))[:m]
 
 
 @cpu_speed_settings()
@@ -181,67 +155,132 @@ def attack_problems(
     """
     shape = tuple(x.shape[1:])
     flat = x.reshape(x.shape[0], -1)
-    obj = _Objective(model, shape, flat, target, config.distance, config.margin)
-    c = torch.full_like(obj.c, config.c_init)
-    c_ok = torch.zeros_like(c)  # largest c that succeeded (0 = none yet)
-    c_fail = torch.full_like(c, math.inf)  # smallest c that failed
-    start = flat.clone()
+    obj = _Objective(model, shape, flat, target, config.distance, config.margin, config.temperature)
+    search = _CSearch(obj, flat, config)
     gate = Throttle(on_event, progress_every)  # the figures below cost a device sync: build them only when due
 
-    for step in range(config.c_steps):
-        obj.c = c
+    def on_iteration(it: int, running: torch.Tensor, f: torch.Tensor) -> None:
+        if gate.due(task):
+            on_event(_solver_step(obj, groups, f, running, search.steps, it, config, task))
 
-        def on_iteration(it: int, rows: torch.Tensor, f: torch.Tensor, step: int = step) -> None:
-            if not gate.due(task):
-                return
-            best = obj.best_sq
-            if groups is not None:
-                best = best.new_full((int(groups.max()) + 1,), math.inf).scatter_reduce(0, groups, best, "amin")
-            found = torch.isfinite(best)
-            n_found = int(found.sum())
-            mean_dist = float((best[found] / flat.shape[1]).sqrt().mean()) if n_found else math.nan
-            on_event(
-                SolverStep(
-                    task=task,
-                    done=step * config.max_iter + it + 1,
-                    total=config.c_steps * config.max_iter,
-                    c_step=step + 1,
-                    c_steps=config.c_steps,
-                    iteration=it + 1,
-                    objective=float(f.mean()),
-                    running=int(rows.numel()),
-                    success_rate=n_found / best.shape[0],
-                    mean_distortion=mean_dist,
-                )
-            )
-
-        res = minimize(
-            obj,
-            start,
-            lower,
-            upper,
-            max_iter=config.max_iter,
-            history=config.history,
-            pgtol=config.pgtol,
-            ftol=config.ftol,
-            cancel=cancel,
-            on_iteration=on_iteration,
-        )
-        hit = obj.predicts_target(res.x)
-        c_ok = torch.where(hit, torch.maximum(c_ok, c), c_ok)
-        c_fail = torch.where(hit, c_fail, torch.minimum(c_fail, c))
-        bracketed = (c_ok > 0) & torch.isfinite(c_fail)
-        c = torch.where(bracketed, (c_ok * c_fail).sqrt(), torch.where(hit, c * config.c_factor, c / config.c_factor))
-        found = torch.isfinite(obj.best_sq)
-        start = torch.where(found[:, None], obj.best_x, flat) if config.warm_start else flat.clone()
-
+    minimize(
+        obj,
+        flat.clone(),
+        lower,
+        upper,
+        max_iter=config.max_iter,
+        history=config.history,
+        pgtol=config.pgtol,
+        ftol=config.ftol,
+        ftol_floor=config.ftol_floor,
+        cancel=cancel,
+        on_iteration=on_iteration,
+        memory=search.memory,
+        budget=None if config.budget is None else config.budget - obj.gradient_evals,  # first_c spent one
+        restart=search.next_c,
+    )
     success = torch.isfinite(obj.best_sq)
     return ProblemResult(
         x_adv=obj.best_x.view(x.shape),
         success=success,
         sq_dist=obj.best_sq,
-        c=torch.where(c_ok > 0, c_ok, torch.full_like(c_ok, math.nan)),
+        c=torch.where(search.c_ok > 0, search.c_ok, torch.full_like(search.c_ok, math.nan)),
+        gradient_evals=obj.gradient_evals,
+        forward_evals=obj.forward_evals,
     )
+
+
+class _CSearch:
+    """Each problem's search over c: when its L-BFGS-B run at one c stops, its verdict moves the bracket and
+    the problem starts again at once at the next c (from its best success, memory shifted to the new c),
+    whatever the other problems of the batch are doing, until `c_steps` runs, a narrow bracket or its budget."""
+
+    def __init__(self, obj: _Objective, flat: torch.Tensor, config: AttackConfig) -> None:
+        self.obj, self.flat, self.config = obj, flat, config
+        c = first_c(obj, config) if config.c_init is None else torch.full_like(obj.c, config.c_init)
+        obj.c = c
+        self.c_ok = torch.zeros_like(c)  # largest c that succeeded (0 = none yet)
+        self.c_fail = torch.full_like(c, math.inf)  # smallest c that failed
+        self.steps = torch.zeros(c.shape[0], dtype=torch.long, device=c.device)  # finished runs (c-steps)
+        self.memory = CurvatureMemory(c.shape[0], flat.shape[1], config.history, flat)
+
+    def next_c(self, rows: torch.Tensor, x_end: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The restart hook of `minimize`: which of the stopped `rows` go on, and from where."""
+        obj, config = self.obj, self.config
+        c = obj.c[rows]
+        hit = obj.verdict(x_end, rows)
+        c_ok = torch.where(hit, torch.maximum(self.c_ok[rows], c), self.c_ok[rows])
+        c_fail = torch.where(hit, self.c_fail[rows], torch.minimum(self.c_fail[rows], c))
+        self.c_ok[rows], self.c_fail[rows] = c_ok, c_fail
+        self.steps[rows] += 1
+        bracketed = (c_ok > 0) & torch.isfinite(c_fail)
+        # unbracketed, the factor grows (×3, ×9, ×27 …): a first c far off the mark is still left behind soon
+        factor = torch.pow(config.c_factor, self.steps[rows].to(c.dtype)) if config.c_growth else config.c_factor
+        c_next = torch.where(bracketed, (c_ok * c_fail).sqrt(), torch.where(hit, c * factor, c / factor))
+        again = self.steps[rows] < config.c_steps
+        again &= ~(bracketed & (c_fail <= c_ok * (1 + config.c_tolerance)))
+        if config.budget is not None:
+            again &= obj.gradient_evals[rows] < config.budget
+        self.steps[rows] = torch.where(again, self.steps[rows], config.c_steps)  # a finished search is complete
+        found = torch.isfinite(obj.best_sq[rows])
+        start = torch.where((found & config.warm_start)[:, None], obj.best_x[rows], self.flat[rows])
+        if config.keep_memory and config.warm_start and config.distance == "l2sq":
+            # c·‖r‖² adds 2c·I to the Hessian: the pairs gathered at c are exact at c_next once shifted
+            self.memory.add_identity_curvature(rows, torch.where(again, 2 * (c_next - c), 0.0))
+        else:
+            self.memory.forget(rows)
+        obj.c[rows] = torch.where(again, c_next, c)
+        return again, start
+
+
+def _solver_step(
+    obj: _Objective,
+    groups: torch.Tensor | None,
+    f: torch.Tensor,
+    running: torch.Tensor,
+    steps: torch.Tensor,
+    it: int,
+    config: AttackConfig,
+    task: str,
+) -> SolverStep:
+    """Progress of the batch: c-steps finished over all problems (a problem that stopped early counts as done)."""
+    best = obj.best_sq
+    if groups is not None:
+        best = best.new_full((int(groups.max()) + 1,), math.inf).scatter_reduce(0, groups, best, "amin")
+    found = torch.isfinite(best)
+    n_found = int(found.sum())
+    mean_dist = float((best[found] / obj.x.shape[1]).sqrt().mean()) if n_found else math.nan
+    any_running = bool(running.any())
+    c_step = int(steps[running].min()) + 1 if any_running else config.c_steps
+    return SolverStep(
+        task=task,
+        done=float(steps.double().mean()) * config.max_iter,
+        total=config.c_steps * config.max_iter,
+        c_step=min(c_step, config.c_steps),
+        c_steps=config.c_steps,
+        iteration=it + 1,
+        objective=float(f[running].mean()) if any_running else math.nan,
+        running=int(running.sum()),
+        success_rate=n_found / best.shape[0],
+        mean_distortion=mean_dist,
+        evaluations=int(obj.gradient_evals.sum()),
+    )
+
+
+def first_c(obj: _Objective, config: AttackConfig) -> torch.Tensor:
+    """A first c per problem from one linearisation of the margin (as DeepFool does), so that the search
+    starts near the largest successful c instead of finding it in ×c_factor steps.
+
+    At the §4.1 minimiser on the decision boundary between the target t and the runner-up o, with
+    p_t ≈ p_o ≈ ½, the loss gradient is ½·∇(z_t − z_o) = ½g and the distance of the boundary is
+    δ = (z_o − z_t)/‖g‖; stationarity of c·‖r‖² + loss gives c = ‖g‖² / (4·(z_o − z_t)) (c·‖r‖: c = ‖g‖/2).
+    Problems the model already sends to the target start at c = 1.
+    """
+    rows = torch.arange(obj.x.shape[0], device=obj.x.device)
+    gap, grad_norm = obj.margin_and_gradient(obj.x, rows)
+    c = grad_norm.pow(2) / (4 * gap.clamp_min(1e-12)) if config.distance == "l2sq" else grad_norm / 2
+    usable = (gap > 0) & torch.isfinite(c) & (c > 0)
+    return torch.where(usable, c, torch.ones_like(c))
 
 
 def validate_images(x: torch.Tensor) -> None:

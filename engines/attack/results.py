@@ -44,6 +44,8 @@ class AttackResult:
     image_shape: list[int] | None = None  # (C, H, W) of the attacked images, in pixel space
     model_source: str = ""  # a checkpoint, torchvision weights, or "random init": said in every output
     random_init: bool = False
+    evaluations_per_image: float | None = None  # forward+backward passes of the model per image (all its targets)
+    forward_evaluations_per_image: float | None = None  # forward-only passes (the c search's verdicts)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -148,6 +150,9 @@ def summarize(
             return None
         return float(v.mean() if fn == "mean" else v.median())
 
+    def per_image(key: str) -> float | None:  # chunks saved before the counts existed have none
+        return float(samples[key].double().mean()) if key in samples and n else None
+
     return AttackResult(
         model=model_id,
         model_sha256=model_sha256,
@@ -170,6 +175,8 @@ def summarize(
         image_shape=[int(v) for v in samples["x"].shape[1:]],
         model_source=model_source,
         random_init=random_init,
+        evaluations_per_image=per_image("evaluations"),
+        forward_evaluations_per_image=per_image("forward_evaluations"),
     )
 
 

@@ -9,24 +9,25 @@ The CLI's `blindspot attack` and the Attack screen both call these and nothing e
 Each finished chunk is announced as a `ChunkDone` event carrying its results, so a screen never
 re-reads files to show them; a resumed run first announces the chunks finished before it stopped.
 
-The result type and the summary live in `engines.attack.results`, the chunk files in
-`engines.attack.chunks`.
+The request lives in `engines.attack.request`, the result type and the summary in `engines.attack.results`,
+the chunk files in `engines.attack.chunks`, batch sizing and the solve of one chunk in `engines.attack.batching`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
+from engines.attack.batching import BatchPlan, attack_chunk, balanced_size, problem_bytes
+from engines.attack.batching import auto_batch_size as auto_batch_size  # where it was before batching.py
 from engines.attack.chunks import (
     CHUNKS,
     SAMPLES_FILE,
@@ -36,9 +37,10 @@ from engines.attack.chunks import (
     save_chunk,
     valid_chunks,
 )
-from engines.attack.problems import AttackConfig, attack_problems, paper_distortion, validate_images
+from engines.attack.problems import validate_images
+from engines.attack.request import AttackRequest
 from engines.attack.results import SUMMARY_FILE, AttackResult, RunTally, read_summary, summarize
-from engines.attack.targets import choose_targets, expand_all_targets, parse_target
+from engines.attack.targets import choose_targets, parse_target
 from engines.core.checkpoint import LoadedModel, check_classifier, check_finite_logits, warn_if_trained_on_other_data
 from engines.core.context import RunContext
 from engines.core.data import Dataset
@@ -46,93 +48,20 @@ from engines.core.distributed import first_error, gather, on_main_first
 from engines.core.errors import Cancelled, InputError
 from engines.core.events import ChunkDone, Event, EventSink, SolverStep
 from engines.core.io import atomic_write, write_json_atomic
-from engines.core.memory import activation_floats, available_memory
+from engines.core.memory import (
+    activation_floats,
+    is_out_of_memory,
+    peak_memory,
+    release_memory,
+    reset_peak_memory,
+)
 from engines.core.model_data import check_labels, data_record, open_model_data, take_images
-from engines.core.models import ModelRef, load_model
+from engines.core.models import load_model
+from engines.core.precision import float32_precision
 from engines.core.runs import RunFolder, open_run, read_run_record, reopen_run
 from engines.report.figures import attack_figure
 
 FIGURE_FILE, IMAGES_FILE = "figure.png", "images.json"
-
-
-@dataclass(frozen=True)
-class AttackRequest:
-    """What to attack and how: everything that fixes the result. Stored in run.json for --resume."""
-
-    model: ModelRef | str
-    split: str = "test"
-    n: int = 100
-    offset: int = 0
-    target: str = "random"
-    seed: int = 0
-    config: AttackConfig = field(default_factory=AttackConfig)
-    batch_size: int | None = None
-    data_dir: str | None = None
-    chunk_images: int | None = None  # images per saved chunk (at most); None: as many as batch_size allows
-    image_size: int | None = None  # images resized and centre-cropped to this side; None: the model's own
-    classes_file: str | None = None  # folder class names in the model's class order (ImageNet's WordNet ids)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "model", ModelRef.from_json(self.model))
-        if self.image_size is not None and not 1 <= self.image_size <= 16384:
-            raise InputError(f"--image-size must lie in 1..16384, got {self.image_size}")
-        if self.n < 1:
-            raise InputError("--n must be at least 1")
-        if self.offset < 0:
-            raise InputError("--offset must be at least 0")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise InputError("--batch-size must be at least 1")
-        if self.chunk_images is not None and self.chunk_images < 1:
-            raise InputError("chunk_images must be at least 1")
-
-    def to_json(self) -> dict[str, Any]:
-        extra = {k: v for k, v in (("image_size", self.image_size), ("classes_file", self.classes_file)) if v}
-        return {
-            "model": self.model.to_json(),
-            "split": self.split,
-            "n": self.n,
-            "offset": self.offset,
-            "target": self.target,
-            "seed": self.seed,
-            "config": self.config.as_dict(),
-            "batch_size": self.batch_size,
-            "data_dir": self.data_dir,
-            "chunk_images": self.chunk_images,
-            **extra,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> AttackRequest:
-        try:
-            return cls(
-                model=ModelRef.from_json(d["model"]),
-                split=str(d["split"]),
-                n=int(d["n"]),
-                offset=int(d["offset"]),
-                target=str(d["target"]),
-                seed=int(d["seed"]),
-                config=AttackConfig(**d["config"]),
-                batch_size=d.get("batch_size"),
-                data_dir=d.get("data_dir"),
-                chunk_images=d.get("chunk_images"),
-                image_size=d.get("image_size"),
-                classes_file=d.get("classes_file"),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"the recorded attack request is damaged ({type(exc).__name__}: {exc})") from None
-
-
-def auto_batch_size(n_pixels: int, history: int, device: torch.device, activation_floats: int = 0) -> int:
-    """Problems per chunk, bounded by free memory: per problem the L-BFGS history (2·m·n floats), the solver's
-    working vectors, and the model's activations for one image (kept for the backward pass).
-
-    On CUDA half the free memory; on the CPU a quarter of the available memory and at most 2048 (a
-    cache-friendly size for the paper's small models)."""
-    per_problem = ((2 * history + 24) * n_pixels + 3 * activation_floats) * 4
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(max(1, min(65536, 0.5 * free // per_problem)))
-    return int(max(1, min(2048, 0.25 * available_memory() // per_problem)))
 
 
 def run_attack(request: AttackRequest, ctx: RunContext) -> AttackResult:
@@ -159,6 +88,7 @@ def resume_attack(folder: Path, ctx: RunContext) -> AttackResult:
 def _run(request: AttackRequest, ctx: RunContext, resuming: tuple[Path, dict[str, Any]] | None) -> AttackResult:
     device = ctx.torch_device()
     with contextlib.ExitStack() as stack:
+        precision = stack.enter_context(float32_precision(ctx.tf32))  # TF32 off unless asked (--tf32)
         opened: list[RunFolder] = []
 
         def open_folder() -> Path:  # rank 0 only: create (or reopen), lock and record the folder
@@ -176,6 +106,7 @@ def _run(request: AttackRequest, ctx: RunContext, resuming: tuple[Path, dict[str
         out = on_main_first(ctx.ranks, open_folder)
         run = opened[0] if opened else RunFolder(out, "attack")  # other ranks only write chunks into it
         status: dict[str, Any] = {"rank": ctx.ranks.rank, "device": str(device), "images": 0, "chunks": []}
+        status["precision"] = precision
         with _reported_to_the_other_ranks(ctx, status):  # every rank's failure reaches rank 0's one gather
             lm = load_model(request.model, device)
             data, identity = load_request_data(request, lm)
@@ -253,21 +184,25 @@ def _attack_my_shard(
     mode = parse_target(request.target, classes)
     targets = None if mode == "all" else choose_targets(mode, data.labels, classes, request.seed, lm.model, data.images)
     per_image = classes - 1 if mode == "all" else 1
-    batch = request.batch_size or auto_batch_size(
-        int(data.images[0].numel()),
-        request.config.history,
-        device,
-        activation_floats(lm.model, data.images[:1], device),
+    floats = activation_floats(lm.model, data.images[:1], device)
+    batch = request.batch_size or auto_batch_size(int(data.images[0].numel()), request.config.history, device, floats)
+    plan = BatchPlan(
+        batch,
+        per_image,
+        request.chunk_images,
+        problem_bytes(int(data.images[0].numel()), request.config.history, floats),
+        chosen="--batch-size" if request.batch_size else "auto",
     )
-    chunk = max(1, batch // per_image)
-    if request.chunk_images is not None:  # a screen streams finished examples: several chunks per run
-        chunk = min(chunk, request.chunk_images)
     checksummed = run.record().get("format", 1) >= 2  # chunks carry their checksum since run format 2
     done = valid_chunks(out, len(data), tuple(data.images.shape[1:]), checksummed)  # read and checked once, here
     if replay and ctx.ranks.main:
         _replay_chunks(out, done, lm, data, ctx)
     todo = _my_ranges(remaining(done, len(data)), ctx.ranks.shard(len(data)))
-    _attack_ranges(out, todo, done, chunk, lm, data, targets, classes, request, device, ctx, status)
+    reset_peak_memory(device)
+    _attack_ranges(out, todo, done, plan, lm, data, targets, classes, request, device, ctx, status)
+    status["batch"], status["peak_memory"] = plan.to_json(), peak_memory(device)
+    if ctx.ranks.main:  # this process's batch and peak; under torchrun each rank's are in ranks.per_rank
+        run.update(precision=status["precision"], batch=status["batch"], peak_memory=status["peak_memory"])
     return done
 
 
@@ -324,7 +259,7 @@ def _attack_ranges(
     out: Path,
     todo: list[tuple[int, int]],
     done: list[tuple[int, int]],
-    chunk: int,
+    plan: BatchPlan,
     lm: LoadedModel,
     data: Dataset,
     targets: torch.Tensor | None,
@@ -334,23 +269,40 @@ def _attack_ranges(
     ctx: RunContext,
     status: dict[str, Any],
 ) -> None:
-    """Attack the ranges `todo`, a chunk at a time, each saved as it finishes (and appended to `done`)."""
+    """Attack the ranges `todo`, a balanced chunk at a time, each saved as it finishes (and appended to `done`).
+
+    A chunk that runs out of memory is retried with half the problems per solver call; the failure is left
+    (its traceback holds the chunk's tensors) before memory is released."""
     tally = RunTally.from_chunks(out, done)
     finished = sum(b - a for a, b in done)
     sink = _whole_run_progress(ctx.on_event, out) if ctx.ranks.sharded else ctx.on_event
     for a, b in todo:
         pos = a
         while pos < b:
-            stop = min(pos + chunk, b)
+            stop = pos + balanced_size(b - pos, plan.chunk)
             ctx.check_cancel()
             on_step = tally.progress(sink, finished, stop - pos, len(data))
             try:
-                part = _attack_chunk(lm, data, pos, stop, targets, classes, request, device, on_step, ctx)
-            except torch.cuda.OutOfMemoryError:
-                if stop - pos == 1:
+                part = attack_chunk(
+                    lm.model,
+                    data.images[pos:stop],
+                    data.labels[pos:stop],
+                    None if targets is None else targets[pos:stop],
+                    classes,
+                    request.config,
+                    device,
+                    plan.batch,
+                    on_event=on_step,
+                    cancel=ctx.cancelled,
+                    task=f"attack {lm.id}",
+                )
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+                if not is_out_of_memory(exc):
                     raise
-                chunk = max(1, (stop - pos) // 2)
-                torch.cuda.empty_cache()
+                part = None
+            if part is None:  # out of memory: outside the handler, so the failed chunk's tensors can go
+                release_memory(device)
+                plan.back_off(stop - pos, device)
                 continue
             save_chunk(out, pos, stop, part)
             done.append((pos, stop))
@@ -380,59 +332,6 @@ def _whole_run_progress(sink: EventSink, out: Path, every: float = 1.0) -> Event
     return emit
 
 
-def _attack_chunk(
-    lm: LoadedModel,
-    data: Dataset,
-    start: int,
-    stop: int,
-    targets: torch.Tensor | None,
-    classes: int,
-    request: AttackRequest,
-    device: torch.device,
-    on_event: EventSink,
-    ctx: RunContext,
-) -> dict[str, torch.Tensor]:
-    """Attack images [start, stop) (one chunk); for --target all keep each image's closest success."""
-    x, y = data.images[start:stop], data.labels[start:stop]
-    if targets is None:
-        image, tgt = expand_all_targets(y, classes)
-    else:
-        image, tgt = torch.arange(len(y)), targets[start:stop]
-    res = attack_problems(
-        lm.model,
-        x[image].to(device),
-        tgt.to(device),
-        request.config,
-        on_event=on_event,
-        cancel=ctx.cancelled,
-        task=f"attack {lm.id}",
-        groups=image.to(device),
-    )
-    sq = res.sq_dist.cpu()
-    if targets is None:
-        best = sq.view(len(y), classes - 1).argmin(1)
-        pick = torch.arange(len(y)) * (classes - 1) + best
-    else:
-        pick = torch.arange(len(y))
-    reached = res.success.cpu()[pick]
-    # the model already sends x itself to the target (for --target all: it misclassifies x): nothing to find
-    trivial = reached & (sq[pick] == 0)
-    success = reached & ~trivial
-    x_adv = torch.where(success.view(-1, *([1] * (x.dim() - 1))), res.x_adv.cpu()[pick], x)
-    diff = (x_adv - x).flatten(1)
-    nan = torch.full((len(y),), math.nan)
-    return {
-        "x_adv": x_adv.contiguous(),
-        "target": tgt.cpu()[pick].contiguous(),
-        "success": success.to(torch.uint8),
-        "trivial": trivial.to(torch.uint8),
-        "distortion": torch.where(success, paper_distortion(x, x_adv), nan),
-        "l2": torch.where(success, diff.norm(dim=1), nan),
-        "linf": torch.where(success, diff.abs().amax(1), nan),
-        "c": torch.where(success, res.c.cpu()[pick], nan),
-    }
-
-
 def _finish(
     run: RunFolder,
     lm: LoadedModel,
@@ -445,7 +344,8 @@ def _finish(
     """Merge the run's chunks (checked when the run started, or written by it under its lock)."""
     out = run.path
     parts = [read_chunk(out, a, b) for a, b in sorted(chunks)]
-    merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    shared = [k for k in parts[0] if all(k in p for p in parts)]  # a run resumed across versions: common arrays
+    merged = {k: torch.cat([p[k] for p in parts]) for k in shared}
     samples = {
         "x": data.images.contiguous(),
         "label": data.labels.contiguous(),

@@ -127,7 +127,7 @@ class TransferRequest:
                 n=int(d["n"]),
                 offset=int(d["offset"]),
                 seed=int(d["seed"]),
-                config=AttackConfig(**d["config"]),
+                config=AttackConfig.from_dict(d["config"]),
                 data_dir=d.get("data_dir"),
                 noise=tuple(d.get("noise", ())),
                 unclipped=tuple(d.get("unclipped", ())),

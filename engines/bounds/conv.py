@@ -71,6 +71,13 @@ def adjoint(op: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor, in_shap
     return g
 
 
+def start_vector(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str, seed: int = 0) -> torch.Tensor:
+    """A power iteration's random start: drawn by a CPU generator and moved, so that every device starts from
+    the same vector (a CUDA generator draws other numbers, and bounds.json would differ between devices)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, dtype=dtype, generator=gen).to(device)
+
+
 def power_iteration(
     op: Callable[[torch.Tensor], torch.Tensor],
     x0: torch.Tensor,
@@ -205,8 +212,7 @@ def conv_spectrum(
     # too large for a dense SVD: exact upper by power iteration, lower and spectrum from the nearest divisible grid
     near = (sh * mh, sw * mw)
     approx = polyphase_spectrum(w, near, stride, groups, values=values, cancel=cancel)
-    gen = torch.Generator(device=w.device).manual_seed(0)
-    x0 = torch.randn(groups * cg, nh, nw, dtype=w.dtype, device=w.device, generator=gen)
+    x0 = start_vector((groups * cg, nh, nw), w.dtype, w.device)
     pw = power_iteration(lambda x: circular_conv(x, wf, stride, groups), x0, max_iter=power_iters, cancel=cancel)
     approx.upper = max(pw.sigma, 0.0)
     approx.exact = False

@@ -32,7 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.bounds.conv import DENSE_LIMIT, conv_spectrum, dilate_kernel, linear_singular_values, pair, power_iteration
+from engines.bounds.conv import (
+    DENSE_LIMIT,
+    conv_spectrum,
+    dilate_kernel,
+    linear_singular_values,
+    pair,
+    power_iteration,
+    start_vector,
+)
 from engines.bounds.factors import Factor, batchnorm_scale, lipschitz_factor
 from engines.bounds.polyphase import ConvSpectrum, polyphase_norm
 from engines.bounds.results import (
@@ -177,9 +185,7 @@ def _conv_bound(
     if power_iters > 0:
         x0 = cs.top_input
         if x0 is None:
-            x0 = torch.randn(
-                *call.in_shape, dtype=dtype, device=device, generator=torch.Generator(device).manual_seed(0)
-            )
+            x0 = start_vector(call.in_shape, dtype, device)
         else:
             x0 = torch.roll(x0, shifts=(-left[0], -left[1]), dims=(-2, -1))  # align with the layer's padding
 

@@ -27,6 +27,7 @@ from engines.core.context import RunContext
 from engines.core.errors import InputError
 from engines.core.io import atomic_write, read_json, write_json_atomic
 from engines.core.models import ModelRef
+from engines.core.precision import float32_precision
 from engines.core.runs import open_run
 
 PRECISIONS: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch.float32}
@@ -106,13 +107,14 @@ def run_bounds(request: BoundsRequest, ctx: RunContext, *, save: bool = True) ->
     """
     device = ctx.torch_device()
     if not save:
-        return _compute(load_bounds_model(request.model), request, device, ctx)
-    with open_run(ctx, "bounds", str(request.model), request.to_json()) as run:
+        with float32_precision(ctx.tf32):
+            return _compute(load_bounds_model(request.model), request, device, ctx)
+    with open_run(ctx, "bounds", str(request.model), request.to_json()) as run, float32_precision(ctx.tf32) as used:
         loaded = load_bounds_model(request.model)
         identity = {"name": loaded.name, "source": loaded.source}
         if loaded.normalization is not None:
             identity["normalization"] = loaded.normalization
-        run.update(model=identity)
+        run.update(model=identity, precision=used)  # TF32 off unless --tf32: float32 bounds stay float32
         result = _compute(loaded, request, device, ctx)
         result.run = str(run.path)
         write_bounds(result, run.path)

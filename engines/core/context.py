@@ -1,8 +1,8 @@
 """The run context: how and where an operation runs, as opposed to what it computes.
 
 A request (one frozen dataclass per operation, stored in run.json) fixes the result: model, data,
-slice, seed, budget. The context fixes everything else: the device, threads, the output folder
-policy, where progress goes and how a user cancels. The CLI and the TUI each build one and hand it
+slice, seed, budget. The context fixes everything else: the device, its float32 precision (TF32), threads,
+the output folder policy, where progress goes and how a user cancels. The CLI and the TUI each build one and hand it
 to the same operation, so neither can drift from the other in what gets computed or written.
 """
 
@@ -32,6 +32,7 @@ class RunContext:
     on_event: EventSink = ignore_events
     cancelled: CancelCheck = never_cancel
     ranks: Ranks = Ranks()  # this process's rank in a torchrun job (one rank without torchrun)
+    tf32: bool = False  # let float32 products and convolutions run in TF32 on GPUs (faster, ~1e-3 relative error)
 
     def torch_device(self) -> torch.device:
         """The device asked for; under torchrun each rank's CUDA device is its LOCAL_RANK (`--device cuda`)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,10 @@ import torch.distributed as dist
 from engines.core.errors import InputError
 
 T = TypeVar("T")
-TIMEOUT = datetime.timedelta(hours=6)  # ranks wait this long for each other (a long attack between collectives)
+TIMEOUT_ENV = "BLINDSPOT_RANK_TIMEOUT"  # minutes a rank waits for its partners in one collective step
+TIMEOUT_MINUTES = 60.0  # long enough for ranks whose shards finish minutes apart, short of a night's hang
+_TAKES_DEVICE_ID = "device_id" in inspect.signature(dist.init_process_group).parameters  # PyTorch 2.3 on
+GOODBYE_SECONDS = 30.0  # the last barrier before exit: a partner that is gone must not hold the others
 
 
 @dataclass(frozen=True)
@@ -59,15 +63,41 @@ def ranks_from_env() -> Ranks:
     return Ranks(rank, world, local)
 
 
+def rank_timeout() -> datetime.timedelta:
+    """How long a rank waits for the others in one collective step: `BLINDSPOT_RANK_TIMEOUT` minutes (60)."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        minutes = float(text) if text else TIMEOUT_MINUTES
+    except ValueError:
+        raise InputError(f"{TIMEOUT_ENV} must be a number of minutes, got {text!r}") from None
+    if not minutes > 0:
+        raise InputError(f"{TIMEOUT_ENV} must be a positive number of minutes, got {text!r}")
+    return datetime.timedelta(minutes=minutes)
+
+
 def init_distributed(device: str) -> Ranks:
-    """Join the torchrun job when there is one: NCCL for CUDA devices, gloo otherwise. Idempotent."""
+    """Join the torchrun job when there is one: NCCL for CUDA devices, gloo otherwise. Idempotent.
+
+    On CUDA each rank takes the device of its LOCAL_RANK and names it to NCCL (`device_id`, so the
+    communicator is made at once for that device); a node started with more ranks than it has GPUs is
+    refused in one line. Every collective waits at most `rank_timeout()` for the partners."""
     ranks = ranks_from_env()
     if not ranks.sharded or dist.is_initialized():
         return ranks
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if cuda:
-        torch.cuda.set_device(ranks.local_rank)
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+    timeout = rank_timeout()
+    if not cuda:
+        dist.init_process_group("gloo", timeout=timeout)
+        return ranks
+    count = torch.cuda.device_count()
+    if ranks.local_rank >= count:
+        raise InputError(
+            f"rank {ranks.rank}: LOCAL_RANK {ranks.local_rank} but this node has {count} CUDA device"
+            f"{'' if count == 1 else 's'}: start at most {count} per node (torchrun --nproc-per-node {max(count, 1)})"
+        )
+    torch.cuda.set_device(ranks.local_rank)
+    bound = {"device_id": torch.device("cuda", ranks.local_rank)} if _TAKES_DEVICE_ID else {}
+    dist.init_process_group("nccl", timeout=timeout, **bound)
     return ranks
 
 
@@ -76,11 +106,28 @@ def close_distributed() -> None:
         dist.destroy_process_group()
 
 
-def wait_for_ranks() -> None:
-    """A barrier that never raises (a rank may be gone): lets rank 0 report before the others exit."""
-    if dist.is_initialized():
-        with contextlib.suppress(Exception):
-            dist.barrier()
+def wait_for_ranks(seconds: float = GOODBYE_SECONDS) -> None:
+    """A barrier that never raises and waits at most `seconds` (a rank may be gone): lets rank 0 report
+    before the others exit, and lets no rank hang on a partner that died."""
+    if not dist.is_initialized():
+        return
+    with contextlib.suppress(Exception):
+        work = dist.barrier(async_op=True)
+        if work is not None:
+            work.wait(timeout=datetime.timedelta(seconds=seconds))
+
+
+def _collective(what: str, ranks: Ranks, step: Callable[[], T]) -> T:
+    """Run one collective step; a failure (a partner gone, or silent past the timeout) says which rank waited
+    for what, and how long it may wait (still a RuntimeError, as the callers expect)."""
+    try:
+        return step()
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise RuntimeError(
+            f"rank {ranks.rank} of {ranks.world}: {what} failed or timed out ({TIMEOUT_ENV}="
+            f"{rank_timeout().total_seconds() / 60:g} min): {detail}"
+        ) from exc
 
 
 def broadcast(value: Any, ranks: Ranks) -> Any:
@@ -88,7 +135,7 @@ def broadcast(value: Any, ranks: Ranks) -> Any:
     if not ranks.sharded:
         return value
     box = [value if ranks.main else None]
-    dist.broadcast_object_list(box, src=0)
+    _collective("waiting for rank 0", ranks, lambda: dist.broadcast_object_list(box, src=0))
     return box[0]
 
 
@@ -97,7 +144,7 @@ def gather(value: Any, ranks: Ranks) -> list[Any]:
     if not ranks.sharded:
         return [value]
     out: list[Any] = [None] * ranks.world
-    dist.all_gather_object(out, value)
+    _collective("waiting for every rank", ranks, lambda: dist.all_gather_object(out, value))
     return out
 
 

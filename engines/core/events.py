@@ -62,6 +62,7 @@ class SolverStep(Event):
     chunk_images: int = 0
     success_rate: float | None = None
     mean_distortion: float | None = None
+    evaluations: int = 0  # forward+backward passes so far, summed over the chunk's problems
 
     def line(self) -> str:
         parts = [f"c-step {self.c_step}/{self.c_steps}", f"iter {self.iteration}", f"running {self.running}"]

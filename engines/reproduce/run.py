@@ -101,7 +101,7 @@ class ReproduceRequest:
                 quick=bool(d["quick"]),
                 n=d.get("n"),
                 seed=int(d["seed"]),
-                config=AttackConfig(**d["config"]),
+                config=AttackConfig.from_dict(d["config"]),
                 data_dir=d.get("data_dir"),
                 imagenet_dir=d.get("imagenet_dir"),
                 alexnet_weights=d.get("alexnet_weights"),

@@ -21,10 +21,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from engines.attack.problems import AttackConfig, attack_problems
+from engines.attack.problems import LEGACY_SETTINGS, AttackConfig, attack_problems
 from engines.attack.targets import choose_targets, parse_target
 from engines.core.errors import Cancelled, InputError
 from engines.core.events import AdversarialEpoch, CancelCheck, EventSink
+from engines.core.precision import float32_precision
 from engines.core.zoo import decay_loss
 
 INPUT = "input"
@@ -131,14 +132,21 @@ class RefreshStats:
 
 class AdversarialPool:
     """Fixed-size pool: for each cut, a tensor of examples in that layer's space, their true labels and the
-    epoch each was generated in. `pool_size` is split evenly over the cuts."""
+    epoch each was generated in. `pool_size` is split evenly over the cuts. Examples and labels live on the
+    training's device (no copy per minibatch); the bookkeeping on the CPU."""
 
-    def __init__(self, cuts: list[LayerCut], pool_size: int, shapes: dict[str, tuple[int, ...]]) -> None:
+    def __init__(
+        self,
+        cuts: list[LayerCut],
+        pool_size: int,
+        shapes: dict[str, tuple[int, ...]],
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.cuts = cuts
         share, extra = divmod(pool_size, len(cuts))
         self.sizes = {c.name: share + (k < extra) for k, c in enumerate(cuts)}
-        self.examples = {c.name: torch.zeros((self.sizes[c.name], *shapes[c.name])) for c in cuts}
-        self.labels = {c.name: torch.zeros(self.sizes[c.name], dtype=torch.long) for c in cuts}
+        self.examples = {c.name: torch.zeros((self.sizes[c.name], *shapes[c.name]), device=device) for c in cuts}
+        self.labels = {c.name: torch.zeros(self.sizes[c.name], dtype=torch.long, device=device) for c in cuts}
         self.born = {c.name: torch.full((self.sizes[c.name],), -1, dtype=torch.long) for c in cuts}
         self.sources = {c.name: torch.full((self.sizes[c.name],), -1, dtype=torch.long) for c in cuts}  # image index
         self.filled = False
@@ -196,7 +204,8 @@ class AdversarialPool:
         cancel: CancelCheck,
         task: str,
     ) -> tuple[int, float]:
-        config = AttackConfig(c_steps=settings.c_steps, max_iter=settings.max_iter)
+        # the solver the shipped §4.2 recipes were trained with (c = 1, ×10, cross-entropy), so they reproduce
+        config = AttackConfig(c_steps=settings.c_steps, max_iter=settings.max_iter, **LEGACY_SETTINGS)
         images, labels = x[picked.to(x.device)], y[picked.to(y.device)]
         device = images.device
         with torch.no_grad():
@@ -211,16 +220,18 @@ class AdversarialPool:
                 h = cut.lower(images[part]).detach()
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
             target = choose_targets(mode, labels[part], classes, seed=seed, model=cut.upper, images=h).to(device)
-            res = attack_problems(
-                cut.upper, h, target, config, cancel=cancel, task=task, lower=cut.box[0], upper=cut.box[1]
-            )
+            with float32_precision(False):  # the attack's line search needs float32, not TF32 (see precision.py)
+                res = attack_problems(
+                    cut.upper, h, target, config, cancel=cancel, task=task, lower=cut.box[0], upper=cut.box[1]
+                )
             ok = res.success.cpu()
             keep = slots[part][ok]
-            examples = torch.where(res.success.view(-1, *[1] * (h.ndim - 1)), res.x_adv, h).cpu()
+            examples = torch.where(res.success.view(-1, *[1] * (h.ndim - 1)), res.x_adv, h)
             if not self.filled:  # the first fill leaves no empty slot: a failed attack's clean point stands in
                 keep, ok = slots[part], torch.ones_like(ok)
-            self.examples[cut.name][keep] = examples[ok]
-            self.labels[cut.name][keep] = labels[part].cpu()[ok]
+            pool_device = self.examples[cut.name].device
+            self.examples[cut.name][keep.to(pool_device)] = examples[ok.to(examples.device)].to(pool_device)
+            self.labels[cut.name][keep.to(pool_device)] = labels[part][ok.to(labels.device)].to(pool_device)
             self.born[cut.name][keep] = epoch
             self.sources[cut.name][keep] = picked[part][ok]
             found += int(res.success.sum())
@@ -231,15 +242,28 @@ class AdversarialPool:
 
     def sample(self, count: int, gen: torch.Generator) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """`count` examples drawn uniformly (with replacement) from the whole pool, grouped by layer."""
+        return self.gather(self.epoch_draws(1, count, gen)[0])
+
+    def epoch_draws(self, batches: int, count: int, gen: torch.Generator) -> list[dict[str, torch.Tensor]]:
+        """The pool slots of an epoch's `batches` minibatches, `count` each, per layer: the draws one `randint`
+        per minibatch would make, made at once on the CPU and sent to the pool's device in one copy per
+        layer, so that a minibatch's mixing waits for no transfer and no host sync (see `gather`)."""
         names = [c.name for c in self.cuts]
         offsets = torch.tensor([0] + [self.sizes[n] for n in names]).cumsum(0)
-        picks = torch.randint(0, len(self), (count,), generator=gen)
-        out = {}
+        picks = torch.randint(0, len(self), (batches, count), generator=gen)
+        draws: list[dict[str, torch.Tensor]] = [{} for _ in range(batches)]
         for k, name in enumerate(names):
-            mine = picks[(picks >= offsets[k]) & (picks < offsets[k + 1])] - offsets[k]
-            if len(mine):
-                out[name] = (self.examples[name][mine], self.labels[name][mine])
-        return out
+            mine = (picks >= offsets[k]) & (picks < offsets[k + 1])
+            sizes = mine.sum(1).tolist()
+            flat = (picks[mine] - offsets[k]).to(self.examples[name].device)
+            for b, part in enumerate(flat.split(sizes)):
+                if sizes[b]:
+                    draws[b][name] = part
+        return draws
+
+    def gather(self, draw: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """One minibatch's pool examples and labels from its `epoch_draws` entry, grouped by layer."""
+        return {name: (self.examples[name][idx], self.labels[name][idx]) for name, idx in draw.items()}
 
     def age(self, epoch: int) -> float:
         """Mean age of the pool's examples in epochs."""
@@ -248,7 +272,7 @@ class AdversarialPool:
 
     def error(self, model: nn.Module, device: torch.device | str) -> float:
         """Percent of the pool's examples the model (eval mode) gets wrong: how adversarial the pool still is."""
-        wrong, total = 0, 0
+        wrong, total = torch.zeros((), dtype=torch.long, device=device), 0
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -256,10 +280,10 @@ class AdversarialPool:
                 for i in range(0, self.sizes[cut.name], 4096):
                     ex = self.examples[cut.name][i : i + 4096].to(device)
                     lab = self.labels[cut.name][i : i + 4096].to(device)
-                    wrong += int((cut.upper(ex).argmax(1) != lab).sum())
+                    wrong += (cut.upper(ex).argmax(1) != lab).sum()
                     total += len(lab)
         model.train(was_training)
-        return 100.0 * wrong / max(total, 1)
+        return 100.0 * int(wrong) / max(total, 1)
 
 
 def layer_shapes(cuts: list[LayerCut], example: torch.Tensor) -> dict[str, tuple[int, ...]]:
@@ -307,7 +331,7 @@ def train_adversarial(
     if settings.warmup >= epochs:
         raise InputError(f"--warmup ({settings.warmup}) leaves no adversarial epoch of {epochs}: lower it")
     cuts = layer_cuts(model, settings.layers)
-    pool = AdversarialPool(cuts, settings.pool_size, layer_shapes(cuts, x))
+    pool = AdversarialPool(cuts, settings.pool_size, layer_shapes(cuts, x), device=x.device)
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
@@ -326,21 +350,24 @@ def train_adversarial(
             fraction = 1.0 if since == 0 else settings.refresh
             refreshed = pool.refresh(model, x, y, fraction, epoch, settings, gen, cancel, task)
             refreshes.append(refreshed)
-        wrong = 0
+        # the loss and the error stay on the device until the epoch ends: no host sync per minibatch
+        wrong, last = torch.zeros((), dtype=torch.long, device=x.device), torch.full((), math.nan)
         order = _epoch_order(epoch, n, seed).to(x.device)
-        for i in range(0, n, batch_size):
+        batches = math.ceil(n / batch_size)
+        draws = pool.epoch_draws(batches, per_batch, gen) if pool.filled else [{}] * batches
+        for b, i in enumerate(range(0, n, batch_size)):
             if cancel():
                 raise Cancelled(task)
             idx = order[i : i + batch_size]
-            batch = pool.sample(per_batch, gen) if pool.filled else {}
-            loss, logits = mixed_loss(model, cuts, x[idx], y[idx], batch)
+            loss, logits = mixed_loss(model, cuts, x[idx], y[idx], pool.gather(draws[b]))
             loss = loss + decay_loss(model, lambdas)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-            loss_value = float(loss.detach())
-            wrong += int((logits.detach().argmax(1) != y[idx]).sum())
+            last = loss.detach()
+            wrong += (logits.detach().argmax(1) != y[idx]).sum()
+        loss_value, wrong = float(last), int(wrong)
         on_event(
             AdversarialEpoch(
                 task=task,

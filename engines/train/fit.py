@@ -40,13 +40,13 @@ class FittedModel:
 def error_rate(model: nn.Module, data: Dataset, device: torch.device | str = "cpu", batch: int = 4096) -> float:
     """Percent of `data` that `model` misclassifies."""
     model.eval()
-    wrong = 0
+    wrong = torch.zeros((), dtype=torch.long, device=device)
     with torch.no_grad():
         for i in range(0, len(data), batch):
             x = data.images[i : i + batch].to(device)
             y = data.labels[i : i + batch].to(device)
-            wrong += int((model(x).argmax(1) != y).sum())
-    return 100.0 * wrong / max(len(data), 1)
+            wrong += (model(x).argmax(1) != y).sum()
+    return 100.0 * int(wrong) / max(len(data), 1)
 
 
 def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lambdas: list[float]) -> torch.Tensor:
@@ -128,6 +128,7 @@ def _adam_epochs(
     loss_value = math.nan
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=gen)
+        last = torch.full((), math.nan)
         for i in range(0, n, batch_size):
             if cancel():
                 raise Cancelled(task)
@@ -136,9 +137,10 @@ def _adam_epochs(
             loss.backward()
             opt.step()
             sched.step()
-            loss_value = float(loss.detach())
+            last = loss.detach()  # read once per epoch: a float() here would wait for the GPU every batch
         if cancel():
             raise Cancelled(task)
+        loss_value = float(last)
         epoch_done(epoch + 1, loss_value)
     return loss_value
 
