@@ -26,12 +26,12 @@ def test_softmax_runs_are_exact_and_bracket_the_attack(tmp_path: Path) -> None:
     assert doc["status"] == "done" and len(rows) == 8
     assert [r["index"] for r in rows] == samples["index"].tolist()  # the attack's images, in its order
     assert result.exact and result.method == "exact" and result.violations == 0
+    assert any(r["upper"] and r["exact"] for r in rows)
     for r in rows:
         if r["upper"] and r["exact"]:
-            assert r["lower"] == r["exact"] and r["upper"] >= r["exact"] * (1 - 1e-6)
+            assert r["upper"] >= r["exact"] * (1 - 1e-6)
             assert r["lipschitz"] <= r["exact"] * (1 + 1e-6)
     assert result.attack_over_exact_mean >= 1 - 1e-6
-    assert result.attack_over_exact_max >= result.attack_over_exact_mean
     assert (tmp_path / "run" / "figure.png").is_file()
     assert read_json(tmp_path / "run" / "summary.json")["method"] == "exact"
 

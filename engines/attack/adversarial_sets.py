@@ -70,6 +70,8 @@ def adversarial_set(request: AttackRequest, ctx: RunContext) -> AdversarialSet:
     key = advset_key(
         lm.sha256, request.split, request.n, request.offset, request.seed, request.config, _data_key(source)
     )
+    if ctx.tf32:  # TF32 changes the examples: such a set never stands in for a float32 one, nor the reverse
+        key += "-tf32"
     # a checkpoint is pinned to its file (a zoo id could point elsewhere later); other models are their reference
     pinned = replace(request, model=str(lm.path)) if lm.kind == "checkpoint" and not lm.normalization else request
     if ctx.ranks.sharded:

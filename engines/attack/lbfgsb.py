@@ -12,13 +12,13 @@ fact:
   projected step, backtracking per row.
 
 Rows stop on the projected-gradient test ``max|P(x - g) - x| <= pgtol``, on the relative
-reduction test ``(f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1) <= ftol`` (both stricter by default
+reduction test ``(f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, ftol_floor) <= ftol`` (both stricter by default
 than scipy's pgtol=1e-5 and factr=1e7, so that a run ends at least as close to a minimum), or
 after ``max_iter`` iterations. The objective is a callable that returns the value and the gradient
 of the SAME function at the same points, for a subset of rows.
 
-On the CPU the loop evaluates only the rows still running (one "is any row still running" test and one
-row selection per iteration and per backtracking step); on CUDA it keeps static shapes (see `minimize`).
+The loop runs in rounds of one evaluation for every row that needs one (see `minimize`); on the CPU a
+round selects those rows, on CUDA it keeps static shapes.
 """
 
 from __future__ import annotations

@@ -26,8 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from engines.attack.batching import BatchPlan, attack_chunk, balanced_size, problem_bytes
-from engines.attack.batching import auto_batch_size as auto_batch_size  # where it was before batching.py
+from engines.attack.batching import BatchPlan, attack_chunk, auto_batch_size, balanced_size, problem_bytes
 from engines.attack.chunks import (
     CHUNKS,
     SAMPLES_FILE,
@@ -296,7 +295,7 @@ def _attack_ranges(
                     cancel=ctx.cancelled,
                     task=f"attack {lm.id}",
                 )
-            except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+            except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
                 if not is_out_of_memory(exc):
                     raise
                 part = None

@@ -93,8 +93,13 @@ async def test_enlarged_image_in_every_graphics_mode(tmp_path, models_folder, mo
             await pilot.press("right")
             await pilot.pause()
             big = app.screen.query_one("#big")
-            assert isinstance(big, graphics.large_image_widget())  # auto without a terminal to ask: half-blocks
-            assert mode != "auto" or isinstance(big, widgets.HalfcellImage)
+            expected = {  # auto without a terminal to ask: half-blocks
+                "sixel": graphics.sixel_image_widget(),
+                "tgp": widgets.TGPImage,
+                "unicode": widgets.UnicodeImage,
+                "auto": widgets.HalfcellImage,
+            }[mode]
+            assert isinstance(big, expected)
             assert app.screen.index == 1 and "two" in app.screen.query_one("#frame").border_title
     finally:
         graphics.configure("halfblock")
