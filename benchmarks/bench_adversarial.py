@@ -18,7 +18,8 @@ import torch
 from engines.core.data import load_split
 from engines.core.device import cpu_speed_settings
 from engines.core.zoo import build_model, zoo_entry
-from engines.train.adversarial import AdversarialSettings, train_adversarial
+from engines.train.adversarial import train_adversarial
+from engines.train.adversarial_pool import AdversarialSettings
 
 
 def main() -> None:

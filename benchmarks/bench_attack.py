@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from engines.attack.problems import AttackConfig, attack_problems, paper_distortion
+from engines.attack.search import AttackConfig, attack_problems, paper_distortion
 from engines.attack.targets import choose_targets
 from engines.core.checkpoint import load_checkpoint
 from engines.core.data import load_split

@@ -337,7 +337,7 @@ def _resnet_main(args: argparse.Namespace) -> None:
     import torch
     from torch import nn
 
-    from engines.attack.problems import AttackConfig, attack_problems
+    from engines.attack.search import AttackConfig, attack_problems
     from engines.attack.targets import choose_targets
     from engines.core.device import resolve_device
     from engines.core.models import ModelRef, load_model

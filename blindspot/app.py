@@ -72,7 +72,7 @@ class BlindspotApp(App):
         from screens.runs import RunsScreen
         from screens.transfer import TransferScreen
 
-        self.MODES = {
+        self.MODES = {  # type: ignore[misc]  # set here, not on the class: the screens import only when an app is made
             "models": ModelsScreen,
             "gallery": GalleryScreen,
             "attack": AttackScreen,

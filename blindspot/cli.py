@@ -14,7 +14,7 @@ try:  # Typer >= 0.20 carries its own copy of click, and its own Abort
     from typer import Abort
     from typer._click.exceptions import ClickException, UsageError
 except ImportError:  # older Typer runs on click itself
-    from click.exceptions import Abort, ClickException, UsageError  # type: ignore[assignment,no-redef]
+    from click.exceptions import Abort, ClickException, UsageError  # type: ignore[assignment]
 
 from blindspot.commands import attack, bounds, certify, data, models, reproduce, robustness, train, transfer, tui, units
 from blindspot.console import err, route_engine_warnings

@@ -10,9 +10,13 @@ from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
 import typer
+from typer.models import OptionInfo
 
+from engines.attack.request import AttackRequest
+from engines.attack.search import AttackConfig
 from engines.core.choices import DEVICES
 from engines.core.models import ModelRef as EngineModelRef
+from engines.core.options import option_spec
 
 Device = Annotated[
     str, typer.Option("--device", help=f"{', '.join(DEVICES)} (auto = cuda when present; cuda:N picks a card).")
@@ -110,9 +114,33 @@ ClassesFile = Annotated[
     ),
 ]
 OutDir = Annotated[Path | None, typer.Option("--out", help="Run folder for results (created; written atomically).")]
-CSteps = Annotated[int, typer.Option("--c-steps", help="Runs of the search over c per image (bracket, then bisect).")]
-MaxIter = Annotated[int, typer.Option("--max-iter", help="L-BFGS-B iterations per value of c.")]
-Offset = Annotated[int, typer.Option("--offset", help="Index of the first image.")]
+
+
+# every option cli_option made, with the (request class, field) it declares: the parity test walks the commands'
+# signatures and checks each such parameter's default against its declaration (OptionInfo is not hashable by value)
+_DECLARED: list[tuple[OptionInfo, type, str]] = []
+
+
+@functools.cache  # one option per field, however often the commands' annotations are evaluated
+def cli_option(request: type, name: str) -> OptionInfo:
+    """The Typer option of a request field, from its declaration (`engines.core.options.option`): its flags,
+    its help and, where the declaration says so, its range. Use it as `Annotated[TYPE, cli_option(Request,
+    "field")] = Request.field`, so the flag, the help and the default all come from the one declaration."""
+    spec = option_spec(request, name)
+    low, high = (spec.min, spec.max) if spec.cli_range else (None, None)
+    info: OptionInfo = typer.Option(*spec.flags, help=spec.help, min=low, max=high)
+    _DECLARED.append((info, request, name))
+    return info
+
+
+def declaration_of(info: object) -> tuple[type, str] | None:
+    """The (request class, field) whose declaration `cli_option` made this option from; None for other options."""
+    return next(((request, name) for made, request, name in _DECLARED if made is info), None)
+
+
+CSteps = Annotated[int, cli_option(AttackConfig, "c_steps")]
+MaxIter = Annotated[int, cli_option(AttackConfig, "max_iter")]
+Offset = Annotated[int, cli_option(AttackRequest, "offset")]
 
 
 def model_ref(

@@ -9,25 +9,34 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Input, ProgressBar, Select, Sparkline, Static
 
-from engines.core.choices import SPLITS, TARGETS
+from engines.attack.request import AttackRequest
+from engines.attack.search import AttackConfig
 from engines.core.device import usable_devices
 from engines.core.events import ChunkDone, Event, SolverStep, Step
+from screens.bracket import BracketMixin, bracket_label
+from screens.forms import form_fields, in_words, read_fields
 from screens.image_grid import change_zoom
 from screens.image_view import ImageView
 from screens.jobs import Job, WorkbenchScreen
 from screens.pictures import scale_label
 from screens.widgets import GridItem, ImageGrid, NavBar
 
+if TYPE_CHECKING:
+    from engines.attack.follow import FollowOutcome
+    from engines.attack.results import AttackResult
+
 TRIPLET_LABEL = "original | difference r (blue −, white 0, red +) | adversarial"
 KEEP_BYTES = 256 << 20  # examples kept for paging; past this the run folder holds the rest (ImageNet-sized images)
 HISTORY = 240
+REQUEST_FIELDS = ("split", "n", "target")  # the form's fields, from the requests' declarations (as the CLI's)
+CONFIG_FIELDS = ("c_steps", "max_iter")
 
 
 def chunk_images(n: int) -> int:
@@ -61,7 +70,7 @@ def finished_examples(event: ChunkDone) -> list[dict[str, Any]]:
     return out
 
 
-class AttackScreen(WorkbenchScreen):
+class AttackScreen(BracketMixin, WorkbenchScreen):
     """Choose the images and the search budget, start, watch the c search converge, keep the run."""
 
     DEFAULT_CSS = """
@@ -84,6 +93,7 @@ class AttackScreen(WorkbenchScreen):
         Binding("f", "focus_form", "Settings"),
         Binding("e", "export", "Export"),
         Binding("R", "resume", "Resume", show=False),
+        Binding("c", "certify", "Certify", show=False),
         Binding("z", "zoom(1)", "Zoom", show=False),
         Binding("Z", "zoom(-1)", "Zoom out", show=False),
     ]
@@ -95,11 +105,12 @@ class AttackScreen(WorkbenchScreen):
         self.success_history: list[float] = []
         self.distortion_history: list[float] = []
         self.run_dir: Path | None = None
-        self.result: Any = None  # the finished run's AttackResult
+        self.result: AttackResult | None = None  # the finished run's
         self.chunks_done = 0  # ChunkDone events of the current run
         self.split = "test"
         self.watching = False  # the shown run is another process's (or a finished one): read-only
         self.live_ticks = 0  # progress ticks of a run followed while another process writes it
+        self.brackets: dict[int, dict[str, Any]] = {}  # certified [lower, upper] by image index (screens/bracket)
 
     def compose(self) -> ComposeResult:
         defaults, devices = self.state.settings.attack, usable_devices()
@@ -107,35 +118,8 @@ class AttackScreen(WorkbenchScreen):
         with Horizontal(id="main"):
             with Vertical(id="form") as form:
                 form.border_title = "attack settings"
-                yield from self._field(
-                    "split",
-                    Select(
-                        [(s, s) for s in SPLITS],
-                        value=defaults.get("split", "test") if defaults.get("split") in SPLITS else "test",
-                        allow_blank=False,
-                        compact=True,
-                        id="split",
-                    ),
-                )
-                yield from self._field(
-                    "N images", Input(str(defaults.get("n", 64)), id="n", compact=True, type="integer")
-                )
-                yield from self._field(
-                    "target",
-                    Select(
-                        [(t, t) for t in TARGETS],
-                        value=defaults.get("target") if defaults.get("target") in TARGETS else "random",
-                        allow_blank=False,
-                        compact=True,
-                        id="target",
-                    ),
-                )
-                yield from self._field(
-                    "c-steps", Input(str(defaults.get("c_steps", 9)), id="c_steps", compact=True, type="integer")
-                )
-                yield from self._field(
-                    "iters", Input(str(defaults.get("max_iter", 100)), id="max_iter", compact=True, type="integer")
-                )
+                yield from form_fields(AttackRequest, REQUEST_FIELDS, defaults)
+                yield from form_fields(AttackConfig, CONFIG_FIELDS, defaults)
                 yield from self._field(
                     "device",
                     Select(
@@ -205,42 +189,31 @@ class AttackScreen(WorkbenchScreen):
     def on_input_submitted(self, _: Input.Submitted) -> None:
         self.action_start_attack()
 
-    def _int(self, wid: str, name: str) -> int:
-        text = self.query_one(f"#{wid}", Input).value.strip()
-        if not text.isdigit() or int(text) < 1:
-            raise ValueError(f"{name} must be a whole number ≥ 1, got {text!r}")
-        return int(text)
-
     def action_start_attack(self) -> None:
         if self.busy("attack"):
             self.say("an attack is running: x cancels it", error=True)
             return
-        from engines.attack.problems import AttackConfig
-        from engines.attack.run import AttackRequest
         from engines.core.errors import InputError
         from engines.core.runs import new_run_folder
 
         settings = self.state.settings
-        split = str(self.query_one("#split", Select).value)
-        target = str(self.query_one("#target", Select).value)
         device = str(self.query_one("#device", Select).value)
         model = self.state.active_ref
         try:
-            n, c_steps, max_iter = self._int("n", "N"), self._int("c_steps", "c-steps"), self._int("max_iter", "iters")
+            asked = read_fields(self, AttackRequest, REQUEST_FIELDS)
+            config = read_fields(self, AttackConfig, CONFIG_FIELDS)
+            split, n = asked["split"], asked["n"]
             request = AttackRequest(
                 model=model,
-                split=split,
-                n=n,
-                target=target,
-                config=AttackConfig(c_steps=c_steps, max_iter=max_iter),
+                **asked,
+                config=AttackConfig(**config),
                 data_dir=settings.data_dir,
                 chunk_images=chunk_images(n),
             )
-        except (ValueError, InputError) as exc:
-            self.say(str(exc), error=True)
+        except InputError as exc:
+            self.say(in_words(exc), error=True)
             return
-        form = {"n": n, "c_steps": c_steps, "max_iter": max_iter, "target": target, "split": split}
-        settings.attack = {**settings.attack, **form}
+        settings.attack = {**settings.attack, **asked, **config}
         self.state.remember(attack=settings.attack)
         out = new_run_folder(Path(settings.runs_dir), "attack", str(model))
         self.reset_view(out, split, n)
@@ -250,7 +223,7 @@ class AttackScreen(WorkbenchScreen):
         self.say(f"run folder {out} · x cancels (finished chunks are kept)")
         self.query_one("#triplets", ImageGrid).focus()
 
-        from engines.attack.run import run_attack
+        from engines.attack.operation import run_attack
 
         self.run_operation(lambda ctx: run_attack(request, ctx), out, device)
 
@@ -274,7 +247,7 @@ class AttackScreen(WorkbenchScreen):
         self.run_dir, self.result, self.split, self.chunks_done, self.watching = out, None, split, 0, watching
         self.live_ticks = 0
         self.triplets, self.success_history, self.distortion_history = [], [], []
-        self.kept_bytes, self.dropped = 0, 0
+        self.kept_bytes, self.dropped, self.brackets = 0, 0, {}
         self.query_one("#triplets", ImageGrid).set_items([])
         self.query_one("#bar", ProgressBar).update(total=n, progress=0)
         for sid in ("#spark-success", "#spark-dist"):
@@ -317,10 +290,10 @@ class AttackScreen(WorkbenchScreen):
             on_event=self.show_event,
             on_done=self.followed,
             on_error=self.failed,
-            on_cancel=lambda _: self.say(f"stopped watching {folder.name}; the run itself goes on"),
+            on_cancel=lambda: self.say(f"stopped watching {folder.name}; the run itself goes on"),
         )
 
-    def followed(self, outcome: Any) -> None:
+    def followed(self, outcome: FollowOutcome) -> None:
         if outcome.status == "finished":
             if outcome.result is not None:
                 self.finished(outcome.result)
@@ -337,7 +310,7 @@ class AttackScreen(WorkbenchScreen):
     def action_resume(self) -> None:
         """R: carry on the shown run, if it is interrupted (a finished one is complete, a running one is not ours)."""
         from engines.core.errors import BlindspotError
-        from engines.core.run_index import read_run_entry
+        from engines.kinds import read_run_entry
 
         if self.run_dir is None or self.busy("attack"):
             self.say("nothing to resume here: reopen an interrupted run from Runs (6)", error=True)
@@ -358,7 +331,7 @@ class AttackScreen(WorkbenchScreen):
         if not self._take_over(folder, "resuming", watching=False):
             return
         self.say(f"resuming {folder} · x cancels (finished chunks are kept)")
-        from engines.attack.run import resume_attack
+        from engines.attack.operation import resume_attack
 
         self.run_operation(lambda ctx: resume_attack(folder, ctx), folder, self.state.settings.device)
 
@@ -395,7 +368,7 @@ class AttackScreen(WorkbenchScreen):
             self.success_history = (self.success_history + [float(succ)])[-HISTORY:]
             self.query_one("#spark-success", Sparkline).data = self.success_history
             self.query_one("#success-label", Static).update(f"success {100 * succ:3.0f}%")
-        if finite:
+        if finite and dist is not None:
             self.distortion_history = (self.distortion_history + [dist])[-HISTORY:]
             self.query_one("#spark-dist", Sparkline).data = self.distortion_history
             self.query_one("#dist-label", Static).update(f"dist {dist:.4f}")
@@ -405,12 +378,12 @@ class AttackScreen(WorkbenchScreen):
         room = [t for t in new if self.kept_bytes + sum(im.nbytes for im in t["images"]) <= KEEP_BYTES]
         self.kept_bytes += sum(im.nbytes for t in room for im in t["images"])
         self.dropped += len(new) - len(room)
-        if not room:
+        if new and not room:
             return
         self.triplets = sorted(self.triplets + room, key=lambda t: t["index"])
         items = [
             GridItem(
-                f"#{t['index']} {t['label']}→{t['target']} d={t['distortion']:.3f}",
+                f"#{t['index']} {t['label']}→{t['target']} d={t['distortion']:.3f}{bracket_label(self.brackets, t['index'])}",
                 t["images"],
                 captions=["original", scale_label(t["scale"]), "adversarial"],
                 payload=t,
@@ -419,7 +392,7 @@ class AttackScreen(WorkbenchScreen):
         ]
         self.query_one("#triplets", ImageGrid).set_items(items, keep_cursor=True)
 
-    def finished(self, result: Any) -> None:
+    def finished(self, result: AttackResult) -> None:
         self.result = result
         self.query_one("#bar", ProgressBar).update(total=result.n, progress=result.n)
         dist = result.mean_distortion
@@ -430,12 +403,13 @@ class AttackScreen(WorkbenchScreen):
         )
         shown = f" · {len(self.triplets)} of {len(self.triplets) + self.dropped} examples shown" if self.dropped else ""
         self.say(f"saved run folder {result.run} (samples, summary.json, figure.png){shown}")
+        self.load_brackets()  # a certified run shows [lower, upper] under each example; c certifies it
 
     def failed(self, message: str) -> None:
         self.query_one("#stats", Static).update("the attack stopped with an error")
         self.say(message, error=True)
 
-    def cancelled(self, _: Any) -> None:
+    def cancelled(self) -> None:
         self.query_one("#stats", Static).update(f"[b]cancelled[/b]: {self.chunks_done} finished chunk(s) kept")
         self.say(f"kept in {self.run_dir} · R resumes it (or `blindspot attack --resume {self.run_dir}`)")
 
@@ -447,7 +421,7 @@ class AttackScreen(WorkbenchScreen):
             return
 
         def text() -> str:
-            from engines.report.exports import attack_csv
+            from engines.attack.export import attack_csv
 
             return attack_csv(folder)
 

@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Footer, Sparkline, Static
 
 from engines.bounds.results import PAPER_TABLE5, SOURCE_NOTE, LayerBound, NetworkBounds
 from engines.core.events import Event, LayerBounded
+from engines.core.models import ModelRef, as_model_ref
 from screens.jobs import Job, WorkbenchScreen
 from screens.widgets import NavBar, fmt_num, log_range_bar
 
@@ -41,10 +42,9 @@ class BoundsScreen(WorkbenchScreen):
         super().__init__()
         self.target = "active"
         self.shown_for: tuple[str, Any] | None = None
-        self.result: Any = None
+        self.result: NetworkBounds | None = None
         self.histograms: list[dict[str, Any]] = []
         self.paper: dict[str, dict[str, Any]] = {}
-        self.generation = 0  # bumped by each computation: events of a replaced job are dropped
         self.pinned = False  # a saved run reopened from Runs is on show: returning here does not recompute
         self.finished_layers = 0
 
@@ -81,7 +81,6 @@ class BoundsScreen(WorkbenchScreen):
         """A finished bounds run reopened from Runs: its table and spectra from bounds.json, nothing recomputed
         (a computation in progress here is cancelled); m, a or s compute again."""
         self.pinned = True
-        self.generation += 1
         self.query_one("#bar", Static).update(f"opening {folder.name} …")
 
         def work(job: Job) -> Any:
@@ -103,8 +102,6 @@ class BoundsScreen(WorkbenchScreen):
         ref = self.state.active_ref if self.target == "active" else "alexnet"
         self.shown_for = (self.target, ref)
         device = self.state.settings.device
-        self.generation += 1
-        generation = self.generation
         self.result, self.histograms, self.finished_layers = None, [], 0
         self.query_one("#bar", Static).update(f"[b]{Path(str(ref)).name}[/b] · computing …")
         self.start_layer_table()
@@ -114,21 +111,17 @@ class BoundsScreen(WorkbenchScreen):
         def work(job: Job) -> Any:
             from engines.bounds.operation import BoundsRequest, run_bounds
 
-            result = run_bounds(BoundsRequest(model=ref), self.job_context(job, device=device))
+            result = run_bounds(BoundsRequest(model=as_model_ref(ref)), self.job_context(job, device=device))
             return result, [layer.histogram() for layer in result.layers]
-
-        def on_event(event: Event) -> None:
-            if generation == self.generation:
-                self.show_event(event)
 
         self.start(
             "bounds",
             work,
             replace=True,
-            on_event=on_event,
+            on_event=self.show_event,
             on_done=self.show_result,
             on_error=lambda m: self.failed(ref, m),
-            on_cancel=lambda _: self.show_cancelled(ref),
+            on_cancel=lambda: self.show_cancelled(ref),
         )
 
     def start_layer_table(self) -> None:
@@ -165,13 +158,13 @@ class BoundsScreen(WorkbenchScreen):
         table.add_row(*row)
         self.finished_layers += 1
 
-    def show_cancelled(self, ref: str) -> None:
+    def show_cancelled(self, ref: ModelRef | str) -> None:
         """After a cancel: the finished layers stay in the table, so that no finished work is lost from view."""
         kept = self.finished_layers
         self.query_one("#bar", Static).update(f"[b]{Path(str(ref)).name}[/b] · cancelled after {kept} layers")
         self.say(f"cancelled: {kept} finished layers kept above · s starts again")
 
-    def failed(self, ref: str, message: str) -> None:
+    def failed(self, ref: ModelRef | str, message: str) -> None:
         self.query_one("#bar", Static).update(f"[b]{Path(str(ref)).name}[/b] · failed")
         self.say(message, error=True)
 
@@ -240,7 +233,7 @@ class BoundsScreen(WorkbenchScreen):
         folder = Path(bounds.run) if bounds.run else Path(self.state.settings.runs_dir)
 
         def text() -> str:
-            from engines.report.exports import bounds_csv
+            from engines.bounds.export import bounds_csv
 
             return bounds_csv(doc)
 

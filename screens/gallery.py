@@ -14,12 +14,15 @@ from textual.widgets import Footer, Select, Static
 
 from engines.core.errors import BlindspotError
 from engines.core.events import Event, Step
+from engines.core.models import ModelRef
+from engines.units.operation import UnitsRequest
+from screens.forms import in_words
 from screens.image_grid import change_zoom
 from screens.image_view import ImageView
 from screens.jobs import Job, WorkbenchScreen
 from screens.widgets import GridItem, ImageGrid, NavBar
 
-K = 8
+K = UnitsRequest.k  # images per direction, as `blindspot units` takes by default
 MIN_RANDOM_ROWS = 16
 ACTIVATIONS = ("Sigmoid", "ReLU", "Tanh")
 
@@ -63,13 +66,12 @@ class GalleryScreen(WorkbenchScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.model_ref: Any = None  # the ModelRef the gallery shows
+        self.model_ref: ModelRef | None = None  # the model the gallery shows
         self.layer_infos: list[Any] = []
         self.result: Any = None  # the UnitsComparison shown
-        self.run_result: Any = None  # the UnitsResult it came from (run folder, notes)
         self.labels: np.ndarray | None = None
         self.thumbs: dict[int, np.ndarray] = {}
-        self.split = "test"
+        self.split = UnitsRequest.split
         self.computing = ""
 
     def compose(self) -> ComposeResult:
@@ -98,6 +100,7 @@ class GalleryScreen(WorkbenchScreen):
     # ----------------------------------------------------------------- layers
     def load_layers(self) -> None:
         ref = self.model_ref
+        assert ref is not None, "on_screen_resume sets the model before it loads"
         self.clear_results(f"reading the layers of {Path(str(ref or '')).name} …")
         self.query_one("#layer", Select).set_options([])
         self.layer_infos = []
@@ -128,19 +131,17 @@ class GalleryScreen(WorkbenchScreen):
             self.focus_main()
 
     # ------------------------------------------------------------------ units
-    def request_for(self, layer: str) -> Any:
-        """The request `blindspot units --model M --layer L` builds, with the workbench's sizes."""
-        from engines.units.operation import UnitsRequest
-
+    def request_for(self, layer: str) -> UnitsRequest:
+        """The request `blindspot units --model M --layer L` builds, with the workbench's sizes (the rest: the
+        request's declared defaults, as the command's)."""
         settings = self.state.settings
+        assert self.model_ref is not None, "a layer is picked once the layers of the model are read"
         return UnitsRequest(
             model=self.model_ref,
             layer=layer,
             split=self.split,
             n=settings.units_images or None,
-            k=K,
             n_random=settings.units_random,
-            seed=0,
             data_dir=settings.data_dir,
         )
 
@@ -148,7 +149,7 @@ class GalleryScreen(WorkbenchScreen):
         try:
             request = self.request_for(layer)
         except BlindspotError as exc:
-            self.say(str(exc), error=True)
+            self.say(in_words(exc), error=True)
             return
         self.computing = layer
         self.clear_results(f"computing the top-{K} images of {layer} …")
@@ -158,6 +159,7 @@ class GalleryScreen(WorkbenchScreen):
             from engines.units.operation import run_units
 
             res = run_units(request, self.job_context(job))
+            assert res.data is not None  # run_units keeps the images it scored
             units, rand = _rows(res.comparison.units), _rows(res.comparison.random)
             rand = rand[: max(len(units), MIN_RANDOM_ROWS)]
             top_u, top_r = res.comparison.units.top, res.comparison.random.top
@@ -171,12 +173,12 @@ class GalleryScreen(WorkbenchScreen):
             on_event=self.show_event,
             on_done=self.show_result,
             on_error=self.failed,
-            on_cancel=lambda _: self.clear_results("cancelled: nothing was scored for this layer (pick it to retry)"),
+            on_cancel=lambda: self.clear_results("cancelled: nothing was scored for this layer (pick it to retry)"),
         )
 
     def clear_results(self, why: str) -> None:
         """Empty grids, verdict and figures saying why: never another model's or layer's results under this name."""
-        self.result = self.run_result = None
+        self.result = None
         for gid in ("#units", "#random"):
             grid = self.query_one(gid, ImageGrid)
             grid.empty = why
@@ -195,7 +197,7 @@ class GalleryScreen(WorkbenchScreen):
     def show_result(self, result: Any) -> None:
         full, units, rand, self.thumbs = result
         res = full.comparison
-        self.run_result, self.result, self.labels = full, res, full.data.labels.numpy()
+        self.result, self.labels = res, full.data.labels.numpy()
         self.query_one("#units", ImageGrid).set_items([self._item(res.units, r, "unit") for r in units])
         self.query_one("#random", ImageGrid).set_items([self._item(res.random, r, "dir") for r in rand])
         shape = "×".join(map(str, res.layer_shape))
@@ -229,7 +231,7 @@ class GalleryScreen(WorkbenchScreen):
         (rand if units.has_focus else units).focus()
 
     def on_image_grid_opened(self, event: ImageGrid.Opened) -> None:
-        if self.result is None:
+        if self.result is None or self.labels is None:
             return
         kind, row, top = event.grid.items[event.item].payload
         scores = self.result.units if kind == "unit" else self.result.random

@@ -179,7 +179,7 @@ def _import_textual_image(cell: tuple[int, int]) -> None:
         def __getattr__(self, name: str) -> Any:
             return getattr(real, name)
 
-    sys.__stdout__ = _NoTty()  # type: ignore[assignment]
+    sys.__stdout__ = _NoTty()  # type: ignore[misc,assignment]
     try:
         import textual_image.renderable  # noqa: F401
         import textual_image.widget  # noqa: F401
@@ -280,7 +280,7 @@ def sixel_image_widget() -> type:
 
     renderable = getattr(module.Image, "_Renderable", None)
 
-    class FixedPaletteSixelImage(module.Image, Renderable=renderable):  # type: ignore[valid-type,misc,call-arg]
+    class FixedPaletteSixelImage(module.Image, Renderable=renderable):
         def compose(self) -> Any:
             yield _FixedPaletteImpl(self.image, self._sixel_options)
 

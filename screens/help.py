@@ -31,7 +31,9 @@ ABOUT = {
     "transfer": (
         "§4.2, Tables 2 and 4: rows are example sets (one model's adversarial examples, amplified ones, "
         "Gaussian noise of the stated rms), columns are target models; a cell is the % of the row's examples "
-        "that the column's model misclassifies. Enter opens a cell's examples."
+        "that the column's model misclassifies. Enter opens a cell's examples. To compute one (s), sources and "
+        "targets take comma-separated models; NAME=FILE gives a torchvision or factory model its weights "
+        "(resnet18=~/w/resnet18.pth), as `blindspot transfer --weights NAME=FILE` does."
     ),
     "bounds": (
         "§4.3, Table 5: each layer's lower and upper frame bound (the smallest and largest singular value of "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from PIL import Image
 from textual.app import ComposeResult
@@ -22,7 +24,7 @@ def enlarged(arr: np.ndarray, size: int = ENLARGE_PX) -> Image.Image:
     """A uint8 image scaled up without smoothing (so every pixel of the 28×28 digit stays visible)."""
     img = Image.fromarray(np.ascontiguousarray(arr)).convert("RGB")
     scale = max(1, size // max(img.width, img.height))
-    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
 
 
 def framed(arr: np.ndarray, box_px: tuple[int, int]) -> Image.Image:
@@ -92,13 +94,15 @@ class ImageView(ModalScreen):
 
     def box_px(self) -> tuple[int, int]:
         """The image widget's size in the pixels its renderer draws (terminal pixels, or half-blocks)."""
-        big = self.query_one("#big")
-        cols, rows = int(big.styles.width.value), int(big.styles.height.value)
+        styles = self.query_one("#big").styles
+        assert styles.width is not None and styles.height is not None  # set by `fit` and the CSS
+        cols, rows = int(styles.width.value), int(styles.height.value)
         cw, ch = graphics.cell_size() if graphics.pixels() else (1, 2)
         return cols * cw, rows * ch
 
     def draw(self) -> None:
-        self.query_one("#big").image = framed(self.images[self.index], self.box_px())
+        big: Any = self.query_one("#big")  # the image widget class of the graphics mode, chosen at run time
+        big.image = framed(self.images[self.index], self.box_px())
 
     def action_step(self, delta: int) -> None:
         if len(self.images) < 2:

@@ -23,6 +23,7 @@ from engines.core.context import RunContext
 from engines.core.errors import BlindspotError, Cancelled
 from engines.core.events import Event, Throttle
 from engines.core.memory import release_memory
+from screens.forms import in_words
 from screens.state import HasState, WorkbenchState
 from screens.widgets import NAV, NavBar
 
@@ -43,14 +44,6 @@ class JobEvent(Message):
         )
 
 
-class JobUpdate(Message):
-    """Intermediate results a job wants shown (e.g. finished attack chunks)."""
-
-    def __init__(self, job: Job, payload: Any) -> None:
-        super().__init__()
-        self.job, self.payload = job, payload
-
-
 class JobDone(Message):
     """A job ended: with a result, an error message, or cancelled."""
 
@@ -69,18 +62,16 @@ class Job:
         *,
         on_done: Callable[[Any], None] | None = None,
         on_event: Callable[[Event], None] | None = None,
-        on_update: Callable[[Any], None] | None = None,
         on_error: Callable[[str], None] | None = None,
-        on_cancel: Callable[[Any], None] | None = None,
+        on_cancel: Callable[[], None] | None = None,  # a cancelled job has no result
         interval: float = 0.2,
     ) -> None:
         self.owner, self.name, self.interval = owner, name, interval
-        self.on_done, self.on_event_ui, self.on_update = on_done, on_event, on_update
+        self.on_done, self.on_event_ui = on_done, on_event
         self.on_error, self.on_cancel = on_error, on_cancel
         self._cancel = threading.Event()
         self._throttle = Throttle(self._post, interval)
         self.running = True
-        self.progress_posts = 0
         self.last_line = ""  # the latest progress, for the jobs panel
 
     # thread side -------------------------------------------------------------
@@ -93,7 +84,6 @@ class Job:
         self._throttle(event)
 
     def _post(self, event: Event) -> None:
-        self.progress_posts += 1
         self.last_line = event.line()
         self.owner.post_message(JobEvent(self, event))
 
@@ -101,37 +91,22 @@ class Job:
         """The run context every screen hands to its operation: this job's events and cancel check."""
         return RunContext(device=device, runs_root=runs_root, out=out, on_event=self.emit, cancelled=self.cancelled)
 
-    def update(self, payload: Any) -> None:
-        """Send intermediate results to the screen (thread-safe)."""
-        self.owner.post_message(JobUpdate(self, payload))
-
     # UI side -----------------------------------------------------------------
     def cancel(self) -> None:
         self._cancel.set()
 
 
-def run_job(
-    screen: Screen,
-    name: str,
-    work: Callable[[Job], Any],
-    *,
-    on_cancelled: Callable[[Job], Any] | None = None,
-    **kw: Any,
-) -> Job:
-    """Start `work(job)` in a thread worker; the outcome arrives as a JobDone message on `screen`.
-
-    `on_cancelled(job)` (optional) runs in the worker after a cancel, to gather what finished.
-    """
+def run_job(screen: Screen, name: str, work: Callable[[Job], Any], **kw: Any) -> Job:
+    """Start `work(job)` in a thread worker; the outcome arrives as a JobDone message on `screen`."""
     job = Job(screen, name, **kw)
 
     def body() -> None:
         try:
             result = work(job)
         except Cancelled:
-            kept = on_cancelled(job) if on_cancelled else None
-            screen.post_message(JobDone(job, kept, cancelled=True))
+            screen.post_message(JobDone(job, cancelled=True))
         except BlindspotError as exc:
-            screen.post_message(JobDone(job, error=str(exc)))
+            screen.post_message(JobDone(job, error=in_words(exc)))  # request fields named by their labels
         except Exception as exc:  # an engine bug must not kill the workbench: show it instead
             screen.post_message(JobDone(job, error=f"{type(exc).__name__}: {exc}"))
         else:
@@ -251,7 +226,7 @@ class WorkbenchScreen(Screen):
                 return
 
             def work(job: Job) -> Path:
-                from engines.report.exports import write_export
+                from engines.core.exports import write_export
 
                 return write_export(make_text(), path)
 
@@ -278,15 +253,15 @@ class WorkbenchScreen(Screen):
             return isinstance(self.focused, Input)  # the way out of a field, shown while in one
         return True
 
+    def owns(self, job: Job) -> bool:
+        """Whether `job` is still this screen's job of its name (a replaced job's events and outcome are stale)."""
+        return self.jobs.get(job.name) is job
+
     def on_job_event(self, message: JobEvent) -> None:
         message.stop()
-        if message.job.running and message.job.on_event_ui:
-            message.job.on_event_ui(message.event)
-
-    def on_job_update(self, message: JobUpdate) -> None:
-        message.stop()
-        if message.job.on_update:
-            message.job.on_update(message.payload)
+        job = message.job
+        if job.running and job.on_event_ui and self.owns(job):
+            job.on_event_ui(message.event)
 
     def on_job_done(self, message: JobDone) -> None:
         message.stop()
@@ -294,11 +269,11 @@ class WorkbenchScreen(Screen):
         job.running = False
         self.refresh_bindings()
         self.state.on_change()  # the jobs indicator
-        if self.jobs.get(job.name) is not job:
+        if not self.owns(job):
             return  # replaced by a newer job of the same name: its outcome is stale
         if message.cancelled:
             if job.on_cancel:
-                job.on_cancel(message.result)
+                job.on_cancel()
             else:
                 self.notify(f"{job.name}: cancelled")
         elif message.error is not None:

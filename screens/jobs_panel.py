@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Static
+
+if TYPE_CHECKING:
+    from screens.state import WorkbenchState
 
 
 class JobsPanel(ModalScreen):
@@ -26,7 +29,7 @@ class JobsPanel(ModalScreen):
         Binding("x", "cancel", "Cancel job"),
     ]
 
-    def __init__(self, state: Any) -> None:
+    def __init__(self, state: WorkbenchState) -> None:
         super().__init__()
         self.state = state
         self.shown: list[Any] = []

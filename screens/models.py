@@ -8,9 +8,10 @@ offered as a loaded model next to the zoo one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from textual.app import ComposeResult
@@ -19,8 +20,12 @@ from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Input, ProgressBar, Static
 
 from engines.core.events import EpochDone, Event, ModelTrained
+from screens.forms import in_words
 from screens.jobs import Job, WorkbenchScreen
 from screens.widgets import NavBar, cursor_item, fmt_num
+
+if TYPE_CHECKING:
+    from engines.train.operation import TrainRequest
 
 
 def _pct(v: Any) -> str:
@@ -111,13 +116,13 @@ class ModelsScreen(WorkbenchScreen):
 
     def show_rows(self, rows: list[dict[str, Any]]) -> None:
         self.rows = rows + [r for r in self.state.extra_models if r["path"] not in {x["path"] for x in rows}]
-        if not any(self.is_active(r) for r in self.rows):  # restored from the last session, not loaded yet
+        if not any(self.is_active_row(r) for r in self.rows):  # restored from the last session, not loaded yet
             self.rows.append(self.active_placeholder())
         table = self.query_one("#models", DataTable)
         current = table.cursor_row
         table.clear()
         for row in self.rows:
-            active = "●" if self.is_active(row) else ""
+            active = "●" if self.is_active_row(row) else ""
             source = row.get("source", "zoo")
             if "error" in row:
                 table.add_row(active, row["id"], row["error"], "", "", "", source, key=row["path"])
@@ -134,7 +139,7 @@ class ModelsScreen(WorkbenchScreen):
                 key=row["path"],
             )
         if self.rows:
-            active_idx = next((i for i, r in enumerate(self.rows) if self.is_active(r)), 0)
+            active_idx = next((i for i, r in enumerate(self.rows) if self.is_active_row(r)), 0)
             table.move_cursor(row=current if 0 < current < len(self.rows) else active_idx)
         self.show_details()
         table.focus()
@@ -152,7 +157,7 @@ class ModelsScreen(WorkbenchScreen):
             "source": ref.kind,
         }
 
-    def is_active(self, row: dict[str, Any]) -> bool:
+    def is_active_row(self, row: dict[str, Any]) -> bool:
         if "ref" in row:
             return row["ref"] == self.state.active_ref.to_json()
         return self.state.active_model in (row["id"], row["path"])
@@ -178,7 +183,7 @@ class ModelsScreen(WorkbenchScreen):
             count = f" · {row['parameters']:,} parameters" if isinstance(row.get("parameters"), int) else ""
             details.update(
                 f"[b]{escape(row['id'])}[/b] {escape(row.get('architecture', ''))}{count}"
-                + (" · [green]active[/green]" if self.is_active(row) else "")
+                + (" · [green]active[/green]" if self.is_active_row(row) else "")
                 + f"\nweights {escape(weights) if weights else 'random (no weights file: say one in the weights field)'}"
                 + f"\nnot a zoo checkpoint: no training record · device "
                 f"{self.state.settings.device}"
@@ -196,7 +201,7 @@ class ModelsScreen(WorkbenchScreen):
         decay = row.get("weight_decay")
         lines = [
             f"[b]{row['id']}[/b] {row.get('architecture', '')} · {row.get('parameters') or 0:,} parameters"
-            + (" · [green]active[/green]" if self.is_active(row) else ""),
+            + (" · [green]active[/green]" if self.is_active_row(row) else ""),
             f"trained on {row.get('train_split', '?')} with {row.get('optimizer') or '?'}"
             + (f" · decay {', '.join(fmt_num(d) for d in decay)}" if decay else ""),
             f"error train {_pct(row.get('train_error'))}% · test {_pct(row.get('test_error'))}%{ref}{p12}",
@@ -272,9 +277,9 @@ class ModelsScreen(WorkbenchScreen):
         )
         self.state.set_active_model(ref)
         self.show_rows([r for r in self.rows if not r.get("loaded")])
-        row = next((i for i, r in enumerate(self.rows) if r.get("ref") == ref.to_json()), None)
-        if row is not None:
-            self.query_one("#models", DataTable).move_cursor(row=row)  # the details below are the loaded model's
+        at = next((i for i, r in enumerate(self.rows) if r.get("ref") == ref.to_json()), None)
+        if at is not None:
+            self.query_one("#models", DataTable).move_cursor(row=at)  # the details below are the loaded model's
         weights = " · random weights: give a weights file" if lm.random_init else ""
         name = lm.path.name if lm.kind == "checkpoint" and lm.path else lm.id
         self.say(f"loaded {name} (sha256 {lm.sha256[:12]}) on {self.state.settings.device}; it is now active{weights}")
@@ -312,7 +317,7 @@ class ModelsScreen(WorkbenchScreen):
         self.say(f"cannot load: {message}", error=True)
 
     # ----------------------------------------------------------------- training
-    def train_request(self, model_id: str) -> Any:
+    def train_request(self, model_id: str) -> TrainRequest:
         """The request `blindspot train --model ID` builds, with the workbench's data and budget."""
         from engines.train.operation import TrainRequest
 
@@ -336,7 +341,7 @@ class ModelsScreen(WorkbenchScreen):
         try:
             request = self.train_request(row["id"])
         except BlindspotError as exc:
-            self.say(f"cannot train: {exc}", error=True)
+            self.say(f"cannot train: {in_words(exc)}", error=True)
             return
         bar = self.query_one("#train-bar", ProgressBar)
         bar.remove_class("-hidden")
@@ -362,8 +367,10 @@ class ModelsScreen(WorkbenchScreen):
     def train_event(self, event: Event) -> None:
         if isinstance(event, EpochDone):
             self.query_one("#train-bar", ProgressBar).update(total=event.total, progress=event.done)
+            validation = event.validation_error  # nan without a validation split
             self.say(
                 f"{event.task}: {int(event.done)}/{int(event.total or 0)} {event.stage} loss {fmt_num(event.loss, 4)}"
+                + (f" · validation error {validation:.2f}%" if math.isfinite(validation) else "")
             )
         elif isinstance(event, ModelTrained):
             self.say(event.line())
@@ -389,6 +396,6 @@ class ModelsScreen(WorkbenchScreen):
         hint = " (T trains over it)" if "already exists" in message else ""
         self.say(f"training failed: {message}{hint}", error=True)
 
-    def train_cancelled(self, _: Any) -> None:
+    def train_cancelled(self) -> None:
         self.query_one("#train-bar", ProgressBar).add_class("-hidden")
         self.say("training cancelled: no checkpoint was written")

@@ -1,6 +1,7 @@
 """A finished run that has no screen of its own (reproduce, robustness, units): its report and its figures.
 
-Reproduce runs show report.md; others show their result JSON (long lists shortened); `v` views the
+Each kind declares the files its report shows (`engines.kinds.report_files`): reproduce runs show report.md,
+others their result JSON (long lists shortened); `v` views the
 run's PNG figures one by one (←/→), enlarged.
 """
 
@@ -16,7 +17,6 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Markdown
 
-RESULT_FILES = ("report.md", "robustness.json", "units.json", "summary.json", "tables.json", "run.json")
 LIST_KEEP = 8
 
 
@@ -31,8 +31,11 @@ def shortened(value: Any) -> Any:
 
 
 def report_text(folder: Path, kind: str) -> str:
-    """Markdown for the window: report.md as written, or the first result file as shortened JSON."""
-    for name in RESULT_FILES:
+    """Markdown for the window: the first of the files its kind reports that the folder holds, Markdown as written,
+    JSON shortened."""
+    from engines.kinds import report_files
+
+    for name in report_files(kind):
         path = folder / name
         if not path.is_file():
             continue

@@ -1,6 +1,6 @@
 """Screen 6, Runs: every run folder under the runs root, newest first; reopen, resume or watch one.
 
-Rows come from `engines.core.run_index.list_runs` (run.json, the result files' names and figures; no
+Rows come from `engines.kinds.list_runs` (run.json, each kind's result files' names and figures; no
 arrays are read), refreshed every two seconds, so a run written by another process (a CLI job, torchrun
 ranks) shows its progress here. Enter hands the folder to the screen that shows its kind: an attack to the
 Attack screen (all its examples, live while it runs, read-only), a matrix to Transfer, bounds to Bounds,
@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 from rich.markup import escape
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from screens.jobs import WorkbenchScreen
 from screens.widgets import NavBar, cursor_item
 
+if TYPE_CHECKING:
+    from engines.core.run_index import RunEntry
+
 REFRESH_S = 2.0
 WIDE = 110  # from this width the table has a data column (the details line always names the data)
 STATUS_STYLE = {"running": "bold yellow", "interrupted": "red", "finished": "green", "damaged": "bold red"}
+S = TypeVar("S", bound=Screen)
 
 
 def _when(started: float) -> str:
@@ -46,7 +51,7 @@ class RunsScreen(WorkbenchScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.entries: list[Any] = []
+        self.entries: list[RunEntry] = []
         self._listing = False
         self.wide = False
 
@@ -95,7 +100,7 @@ class RunsScreen(WorkbenchScreen):
         root = Path(self.state.settings.runs_dir).expanduser()
 
         def work() -> None:
-            from engines.core.run_index import list_runs
+            from engines.kinds import list_runs
 
             try:
                 entries = list_runs(root)
@@ -105,7 +110,7 @@ class RunsScreen(WorkbenchScreen):
 
         self.run_worker(work, thread=True, group="runs-list", exit_on_error=False)
 
-    def show_entries(self, entries: list[Any]) -> None:
+    def show_entries(self, entries: list[RunEntry]) -> None:
         table = self.query_one("#runs", DataTable)
         if entries and entries == self.entries:
             return  # nothing changed on disk: keep the table (and where the user scrolled it) as it is
@@ -114,7 +119,7 @@ class RunsScreen(WorkbenchScreen):
         table.clear()
         for e in entries:
             progress = f"{e.done}/{e.total} images" if e.status in ("running", "interrupted") and e.total else ""
-            cells = [_when(e.started), e.kind, e.model, *([e.data] if self.wide else [])]
+            cells: list[str | Text] = [_when(e.started), e.kind, e.model, *([e.data] if self.wide else [])]
             cells += [
                 Text(e.status, style=STATUS_STYLE.get(e.status, "")),
                 " · ".join(p for p in (progress, self.why(e) or e.figures) if p),
@@ -130,11 +135,11 @@ class RunsScreen(WorkbenchScreen):
             )
 
     @staticmethod
-    def why(entry: Any) -> str:
+    def why(entry: RunEntry) -> str:
         """Why a run is damaged, without its folder's path (the row and the details line name the folder)."""
         return entry.error.replace(f"{entry.path}/", "").replace(str(entry.path), "the folder")
 
-    def highlighted(self) -> Any:
+    def highlighted(self) -> RunEntry | None:
         return cursor_item(self.query_one("#runs", DataTable), self.entries)
 
     def on_data_table_row_highlighted(self, _: DataTable.RowHighlighted) -> None:
@@ -158,11 +163,15 @@ class RunsScreen(WorkbenchScreen):
         )
 
     # ---------------------------------------------------------------- actions
-    async def go_to(self, mode: str) -> None:
-        """Switch to `mode` with its own screen on top: a window left open there (help, an image) is closed."""
+    async def go_to(self, mode: str, kind: type[S]) -> S:
+        """Switch to `mode` with its own screen on top (a window left open there, help or an image, is closed);
+        that screen."""
         await self.app.switch_mode(mode)
         while len(self.app.screen_stack) > 1:
             await self.app.pop_screen()
+        screen = self.app.screen
+        assert isinstance(screen, kind), f"the {mode} mode shows {type(screen).__name__}"
+        return screen
 
     async def on_data_table_row_selected(self, _: DataTable.RowSelected) -> None:
         await self.action_open_run()
@@ -176,19 +185,24 @@ class RunsScreen(WorkbenchScreen):
             self.say(f"{e.path.name} is damaged: {self.why(e)}", error=True)
             return
         if e.kind == "attack":
-            await self.go_to("attack")
-            self.app.screen.show_run(e.path)
+            from screens.attack import AttackScreen
+
+            (await self.go_to("attack", AttackScreen)).show_run(e.path)
         elif e.kind == "transfer" and e.status == "finished":
-            await self.go_to("transfer")
-            self.app.screen.open(str(e.path))
+            from screens.transfer import TransferScreen
+
+            (await self.go_to("transfer", TransferScreen)).open(str(e.path))
         elif e.kind == "bounds" and e.status == "finished":
-            await self.go_to("bounds")
-            self.app.screen.show_saved(e.path)
+            from screens.bounds import BoundsScreen
+
+            (await self.go_to("bounds", BoundsScreen)).show_saved(e.path)
         elif e.kind == "train":
+            from screens.models import ModelsScreen
+
             self.state.set_active_model(str(e.path))
-            await self.go_to("models")
-            self.app.screen.action_refresh()
-            self.app.screen.say(f"active model: {e.path.name} (from Runs)")
+            models = await self.go_to("models", ModelsScreen)
+            models.action_refresh()
+            models.say(f"active model: {e.path.name} (from Runs)")
         elif e.status == "finished":
             from screens.run_report import RunReport
 
@@ -204,5 +218,6 @@ class RunsScreen(WorkbenchScreen):
             why = "it is not an attack" if e.kind != "attack" else f"it is {e.status}"
             self.say(f"R resumes interrupted attack runs; {why}", error=True)
             return
-        await self.go_to("attack")
-        self.app.screen.resume_run(e.path)
+        from screens.attack import AttackScreen
+
+        (await self.go_to("attack", AttackScreen)).resume_run(e.path)

@@ -13,7 +13,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from screens.jobs import Job
 
 
 @dataclass
@@ -27,7 +30,7 @@ class Settings:
     models_folder: Path | None = None
     train_epochs: int | None = None
     train_max_iter: int | None = None
-    attack: dict[str, Any] = field(default_factory=lambda: {"n": 64, "c_steps": 9, "max_iter": 100})
+    attack: dict[str, Any] = field(default_factory=dict)  # the attack form's values; unset: the declared defaults
     matrix_path: Path | None = None  # a transfer matrix (matrix.json or its folder) to open first
     units_random: int | None = None
     units_images: int | None = None
@@ -93,7 +96,7 @@ class WorkbenchState:
         self.store = store
         self.active_ref = as_model_ref(settings.model)
         self.extra_models: list[dict[str, Any]] = []
-        self.jobs: list[tuple[str, Any]] = []  # (screen label, Job) of every job started, for the jobs panel
+        self.jobs: list[tuple[str, Job]] = []  # (screen label, Job) of every job started, for the jobs panel
         self.on_change = on_change
         self._models: dict[tuple[str, str], Any] = {}
         self._loading: dict[tuple[str, str], threading.Lock] = {}  # one per model: loads of others go on meanwhile
@@ -123,7 +126,7 @@ class WorkbenchState:
         self.remember(device=device)
         self.on_change()
 
-    def track_job(self, where: str, job: Any) -> None:
+    def track_job(self, where: str, job: Job) -> None:
         """A job started on screen `where`; finished ones are dropped as new ones come."""
         self.jobs = [(w, j) for w, j in self.jobs if j.running] + [(where, job)]
         self.on_change()

@@ -11,7 +11,11 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Input, Static
 
+from engines.core.errors import InputError
 from engines.core.events import Event, SetReady, Step
+from engines.core.options import option_spec
+from engines.transfer.request import TransferRequest, csv_items, model_refs, named_models, numbers
+from screens.forms import field_widget, in_words, initial_value, read_field
 from screens.image_view import GridView
 from screens.jobs import Job, WorkbenchScreen
 from screens.widgets import GridItem, NavBar, fmt_num, heat_style
@@ -24,6 +28,11 @@ SECTIONS = (
 )
 SORTS = ("as computed", "highest first", "lowest first")
 NAME_W = 24
+LABELS = {"weights": "weights (NAME=FILE)"}  # what the fields call the weights in error messages
+MODELS_HELP = (
+    "comma-separated models: zoo ids, checkpoint files, torchvision names, package.module:function; "
+    "NAME=FILE gives a torchvision or factory model its weights (resnet18=~/w/resnet18.pth)"
+)
 
 
 def short(path: Path | None) -> str:
@@ -74,11 +83,11 @@ class TransferScreen(WorkbenchScreen):
             yield Input(self._latest(), placeholder="path to a matrix.json or its run folder", id="path", compact=True)
         with Horizontal(classes="row"):
             yield Static("compute: sources ")
-            yield Input(Path(self.state.active_model).stem, id="sources", compact=True)
+            yield Input(Path(self.state.active_model).stem, id="sources", compact=True, tooltip=MODELS_HELP)
             yield Static(" targets ")
-            yield Input("", placeholder="default: the sources", id="targets", compact=True)
-            yield Static(" N ")
-            yield Input("32", id="n", compact=True, type="integer")
+            yield Input("", placeholder="default: the sources", id="targets", compact=True, tooltip=MODELS_HELP)
+            yield Static(f" {option_spec(TransferRequest, 'n').label} ")
+            yield field_widget(TransferRequest, "n", initial_value(TransferRequest, "n"))  # `blindspot transfer`'s
             yield Static(" noise ")
             yield Input("0.1", id="noise", compact=True)
         table: DataTable = DataTable(id="matrix", cursor_type="cell")
@@ -120,7 +129,7 @@ class TransferScreen(WorkbenchScreen):
             return
 
         def work(job: Job) -> Any:
-            from engines.attack.transfer import load_matrix
+            from engines.transfer.store import load_matrix
 
             return load_matrix(path)
 
@@ -131,30 +140,10 @@ class TransferScreen(WorkbenchScreen):
         )
 
     def action_compute(self) -> None:
-        from engines.attack.problems import AttackConfig
-        from engines.attack.transfer import TransferRequest
-        from engines.core.errors import InputError
-
-        def items(wid: str) -> list[str]:
-            return [t.strip() for t in self.query_one(wid, Input).value.split(",") if t.strip()]
-
-        settings = self.state.settings
-        attack = settings.attack
         try:
-            request = TransferRequest(
-                sources=tuple(items("#sources")),
-                targets=tuple(items("#targets")),
-                split="test",
-                n=int(self.query_one("#n", Input).value),
-                config=AttackConfig(c_steps=int(attack.get("c_steps", 9)), max_iter=int(attack.get("max_iter", 100))),
-                data_dir=settings.data_dir,
-                noise=tuple(float(v) for v in items("#noise")),
-            )
-        except ValueError:
-            self.say("N must be a whole number and noise comma-separated numbers", error=True)
-            return
+            request = self.request()
         except InputError as exc:
-            self.say(str(exc), error=True)
+            self.say(in_words(exc), error=True)
             return
         self.say("computing the matrix … (x cancels; finished adversarial sets stay cached)")
         self.matrix, self.order = None, []
@@ -167,7 +156,7 @@ class TransferScreen(WorkbenchScreen):
         self.focus_main()
 
         def work(job: Job) -> Any:
-            from engines.attack.transfer import run_transfer
+            from engines.transfer.operation import run_transfer
 
             return run_transfer(request, self.job_context(job))
 
@@ -177,7 +166,27 @@ class TransferScreen(WorkbenchScreen):
             on_event=self.show_event,
             on_done=self.computed,
             on_error=lambda m: self.say(m, error=True),
-            on_cancel=lambda _: self.say("cancelled: finished adversarial sets stay in the cache for the next try"),
+            on_cancel=lambda: self.say("cancelled: finished adversarial sets stay in the cache for the next try"),
+        )
+
+    def request(self) -> TransferRequest:
+        """The fields as a request: models are comma-separated, each may carry its weights as NAME=FILE."""
+        from engines.attack.search import AttackConfig
+
+        def field(wid: str) -> str:
+            return self.query_one(wid, Input).value
+
+        sources, source_weights = named_models(csv_items(field("#sources")))
+        targets, target_weights = named_models(csv_items(field("#targets")))
+        weights = list(dict.fromkeys([*source_weights, *target_weights]))  # a model named in both: once
+        attack = self.state.settings.attack  # the Attack form's budget (its declared defaults until changed)
+        return TransferRequest(
+            sources=model_refs(sources, weights, labels=LABELS),
+            targets=model_refs(targets, weights, labels=LABELS),
+            n=read_field(self, TransferRequest, "n"),
+            config=AttackConfig(**{k: initial_value(AttackConfig, k, attack) for k in ("c_steps", "max_iter")}),
+            data_dir=self.state.settings.data_dir,
+            noise=tuple(numbers(field("#noise"), "noise")),
         )
 
     def show_event(self, event: Event) -> None:
@@ -287,9 +296,9 @@ class TransferScreen(WorkbenchScreen):
         self.say(f"finding examples of {matrix.rows[row].name} that fool {matrix.columns[col]} …")
 
         def work(job: Job) -> Any:
-            from engines.attack.transfer import cell_examples
             from engines.core.device import resolve_device
             from engines.report.figures import to_uint8
+            from engines.transfer.cells import cell_examples
             from screens.pictures import difference_picture, scale_label
 
             found = cell_examples(matrix, row, col, k=12, device=resolve_device(device))
@@ -333,7 +342,7 @@ class TransferScreen(WorkbenchScreen):
         matrix = self.matrix
 
         def text() -> str:
-            from engines.attack.transfer import matrix_csv
+            from engines.transfer.store import matrix_csv
 
             return matrix_csv(matrix)
 

@@ -33,9 +33,10 @@ async def settle(pilot, rounds: int = 3) -> None:
 
 async def shoot(size: tuple[int, int], out: Path, work: Path) -> list[Path]:
     from blindspot.app import create_app
-    from engines.attack.problems import AttackConfig
-    from engines.attack.transfer import TransferRequest, run_transfer
+    from engines.attack.search import AttackConfig
     from engines.core.context import RunContext
+    from engines.transfer.operation import run_transfer
+    from engines.transfer.request import TransferRequest
     from screens.state import Settings
 
     matrix = work / "transfer-matrix"

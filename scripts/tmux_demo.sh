@@ -4,7 +4,7 @@
 #
 # usage: scripts/tmux_demo.sh [-s WIDTHxHEIGHT] [-o OUT_DIR] [-g GRAPHICS] [-m MATRIX_JSON] [-n] [STEP ...]
 #
-# Without STEPs it runs the walkthrough of issue 7: pick n100-100-10, attack 64 images while the
+# Without STEPs it runs the walkthrough of issue 7: pick n100-100-10, attack 100 images while the
 # progress streams, open the gallery of a layer and enlarge an image, open a transfer matrix and
 # drill into a cell, view the frame bounds, quit.
 # With -n it runs a new user's session (issue 15) instead: load a torchvision ResNet-18 with weights

@@ -10,14 +10,9 @@ from torch import nn
 
 from engines.core.errors import InputError
 from engines.core.zoo import build_model, mlp_spec, zoo_entry
-from engines.train.adversarial import (
-    AdversarialPool,
-    AdversarialSettings,
-    layer_cuts,
-    layer_shapes,
-    mixed_loss,
-    train_adversarial,
-)
+from engines.train.adversarial import mixed_loss, train_adversarial
+from engines.train.adversarial_pool import AdversarialPool, AdversarialSettings
+from engines.train.layer_cuts import layer_cuts, layer_shapes
 
 
 def _toy_data(n: int = 240, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

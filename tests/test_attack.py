@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from engines.attack.chunks import load_samples
 from engines.attack.lbfgsb import minimize
 from engines.attack.objective import _Objective
-from engines.attack.problems import AttackConfig, attack_problems, paper_distortion, validate_images
+from engines.attack.operation import AttackRequest, resume_attack, run_attack
 from engines.attack.results import AttackResult
-from engines.attack.run import AttackRequest, resume_attack, run_attack
+from engines.attack.search import AttackConfig, attack_problems, paper_distortion, validate_images
 from engines.attack.targets import choose_targets, expand_all_targets, parse_target
 from engines.core.checkpoint import check_classifier, load_checkpoint
 from engines.core.context import RunContext

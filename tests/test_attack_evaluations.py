@@ -10,11 +10,11 @@ from torch import nn
 from torch.nn import functional as F
 
 import engines.attack.objective as objective
-import engines.attack.problems as problems
+import engines.attack.search as problems
 from engines.attack.curvature import CurvatureMemory
 from engines.attack.lbfgsb import minimize
 from engines.attack.objective import _Objective, target_loss
-from engines.attack.problems import LEGACY_SETTINGS, AttackConfig, attack_problems, first_c
+from engines.attack.search import LEGACY_SETTINGS, AttackConfig, attack_problems, first_c
 from engines.core.errors import InputError
 
 D = torch.float64

@@ -9,14 +9,16 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import engines.attack.follow as follow_module
 from engines.attack.follow import follow_attack, tiling
-from engines.attack.problems import AttackConfig
-from engines.attack.run import AttackRequest, resume_attack, run_attack
+from engines.attack.operation import AttackRequest, resume_attack, run_attack
+from engines.attack.search import AttackConfig
 from engines.core.context import RunContext
 from engines.core.errors import Cancelled
 from engines.core.events import ChunkDone, Event, SolverStep, Step
@@ -186,7 +188,7 @@ def test_following_a_run_being_written_yields_every_chunk_and_its_result(runs, t
     assert any(isinstance(e, Step) for e in seen)  # it waited while the run was still running
 
 
-def test_cancelling_the_follower_stops_within_a_poll_and_leaves_the_run(runs, tmp_path):
+def test_cancelling_the_follower_stops_within_a_poll_and_leaves_the_run(runs, tmp_path, monkeypatch):
     folder = tmp_path / "held"
     shutil.copytree(runs["cut"], folder)
     record = json.loads((folder / "run.json").read_text())
@@ -195,16 +197,23 @@ def test_cancelling_the_follower_stops_within_a_poll_and_leaves_the_run(runs, tm
     try:
         (folder / LOCK_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid, "since": 0}))
         before = snapshot(folder)
-        asked: dict[str, float] = {}
+        asked: list[Event] = []
+        polls_after_cancel: list[float] = []
 
         def on_event(event: Event) -> None:
-            if isinstance(event, Step) and "at" not in asked:
-                asked["at"] = time.monotonic()  # cancel once it is waiting for new chunks
+            if isinstance(event, Step) and not asked:
+                asked.append(event)  # cancel once it is waiting for new chunks
 
-        ctx = RunContext(device="cpu", on_event=on_event, cancelled=lambda: "at" in asked)
+        def poll_wait(seconds: float) -> None:  # the follower's wait between polls, counted instead of slept
+            if asked:
+                polls_after_cancel.append(seconds)
+                assert len(polls_after_cancel) <= 3, "the follower kept polling after the cancel"
+
+        monkeypatch.setattr(follow_module, "time", SimpleNamespace(sleep=poll_wait))
+        ctx = RunContext(device="cpu", on_event=on_event, cancelled=lambda: bool(asked))
         with pytest.raises(Cancelled):
             follow_attack(folder, ctx, poll=0.2)
-        assert time.monotonic() - asked["at"] < 1.0
+        assert polls_after_cancel == [0.2]  # the wait it was in, and no further poll
         assert snapshot(folder) == before
     finally:
         holder.kill()

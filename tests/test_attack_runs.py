@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engines.attack.problems import AttackConfig
-from engines.attack.run import AttackRequest, resume_attack, run_attack
+from engines.attack.operation import AttackRequest, resume_attack, run_attack
+from engines.attack.search import AttackConfig
 from engines.core.context import RunContext
 from engines.core.errors import Cancelled, InputError
 from tests.conftest import make_mnist_dir
@@ -43,7 +43,7 @@ def test_resume_refuses_data_that_changed(tmp_path):
     out = tmp_path / "run"
     ctx, _ = cancel_after_chunks(1)
     with pytest.raises(Cancelled):
-        run_attack(request(data), ctx.with_out(out))
+        run_attack(request(data), replace(ctx, out=out))
     shutil.rmtree(data)
     make_mnist_dir(data, seed=5)  # other images under the same names
     with pytest.raises(InputError, match="data files .* changed"):
@@ -67,7 +67,7 @@ def test_a_damaged_chunk_is_recomputed_not_trusted(tmp_path):
     out = tmp_path / "run"
     ctx, _ = cancel_after_chunks(2)
     with pytest.raises(Cancelled):
-        run_attack(request(data), ctx.with_out(out))
+        run_attack(request(data), replace(ctx, out=out))
     chunks = sorted((out / "chunks").glob("*.safetensors"))
     assert len(chunks) == 2
     with open(chunks[1], "r+b") as fh:
@@ -85,7 +85,7 @@ def test_a_damaged_run_record_is_one_line(tmp_path, damage, cli):
     out = tmp_path / "run"
     ctx, _ = cancel_after_chunks(1)
     with pytest.raises(Cancelled):
-        run_attack(request(data), ctx.with_out(out))
+        run_attack(request(data), replace(ctx, out=out))
     if damage == "garbage":
         (out / "run.json").write_bytes(b"\x00\xff not json")
     else:

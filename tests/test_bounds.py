@@ -350,14 +350,18 @@ def _dense_circular(w: torch.Tensor, n: int, s: int, groups: int = 1) -> torch.T
 
 @pytest.mark.parametrize("lags", [True, False])
 @pytest.mark.parametrize("c,f,k,s,n,groups", FAST_CASES)
-def test_gram_routes_and_threads_equal_the_dense_operator(c, f, k, s, n, groups, lags, two_threads, monkeypatch):
+@pytest.mark.usefixtures("two_threads")
+def test_gram_routes_and_threads_equal_the_dense_operator(c, f, k, s, n, groups, lags, monkeypatch):
     """Gram matrices from the tap products (lags) or from the blocks, eigvalsh split over two threads."""
-    from engines.bounds import polyphase
+    from engines.bounds import polyphase, polyphase_blocks
 
-    monkeypatch.setattr(polyphase, "LAG_ADVANTAGE", 1e9) if lags else monkeypatch.setattr(polyphase, "LAG_ENTRIES", 0)
+    if lags:
+        monkeypatch.setattr(polyphase_blocks, "LAG_ADVANTAGE", 1e9)
+    else:
+        monkeypatch.setattr(polyphase_blocks, "LAG_ENTRIES", 0)
     w = torch.randn(f, c // groups, k, k, dtype=torch.float64, generator=torch.Generator().manual_seed(c + f + k + s))
     ref = _dense_circular(w, n, s, groups).numpy()
-    pp = polyphase._polyphase(w, (n, n), (s, s), groups)
+    pp = polyphase_blocks.split_phases(w, (n, n), (s, s), groups)
     assert (pp.lags is not None) == lags and (pp.spec is None) == lags
     cs = polyphase.polyphase_spectrum(w, (n, n), (s, s), groups)
     assert torch.get_num_threads() == 2  # the workers' single-threaded setting does not leak

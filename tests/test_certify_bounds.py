@@ -14,14 +14,14 @@ from torch import nn
 from engines.certify.concretize import BallBox, certified_radius, cheap_lower, tight_lower
 from engines.certify.crown import margin_lower, margin_spec
 from engines.certify.exact import exact_untargeted, solve_targets
+from engines.certify.lipschitz import certified_radius as lipschitz_radius
+from engines.certify.lipschitz import lipschitz_constant
 from engines.certify.network import network_of
 from engines.certify.radius import bisect_radius, crown_radius
 from engines.certify.relax import relax
 from engines.core.errors import InputError
 from engines.core.model_data import open_model_data, take_images
 from engines.core.models import load_model
-from engines.robustness.certified import certified_radius as lipschitz_radius
-from engines.robustness.certified import lipschitz_constant
 
 F64 = torch.float64
 

@@ -9,15 +9,15 @@ import torch
 from safetensors.torch import save_file
 
 from engines.attack.chunks import load_samples
-from engines.attack.problems import AttackConfig
-from engines.attack.run import AttackRequest, run_attack
-from engines.attack.transfer import MatrixRow, TransferMatrix
+from engines.attack.operation import AttackRequest, run_attack
+from engines.attack.search import AttackConfig
 from engines.certify.exact import exact_untargeted
 from engines.core.checkpoint import load_checkpoint
 from engines.core.context import RunContext
-from engines.report.reproduce_markdown import _bracket
+from engines.reproduce.markdown import _bracket
 from engines.reproduce.tables import table1_bracket
 from engines.robustness.operation import RobustnessRequest, run_robustness
+from engines.transfer.matrix import MatrixRow, TransferMatrix
 
 
 def test_robustness_reports_the_exact_minimum_of_a_linear_model_beside_the_global_bound(tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ def test_cli_prints_the_summary_as_json(tmp_path: Path, capsys) -> None:
     )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["n"] == 4 and summary["method"] == "crown" and summary["violations"] == 0
+    assert summary["n"] == 4 and summary["method"] == "alpha-crown" and summary["violations"] == 0
     assert summary["median_ratio"] >= 1 and not summary["exact"]
     assert (tmp_path / "r" / CERTIFY_FILE).is_file()
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-import engines.attack.run as ar
+import engines.attack.operation as ar
 from engines.attack.batching import (
     attack_chunk,
     auto_batch_size,
@@ -23,8 +23,8 @@ from engines.attack.batching import (
     images_per_chunk,
     problem_bytes,
 )
-from engines.attack.problems import AttackConfig
-from engines.attack.run import AttackRequest, run_attack
+from engines.attack.operation import AttackRequest, run_attack
+from engines.attack.search import AttackConfig
 from engines.core.checkpoint import load_checkpoint
 from engines.core.context import RunContext
 from engines.core.data import load_split
@@ -301,7 +301,8 @@ def test_bounds_start_vectors_and_results_agree_between_cpu_and_cuda():
 
 
 def test_an_epochs_pool_draws_at_once_are_the_draws_one_minibatch_at_a_time():
-    from engines.train.adversarial import AdversarialPool, layer_cuts, layer_shapes
+    from engines.train.adversarial_pool import AdversarialPool
+    from engines.train.layer_cuts import layer_cuts, layer_shapes
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(36, 12), nn.Sigmoid(), nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, 3))
     x = torch.rand(20, 1, 6, 6)

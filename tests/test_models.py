@@ -13,7 +13,7 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
-from engines.attack.problems import AttackConfig, attack_problems, paper_distortion
+from engines.attack.search import AttackConfig, attack_problems, paper_distortion
 from engines.core.checkpoint import check_classifier
 from engines.core.errors import CheckpointError, InputError, ModelError
 from engines.core.models import ModelRef, load_model, parse_normalization

@@ -211,9 +211,9 @@ def test_bad_models_and_data_are_one_line_exit_2(world: dict, cli, tmp_path: Pat
 
 
 def test_reproduce_adds_figure5_on_a_trained_alexnet_and_the_users_images(world: dict, tmp_path: Path) -> None:
-    from engines.attack.problems import AttackConfig
+    from engines.attack.search import AttackConfig
     from engines.core.context import RunContext
-    from engines.reproduce.run import ReproduceRequest, figure5
+    from engines.reproduce.operation import ReproduceRequest, figure5
 
     with pytest.raises(InputError, match="needs --weights"):
         ReproduceRequest(imagenet_dir=str(world["data"]))

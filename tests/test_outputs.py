@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
+
 import pytest
 
+from engines.bounds.export import BOUNDS_COLUMNS, bounds_csv
+from engines.core.errors import InputError
+from engines.core.exports import csv_text, write_export
+from engines.core.io import read_json
 from tests.conftest import make_mnist_dir
 
 QUICK = {
@@ -65,3 +72,26 @@ def test_transfer_runs_without_a_usable_cache(cli, tmp_path, monkeypatch, caplog
     warnings = [r.getMessage() for r in caplog.records if r.name == "engines.core.cache"]
     assert len(warnings) == 1 and "running without a cache" in warnings[0]
     assert not (blocker.parent / "cache").exists()
+
+
+def test_bounds_export_is_one_row_per_layer_of_its_bounds_json(cli, tmp_path):
+    rc, _, err = cli(*QUICK["bounds"], "--device", "cpu", "--out", tmp_path / "b")
+    assert rc == 0, err
+    saved = read_json(tmp_path / "b" / "bounds.json")
+    rows = list(csv.DictReader(io.StringIO(bounds_csv(saved))))
+    assert list(rows[0]) == list(BOUNDS_COLUMNS) and len(rows) == len(saved["layers"])
+    for row, layer in zip(rows, saved["layers"], strict=True):
+        assert float(row["upper"]) == pytest.approx(layer["upper"], rel=1e-5)
+        assert row["layer"] == layer["label"] and row["exact"] == str(int(bool(layer.get("exact"))))
+    with pytest.raises(InputError, match="compute the bounds first"):
+        bounds_csv({"layers": []})
+
+
+def test_an_export_goes_where_the_user_says_never_onto_a_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    text = csv_text(("a", "b"), [{"a": 1, "b": "x,y"}])
+    assert text == 'a,b\n1,"x,y"\n'
+    written = write_export(text, "~/deep/er/out.csv")
+    assert written == tmp_path / "deep" / "er" / "out.csv" and written.read_text() == text
+    with pytest.raises(InputError, match="is a folder"):
+        write_export(text, tmp_path / "deep")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.attack.problems import AttackConfig
+from engines.attack.search import AttackConfig
 from engines.core import paper
 from engines.core.checkpoint import load_checkpoint
 from engines.core.context import RunContext
@@ -15,10 +15,10 @@ from engines.core.data import load_split
 from engines.core.errors import Cancelled, InputError
 from engines.core.events import Step, TableDone
 from engines.core.io import read_json, write_json_atomic
-from engines.report.reproduce_markdown import noise_readings, scale_readings
-from engines.report.section42_markdown import section42_lines
 from engines.reproduce import section42
-from engines.reproduce.run import FULL_N, QUICK_N, ReproduceRequest, run_reproduce
+from engines.reproduce.markdown import noise_readings, scale_readings
+from engines.reproduce.operation import FULL_N, QUICK_N, ReproduceRequest, run_reproduce
+from engines.reproduce.section42_markdown import section42_lines
 
 TINY = ReproduceRequest(n=2, config=AttackConfig(c_steps=2, max_iter=10))
 
@@ -74,6 +74,9 @@ def test_reproduce_writes_all_five_tables_and_section42_beside_the_papers(cli, t
     for i, r in enumerate(tables["table2"]):
         assert r["ours"] == pytest.approx(t2["values"][i], abs=1e-3)
         assert r["paper"] == paper.TABLE2[r["row"].removesuffix(" unclipped").removesuffix(at_paper)]
+        # what the row is lies in typed fields (the name is for show): clipped noise, and each source's rows
+        assert r["clipped"] is (r["row"] not in noise[2:])
+        assert r["source"] == (None if r["kind"] == "noise" else r["row"].removesuffix(at_paper))
         for (lo, hi), v in zip(r["interval"], r["ours"], strict=True):
             assert lo <= v <= hi
     by_row = {r["row"]: r for r in tables["table2"]}
@@ -189,8 +192,8 @@ def test_the_noise_reading_closer_to_the_paper_is_named():
     def rows(clipped: list[float], raw: list[float]) -> list[dict]:
         paper_row = [5.0, 4.0]
         return [
-            {"row": "noise 0.3", "kind": "noise", "ours": clipped, "paper": paper_row},
-            {"row": "noise 0.3 unclipped", "kind": "noise", "ours": raw, "paper": paper_row},
+            {"row": "noise 0.3", "kind": "noise", "clipped": True, "ours": clipped, "paper": paper_row},
+            {"row": "noise 0.3 unclipped", "kind": "noise", "clipped": False, "ours": raw, "paper": paper_row},
         ]
 
     far, near = [45.0, 40.0], [6.0, 4.5]
@@ -241,7 +244,7 @@ def test_section42_readings_say_whether_ablation_gaps_exceed_the_seed_spread():
 
 def test_scale_reading_states_how_much_of_the_transfer_gap_the_paper_distortion_closes():
     def row(name: str, kind: str, ours: list[float]) -> dict:
-        return {"row": name, "kind": kind, "ours": ours, "paper": [100.0, 40.0], "columns": ["a", "b"]}
+        return {"row": name, "kind": kind, "source": "a", "ours": ours, "paper": [100.0, 40.0], "columns": ["a", "b"]}
 
     tables = {
         "table2": [row("a", "adversarial", [100.0, 10.0]), row("a at the paper's distortion", "scaled", [100.0, 25.0])]

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from engines.attack.problems import AttackConfig
-from engines.attack.run import AttackRequest, resume_attack, run_attack
+from engines.attack.operation import AttackRequest, resume_attack, run_attack
+from engines.attack.search import AttackConfig
 from engines.core.context import RunContext
 from engines.core.errors import BlindspotError, Cancelled
 from engines.core.events import ChunkDone

@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 
 from engines.attack.chunks import covered_images
-from engines.attack.problems import AttackConfig
-from engines.attack.run import AttackRequest, run_attack
+from engines.attack.operation import AttackRequest, run_attack
+from engines.attack.search import AttackConfig
 from engines.bounds.operation import BoundsRequest, run_bounds
 from engines.core.context import RunContext
 from engines.core.data import sample_data_dir
 from engines.core.errors import Cancelled
 from engines.core.events import ChunkDone
 from engines.core.io import write_json_atomic
-from engines.core.run_index import list_runs, read_run_entry
 from engines.core.runs import LOCK_FILE, lock_is_live, request_digest
+from engines.kinds import list_runs, read_run_entry
 from tests.conftest import make_mnist_dir
 
 BUDGET = AttackConfig(c_steps=2, max_iter=10)

@@ -160,6 +160,13 @@ def test_two_ranks_share_the_activations_pass_of_units(tmp_path: Path) -> None:
     assert one == two
 
 
+def _ended(result: dict[str, subprocess.CompletedProcess[str]]) -> str:
+    """Why a writer thread ended: its run's stderr, or that it raised before it had a run (pytest reports the
+    thread's exception)."""
+    run = result.get("run")
+    return run.stderr[-2000:] if run is not None else "the writer thread raised before the run ended"
+
+
 def test_a_sharded_run_is_watched_read_only_with_the_progress_of_every_rank(tmp_path: Path) -> None:
     """The workbench's watch mode (issue 14): a follower sees each rank's chunks as they land, counts the whole
     run, and ends with rank 0's merged summary; it never writes into the folder."""
@@ -168,22 +175,32 @@ def test_a_sharded_run_is_watched_read_only_with_the_progress_of_every_rank(tmp_
     from engines.core.context import RunContext
     from engines.core.events import ChunkDone, Event, Step
 
-    out = tmp_path / "two"
-    args = [*ATTACK, "--c-steps", "6", "--max-iter", "60", "--batch-size", "4", "--out", out]
+    out, go = tmp_path / "two", tmp_path / "go"
+    args = [ATTACK[0], "--model-factory", "tests.gated_model:gated", *ATTACK[3:]]
+    args += ["--c-steps", "2", "--max-iter", "10", "--batch-size", "4", "--out", out]
     result: dict[str, subprocess.CompletedProcess[str]] = {}
-    writer = threading.Thread(target=lambda: result.update(run=_blindspot(tmp_path, args, ranks=2)))
+    gate = {"GATED_RUN": str(out), "GATED_GO": str(go), "GATED_AFTER": "2"}  # the ranks wait after two chunks
+    writer = threading.Thread(target=lambda: result.update(run=_blindspot(tmp_path, args, ranks=2, **gate)))
     writer.start()
     try:
         deadline = time.monotonic() + 120
         while not (out / "run.json").is_file():  # rank 0 creates the folder
+            assert writer.is_alive(), f"the sharded run ended before it began: {_ended(result)}"
             assert time.monotonic() < deadline, "the sharded run never started"
             time.sleep(0.05)
         events: list[Event] = []
-        outcome = follow_attack(out, RunContext(device="cpu", on_event=events.append), poll=0.1)
+
+        def on_event(event: Event) -> None:
+            events.append(event)
+            if isinstance(event, Step):
+                go.touch()  # followed live: the held ranks may finish now
+
+        outcome = follow_attack(out, RunContext(device="cpu", on_event=on_event), poll=0.1)
         seen = [e for e in events if isinstance(e, ChunkDone)]
     finally:
+        go.touch()
         writer.join(timeout=300)
-    assert result["run"].returncode == 0, result["run"].stderr
+    assert "run" in result and result["run"].returncode == 0, _ended(result)
     assert outcome.status == "finished" and outcome.result is not None and outcome.result.n == 64
     assert any(isinstance(e, Step) and e.done < 64 for e in events)  # followed while running, not replayed after
     starts = sorted(e.start for e in seen)

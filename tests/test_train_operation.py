@@ -8,6 +8,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -229,3 +230,84 @@ def test_a_trained_checkpoint_reloads_with_the_same_tensors(tiny_mnist, tmp_path
     stored = load_file(result.models[0].path)
     lm = load_checkpoint(result.models[0].path)
     assert all(torch.equal(t, stored[k]) for k, t in lm.model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"validation": -1}, "--validation must be"),
+        ({"lr_floor": -0.1}, "--lr-floor"),
+        ({"weight_decay_mode": "l2"}, "unknown --weight-decay-mode 'l2'"),
+        ({"weight_decay": 0.1}, "add --weight-decay-mode decoupled"),
+        ({"seeds": (0, 0)}, "names a seed twice"),
+        ({"seeds": (0, 1), "seed": 3}, "--seed or --seeds"),
+    ],
+)
+def test_bad_protocol_options_are_refused_when_the_request_is_built(changes, message):
+    with pytest.raises(InputError, match=message):
+        TrainRequest(**({"models": ("softmax1",)} | changes))
+
+
+def test_the_protocol_options_round_trip_through_json():
+    request = TrainRequest(
+        models=("softmax1",),
+        validation=50,
+        seeds=(0, 2),
+        weight_decay_mode="decoupled",
+        weight_decay=0.02,
+        lr_floor=0.1,
+    )
+    assert TrainRequest.from_json(json.loads(json.dumps(request.to_json()))) == request
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--validation", "-5"), "--validation must be"),
+        (("--validation", "200"), "--validation 200 leaves no training image"),  # the tiny set has 200
+        (("--seeds", "0;1"), "--seeds takes whole numbers"),
+        (("--lr-floor", "-1"), "--lr-floor"),
+        (("--weight-decay", "0.1"), "add --weight-decay-mode decoupled"),
+        (("--weight-decay-mode", "l1"), "unknown --weight-decay-mode"),
+    ],
+)
+def test_cli_bad_protocol_options_are_one_line_and_exit_2(args, message, cli, tiny_mnist, tmp_path):
+    rc, _, err = cli("train", "-m", "softmax1", *args, "--max-iter", "1", "--data", tiny_mnist, "--out", tmp_path / "m")
+    assert rc == 2 and message in err and err.strip().count("\n") == 0 and "Traceback" not in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_seeds_report_mean_and_sd_in_the_json_and_the_first_seeds_sidecar(cli, tiny_mnist, tmp_path):
+    out = tmp_path / "m"
+    args = ("train", "-m", "softmax1", "--optimizer", "adam", "--epochs", "2", "--validation", "50")
+    rc, stdout, err = cli(*args, "--seeds", "0,1,2", "--data", tiny_mnist, "--out", out, "--device", "cpu", "--json")
+    assert rc == 0, err
+    (row,) = json.loads(stdout)
+    sidecar = json.loads(Path(row["path"]).with_suffix(".json").read_text())
+    errors = [r["test_error"] for r in sidecar["per_seed"]]
+    assert row["seeds"] == sidecar["seeds"] == [0, 1, 2] and sidecar["seed"] == 0
+    assert row["test_error_mean"] == sidecar["test_error_mean"] == pytest.approx(float(np.mean(errors)), abs=1e-4)
+    assert row["test_error_sd"] == sidecar["test_error_sd"] == pytest.approx(float(np.std(errors, ddof=1)), abs=1e-4)
+    assert row["validation_error"] == sidecar["validation_error"] == sidecar["per_seed"][0]["validation_error"]
+    assert row["metrics"]["test_error"] == errors[0]  # the saved model is the first seed's
+    assert len(list(out.glob("*.safetensors"))) == 1
+
+
+def test_a_cancel_in_a_later_model_keeps_the_finished_ones_and_a_rerun_resumes(tiny_mnist, tmp_path):
+    calls = []
+
+    def cancelled() -> bool:
+        calls.append(1)
+        return len(calls) > 25  # softmax1: 2 seeds × 3 epochs × 3 checks (and one per model): inside softmax2
+
+    out = tmp_path / "m"
+    request = TrainRequest(
+        models=("softmax1", "softmax2"), optimizer="adam", epochs=3, seeds=(0, 1), data_dir=str(tiny_mnist)
+    )
+    with pytest.raises(Cancelled):
+        run_training(request, RunContext(device="cpu", out=out, cancelled=cancelled))
+    s1, s2 = trained_as("softmax1", tiny_mnist), trained_as("softmax2", tiny_mnist)
+    assert sorted(p.name for p in out.glob("*.safetensors")) == [f"{s1}.safetensors"]
+    assert json.loads((out / f"{s1}.json").read_text())["seeds"] == [0, 1]
+    result = run_training(replace(request, models=("softmax2",)), RunContext(device="cpu", out=out))
+    assert [m.id for m in result.models] == [s2] and (out / f"{s2}.safetensors").exists()

@@ -1,6 +1,7 @@
 """Transfer: cache, diagonal, noise and amplified rms, matrix round trip, run folder, Wilson oracle, CLI."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,21 +10,27 @@ from safetensors.torch import load_file
 from scipy.stats import binomtest
 
 from engines.attack.adversarial_sets import adversarial_set
+from engines.attack.operation import AttackRequest
 from engines.attack.perturb import amplify, gaussian_noise, unclipped_noise
-from engines.attack.problems import AttackConfig, paper_distortion
-from engines.attack.run import AttackRequest
-from engines.attack.transfer import (
-    TransferRequest,
-    cell_examples,
-    load_matrix,
-    run_transfer,
-    wilson_interval,
-)
+from engines.attack.search import AttackConfig, paper_distortion
 from engines.core.context import RunContext
 from engines.core.errors import Cancelled, InputError
 from engines.core.events import SetReady, Step
 from engines.core.io import read_json, write_json_atomic
 from engines.core.models import ModelRef
+from engines.core.runs import redo_interrupted
+from engines.transfer.cells import cell_examples
+from engines.transfer.matrix import wilson_interval
+from engines.transfer.operation import run_transfer
+from engines.transfer.request import (
+    TransferRequest,
+    model_refs,
+    named_models,
+    numbers,
+    per_model,
+    scaled_pairs,
+)
+from engines.transfer.store import load_matrix
 
 QUICK = AttackConfig(c_steps=3, max_iter=30)
 CPU = RunContext(device="cpu")
@@ -240,7 +247,141 @@ def test_transfer_cli(cli, tmp_path):
         (("--noise", "abc"), "comma-separated numbers"),
         (("--n", "0"), "--n must be at least 1"),
         (("--noise", "2"), "must lie in (0, 1)"),
+        (("--weights", "a=x", "--weights", "a=y"), "--weights is given twice for a"),
+        (("--num-classes", "softmax1=many"), "--num-classes takes a number (or NAME=NUMBER), got 'many'"),
+        (("--scale-to", "0.1"), "--scale-to takes SOURCE=RMS"),
     ):
         rc, _, err = cli("transfer", "--sources", "softmax1", *args, "--out", tmp_path / "x")
         assert rc == 2 and message in err, err
         assert not (tmp_path / "x").exists()  # refused before any folder was made
+
+
+FLAGS = {"weights": "--weights", "num_classes": "--num-classes", "normalize": "--normalize"}
+
+
+def test_per_model_options_are_parsed_in_the_engine_as_the_cli_parsed_them(tmp_path):
+    assert per_model(["resnet18=a.pth", " alexnet = b.pth ", "all.pth"], "--weights") == {
+        "resnet18": "a.pth",
+        "alexnet": "b.pth",
+        None: "all.pth",
+    }
+    ckpt = tmp_path / "mine.safetensors"
+    ckpt.write_bytes(b"")
+    refs = model_refs(
+        ["resnet18", "alexnet", "softmax1", str(ckpt), "pkg.nets:cnn"],
+        weights=["resnet18=~/w/r18.pth", "all.pth"],
+        num_classes=["resnet18=7", "4"],
+        normalize=["pkg.nets:cnn=none", "imagenet"],
+    )
+    home = str(Path("~").expanduser())
+    assert refs[0] == ModelRef("resnet18", weights=f"{home}/w/r18.pth", num_classes=7, normalize="imagenet")
+    assert refs[1] == ModelRef("alexnet", weights="all.pth", num_classes=4, normalize="imagenet")
+    # zoo models and checkpoint files carry their own weights, head and normalisation: bare values skip them
+    assert refs[2] == ModelRef("softmax1") and refs[3] == ModelRef(str(ckpt))
+    assert refs[4] == ModelRef(factory="pkg.nets:cnn", weights="all.pth", num_classes=4, normalize="none")
+    assert model_refs([]) == ()
+    assert scaled_pairs(["softmax1=0.058", "m1 = 0.1"]) == (("softmax1", 0.058), ("m1", 0.1))
+    assert numbers(" 0.1, 0.3,", "--noise") == [0.1, 0.3] and numbers(None, "--noise") == []
+
+
+@pytest.mark.parametrize(
+    ("call", "cli_message", "field_message"),
+    [
+        (lambda L: model_refs(["a"], weights=["a=x", "a=y"], labels=L), "--weights is given twice for a", "weights"),
+        (lambda L: model_refs(["a"], weights=["x", "y"], labels=L), "--weights is given twice for every model", None),
+        (lambda L: model_refs(["a"], normalize=["a=none", "a=none"], labels=L), "--normalize is given twice", None),
+        (
+            lambda L: model_refs(["resnet18"], num_classes=["resnet18=many"], labels=L),
+            "--num-classes takes a number (or NAME=NUMBER), got 'many'",
+            "num_classes takes a number",
+        ),
+        (lambda L: model_refs(["resnet18"], num_classes=["1"], labels=L), "--num-classes must be at least 2", None),
+        (lambda L: model_refs(["resnet18"], normalize=["bogus"], labels=L), "normaliz", None),
+        (
+            lambda L: model_refs(["softmax1"], weights=["softmax1=x.pt"], labels=L),
+            "softmax1 is a zoo model or checkpoint file with its own weights and head: --weights applies to "
+            "torchvision names and factories",
+            "weights applies to torchvision names",
+        ),
+        (
+            lambda L: model_refs(["resnet18", "softmax1"], num_classes=["softmax1=3"], labels=L),
+            "--num-classes applies to torchvision names and factories",
+            "num_classes applies",
+        ),
+        (lambda L: scaled_pairs(["0.1"], L["scale"]), "--scale-to takes SOURCE=RMS, e.g. softmax2=0.1", "scaled"),
+        (lambda L: scaled_pairs(["a=x"], L["scale"]), "--scale-to takes comma-separated numbers, got 'x'", None),
+        (lambda L: scaled_pairs(["a="], L["scale"]), "--scale-to takes one number per source", None),
+        (lambda L: numbers("0.1,abc", L["noise"]), "--noise takes comma-separated numbers, got '0.1,abc'", "noise"),
+    ],
+)
+def test_per_model_options_refuse_what_the_cli_refused_naming_the_field(call, cli_message, field_message):
+    """With the CLI's flags as labels the messages are the CLI's own; without, they name the request's field."""
+    with pytest.raises(InputError) as refused:
+        call({**FLAGS, "scale": "--scale-to", "noise": "--noise"})
+    assert cli_message in str(refused.value) and len(str(refused.value).splitlines()) == 1
+    if field_message:
+        with pytest.raises(InputError, match=field_message):
+            call({"scale": "scaled", "noise": "noise"})
+
+
+def test_model_lists_may_carry_their_weights(tmp_path):
+    """The Transfer screen's fields: `NAME=FILE` entries give a model its weights, each pair once."""
+    names, pairs = named_models(["resnet18=~/w.pth", "softmax1", "pkg.nets:cnn = c.pt", "resnet18=~/w.pth"])
+    assert names == ["resnet18", "softmax1", "pkg.nets:cnn", "resnet18"]
+    assert pairs == ["resnet18=~/w.pth", "pkg.nets:cnn=c.pt"]
+    odd = tmp_path / "run=3.safetensors"  # an existing file is a checkpoint, '=' or not
+    odd.write_bytes(b"")
+    assert named_models([str(odd)]) == ([str(odd)], [])
+    for bad in ("=w.pth", "resnet18="):
+        with pytest.raises(InputError, match="NAME=FILE"):
+            named_models([bad])
+
+
+def test_an_interrupted_run_of_the_same_kind_may_be_redone(tmp_path):
+    out = tmp_path / "r"
+    ctx = RunContext(device="cpu", out=out)
+    assert redo_interrupted(ctx, "transfer") is ctx  # nothing there yet
+    out.mkdir()
+    for kind, status, redo in (
+        ("transfer", "interrupted", True),
+        ("transfer", "done", False),
+        ("reproduce", "interrupted", False),
+    ):
+        write_json_atomic(out / "run.json", {"format": 1, "kind": kind, "status": status, "request": {}})
+        assert redo_interrupted(ctx, "transfer").overwrite is redo, (kind, status)
+    (out / "run.json").write_text("{damaged")
+    assert redo_interrupted(ctx, "transfer") is ctx
+
+
+def test_model_errors_name_the_flag_on_the_command_line_and_words_in_the_workbench(cli, tmp_path):
+    """The transfer request's list fields and a model's options are named by flag (CLI) or label (workbench); an
+    explicit NAME=FILE on a zoo model is refused before any job, and load_model words its own refusal likewise."""
+    from engines.core.models import load_model
+
+    with pytest.raises(InputError) as caught:
+        TransferRequest()
+    assert str(caught.value) == "nothing to evaluate: give --sources and/or --noise"
+    assert caught.value.worded("label") == "nothing to evaluate: give sources and/or noise"
+    with pytest.raises(InputError) as caught:
+        TransferRequest(sources=("softmax1",), scaled=(("m1", 0.1),))
+    assert str(caught.value) == "--scale-to m1=…: m1 is not one of the sources"
+    assert caught.value.worded("label") == "scaled m1=…: m1 is not one of the sources"
+    with pytest.raises(InputError) as caught:
+        load_model(ModelRef("softmax1", weights="x.pt"))
+    assert (
+        str(caught.value) == "--weights applies to torchvision names and --model-factory; a checkpoint has its weights"
+    )
+    assert "--" not in caught.value.worded("label")
+    rc, _, err = cli(
+        "transfer",
+        "--sources",
+        "softmax1",
+        "--weights",
+        "softmax1=x.pt",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "x"),
+    )
+    assert rc == 2 and "--weights applies to torchvision names and factories" in " ".join(err.split()), err
+    assert not (tmp_path / "x").exists()  # refused before any folder was made

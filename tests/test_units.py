@@ -20,7 +20,7 @@ from engines.core.errors import Cancelled, InputError
 from engines.core.events import Step
 from engines.core.runs import read_run_record
 from engines.core.zoo import build_model, mlp_spec
-from engines.report.unit_figures import direction_grid
+from engines.report.grids import captioned_grid
 from engines.units.activations import Activations, LayerInfo, layer_activations, list_layers
 from engines.units.directions import compare_units, random_directions
 from engines.units.operation import LayersRequest, UnitsRequest, run_layers, run_units
@@ -217,16 +217,16 @@ def test_list_layers_names_and_shapes():
     assert layers["fc2"].shape == (10,)
 
 
-def test_direction_grid_draws_each_image_in_its_cell():
+def test_captioned_grid_draws_each_image_in_its_cell():
     rows = np.zeros((2, 3, 28, 28), dtype=np.float32)
     rows[1, 2] = 1.0  # one full-white digit: drawn black (inverted, as in the paper)
-    img = direction_grid(rows, ["a", "b"], "", scale=1)
+    img = captioned_grid(rows, ["a", "b"], "", scale=1)
     arr = np.asarray(img)
     right, bottom = img.width - 4, img.height - 4  # PAD after the last cell
     assert (arr[bottom - 28 : bottom, right - 28 : right] == 0).all()
     assert (arr[bottom - 28 : bottom, right - 60 : right - 32] == 255).all()
     with pytest.raises(ValueError):
-        direction_grid(rows, ["only one"], "")
+        captioned_grid(rows, ["only one"], "")
 
 
 def test_cli_unknown_model_and_layer_exit_2_with_one_line(capsys, tiny_ckpt, monkeypatch, tmp_path):
@@ -428,3 +428,25 @@ def test_unwritable_cache_does_not_stop_units(cli, tiny_ckpt, tiny_mnist, tmp_pa
         f"warning: cache folder {blocker / 'cache'} cannot be written (Not a directory); "
         "running without a cache (set BLINDSPOT_CACHE to fix)"
     ]
+
+
+def test_units_errors_name_the_flag_on_the_command_line_and_the_label_in_the_workbench(
+    cli, tiny_ckpt, tiny_mnist, tmp_path
+):
+    """What the Gallery can meet reads in its words (`worded("label")`); the command line keeps its flags."""
+    for bad, flagged, labelled in (
+        ({"pool": "sum"}, "unknown --pool 'sum'", "unknown reduce 'sum'"),
+        ({"layer": ""}, "say which layer: --layer NAME (see `blindspot layers --model ID`)", "pick one of"),
+        ({"space": "fc1"}, "--space 'fc1' is the layer under study", "space 'fc1' is the layer under study"),
+    ):
+        with pytest.raises(InputError) as caught:
+            UnitsRequest(model="m", **{"layer": "fc1", **bad})
+        assert str(caught.value).startswith(flagged)
+        assert labelled in caught.value.worded("label") and "--" not in caught.value.worded("label")
+    request = UnitsRequest(model=str(tiny_ckpt), layer="act1", n=5, k=6, data_dir=str(tiny_mnist))
+    with pytest.raises(InputError) as caught:
+        run_units(request, RunContext(device="cpu", runs_root=tmp_path / "runs"))
+    assert caught.value.worded("label").startswith("top-k must be between 1 and the 5 images of")
+    args = ("units", "--model", str(tiny_ckpt), "--layer", "act1", "--n", "5", "--k", "6", "--data", str(tiny_mnist))
+    rc, _, err = cli(*args, "--out", tmp_path / "u", "--device", "cpu")
+    assert rc == 2 and " ".join(err.split()).startswith("error: --k must be between 1 and the 5 images of"), err

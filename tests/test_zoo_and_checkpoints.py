@@ -9,8 +9,9 @@ from safetensors.torch import load_file
 from engines.core.checkpoint import load_checkpoint, models_dir, save_checkpoint
 from engines.core.data import load_split
 from engines.core.errors import CheckpointError, ModelError
+from engines.core.evaluate import error_rate
 from engines.core.zoo import ZOO, build_model, decay_loss, mlp_spec
-from engines.train.fit import error_rate, train_zoo_model
+from engines.train.fit import train_zoo_model
 from tests.conftest import PAPER_IDS
 
 SHIPPED = sorted(p.stem for p in models_dir().glob("*.safetensors"))
@@ -55,7 +56,8 @@ def test_shipped_checkpoint_reloads_bit_identically_and_reproduces_its_test_erro
     assert load_file(str(again)).keys() == stored.keys()
     assert all(torch.equal(load_file(str(again))[k], stored[k]) for k in stored)
     recorded = lm.meta["metrics"]["test_error"]
-    assert error_rate(lm.model, load_split("test")) == pytest.approx(recorded, abs=1e-6)
+    test = load_split("test")
+    assert error_rate(lm.model, test.images, test.labels) == pytest.approx(recorded, abs=1e-6)
 
 
 def test_training_is_deterministic_for_a_seed_on_cpu(tiny_mnist, tmp_path):

@@ -26,70 +26,31 @@ from blindspot.options import (
     Seed,
     Tf32,
     Threads,
+    cli_option,
     optional_path,
     with_model_options,
 )
-from engines.attack.problems import AttackConfig
-from engines.attack.run import AttackRequest, AttackResult, resume_attack, run_attack
-from engines.core.choices import DISTANCES, SPLITS, TARGETS
+from engines.attack.operation import AttackRequest, AttackResult, resume_attack, run_attack
+from engines.attack.search import AttackConfig
 from engines.core.errors import InputError
 from engines.core.runs import new_run_folder
-
-DEFAULT_CONFIG = AttackConfig()
 
 
 @with_model_options
 def attack(
     model: ModelOptions = ModelOptions(),
-    split: Annotated[str, typer.Option(help=", ".join(SPLITS) + ".")] = "test",
-    n: Annotated[
-        int, typer.Option("--n", "-n", help="Number of images (-n under torchrun, whose own options take --n).")
-    ] = 100,
-    offset: Offset = 0,
-    target: Annotated[
-        str,
-        typer.Option(
-            help=f"{', '.join(TARGETS)} (random is seeded; all tries every wrong label and keeps the closest), "
-            "or a class label."
-        ),
-    ] = "random",
-    c_steps: CSteps = 9,
-    max_iter: MaxIter = 100,
-    distance: Annotated[
-        str, typer.Option(help=f"Distance term, one of {', '.join(DISTANCES)}: ‖r‖² (default) or ‖r‖.")
-    ] = "l2sq",
-    c_init: Annotated[
-        float | None,
-        typer.Option(
-            "--c-init",
-            help="First c (c multiplies the distance: larger c, smaller r); "
-            "default: estimated per image from one linearisation of the margin.",
-        ),
-    ] = None,
-    warm_start: Annotated[
-        bool, typer.Option("--warm-start/--cold-start", help="Start each c from the best success so far.")
-    ] = True,
-    budget: Annotated[
-        int | None,
-        typer.Option(
-            "--budget",
-            min=2,
-            help="At most this many forward+backward model evaluations per image (per image and target with "
-            "--target all); default: no cap beyond --c-steps × --max-iter.",
-        ),
-    ] = None,
-    temperature: Annotated[
-        float,
-        typer.Option(
-            "--temperature",
-            min=0.01,
-            help="Temperature τ of the loss: 1 is the cross-entropy of the target; smaller τ approaches the "
-            "hinge on the logit margin, whose minimisers lie on the decision boundary (closer examples).",
-        ),
-    ] = DEFAULT_CONFIG.temperature,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", min=1, help="Problems solved at once (default: by free memory).")
-    ] = None,
+    split: Annotated[str, cli_option(AttackRequest, "split")] = AttackRequest.split,
+    n: Annotated[int, cli_option(AttackRequest, "n")] = AttackRequest.n,
+    offset: Offset = AttackRequest.offset,
+    target: Annotated[str, cli_option(AttackRequest, "target")] = AttackRequest.target,
+    c_steps: CSteps = AttackConfig.c_steps,
+    max_iter: MaxIter = AttackConfig.max_iter,
+    distance: Annotated[str, cli_option(AttackConfig, "distance")] = AttackConfig.distance,
+    c_init: Annotated[float | None, cli_option(AttackConfig, "c_init")] = AttackConfig.c_init,
+    warm_start: Annotated[bool, cli_option(AttackConfig, "warm_start")] = AttackConfig.warm_start,
+    budget: Annotated[int | None, cli_option(AttackConfig, "budget")] = AttackConfig.budget,
+    temperature: Annotated[float, cli_option(AttackConfig, "temperature")] = AttackConfig.temperature,
+    batch_size: Annotated[int | None, cli_option(AttackRequest, "batch_size")] = AttackRequest.batch_size,
     seed: Seed = 0,
     device: Device = "auto",
     out: Annotated[Path | None, typer.Option("--out", help="Run folder (default: runs/attack-MODEL-TIME).")] = None,

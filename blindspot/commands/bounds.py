@@ -21,6 +21,7 @@ from blindspot.options import (
     Seed,
     Tf32,
     Threads,
+    cli_option,
     with_model_options,
 )
 from engines.bounds.models import parse_input_shape
@@ -37,13 +38,9 @@ def _num(v: float | None) -> str:
 @with_model_options
 def bounds(
     model: ModelOptions = ModelOptions(),
-    input_shape: Annotated[
-        str | None, typer.Option("--input", help="CxHxW, e.g. 3x224x224 (default: the model's).")
-    ] = None,
-    power_iters: Annotated[
-        int, typer.Option("--power-iters", help="Power iterations through each real conv layer (0: skip).")
-    ] = 50,
-    precision: Annotated[str, typer.Option("--precision", help="float64 (default) or float32 (faster).")] = "float64",
+    input_shape: Annotated[str | None, cli_option(BoundsRequest, "input_shape")] = None,
+    power_iters: Annotated[int, cli_option(BoundsRequest, "power_iters")] = BoundsRequest.power_iters,
+    precision: Annotated[str, cli_option(BoundsRequest, "precision")] = BoundsRequest.precision,
     device: Device = "auto",
     seed: Seed = 0,
     json_out: Json = False,

@@ -26,7 +26,7 @@ from blindspot.options import (
     optional_path,
     with_model_options,
 )
-from engines.attack.problems import AttackConfig
+from engines.attack.search import AttackConfig
 from engines.certify.operation import METHODS, CertifyRequest, CertifyResult, run_certify
 from engines.core.choices import SPLITS
 from engines.core.errors import InputError
@@ -45,8 +45,8 @@ def certify(
     method: Annotated[
         str,
         typer.Option(
-            help=f"{', '.join(METHODS)}: auto is exact for models whose logits are affine in the input, crown "
-            "otherwise; ibp and lipschitz for comparison."
+            help=f"{', '.join(METHODS)}: auto is exact for models whose logits are affine in the input, "
+            "alpha-crown (CROWN with optimised slopes) otherwise; crown, ibp and lipschitz for comparison."
         ),
     ] = "auto",
     attack_run: Annotated[
@@ -68,7 +68,7 @@ def certify(
     """Bracket each image's minimum adversarial distortion: the attack's distance above, a certified bound below.
 
     The lower end is the exact minimum (a convex QP) for models whose logits are affine in the input, else a
-    radius proven by linear bound propagation (CROWN) over the L2 ball ∩ [0, 1] box. Distortions are rms over
+    radius proven by linear bound propagation (α-CROWN) over the L2 ball ∩ [0, 1] box. Distortions are rms over
     pixels, as in the paper's Table 1.
     """
     if not model.names_a_model:

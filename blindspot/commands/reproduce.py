@@ -21,35 +21,25 @@ from blindspot.options import (
     Seed,
     Tf32,
     Threads,
+    cli_option,
     optional_path,
 )
-from engines.attack.problems import AttackConfig
+from engines.attack.search import AttackConfig
 from engines.core.runs import new_run_folder
-from engines.reproduce.run import FULL_N, QUICK_N, ReproduceRequest, run_reproduce
+from engines.reproduce.operation import ReproduceRequest, run_reproduce
 
 
 def reproduce_cmd(
-    quick: Annotated[bool, typer.Option("--quick", help=f"Smoke run with N={QUICK_N} images per set.")] = False,
-    n: Annotated[
-        int | None, typer.Option("--n", "-n", help=f"Images per adversarial set (default {FULL_N}, quick {QUICK_N}).")
-    ] = None,
-    c_steps: CSteps = 9,
-    max_iter: MaxIter = 100,
+    quick: Annotated[bool, cli_option(ReproduceRequest, "quick")] = ReproduceRequest.quick,
+    n: Annotated[int | None, cli_option(ReproduceRequest, "n")] = ReproduceRequest.n,
+    c_steps: CSteps = AttackConfig.c_steps,
+    max_iter: MaxIter = AttackConfig.max_iter,
     seed: Seed = 0,
     device: Device = "auto",
     out: Annotated[Path | None, typer.Option("--out", help="Report folder (default: runs/reproduce-TIME).")] = None,
     data: DataDir = None,
-    imagenet_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--imagenet-dir",
-            help="Your ImageNet images (e.g. the validation folder, DIR/<wnid>/*.JPEG): adds Fig. 5 on AlexNet.",
-        ),
-    ] = None,
-    weights: Annotated[
-        Path | None,
-        typer.Option("--weights", help="A trained AlexNet state dict (torchvision layout): Table 5 and Fig. 5 on it."),
-    ] = None,
+    imagenet_dir: Annotated[Path | None, cli_option(ReproduceRequest, "imagenet_dir")] = None,
+    weights: Annotated[Path | None, cli_option(ReproduceRequest, "alexnet_weights")] = None,
     classes: ClassesFile = None,
     json_out: Json = False,
     threads: Threads = None,

@@ -9,11 +9,24 @@ import typer
 from rich import box
 from rich.table import Table
 
-from blindspot.commands.transfer import model_refs
 from blindspot.console import cli_context, note, out, print_json
-from blindspot.options import CSteps, DataDir, Device, Json, MaxIter, OutDir, Overwrite, Seed, Tf32, Threads
-from engines.attack.problems import AttackConfig
+from blindspot.options import (
+    CSteps,
+    DataDir,
+    Device,
+    Json,
+    MaxIter,
+    OutDir,
+    Overwrite,
+    Seed,
+    Tf32,
+    Threads,
+    cli_option,
+)
+from engines.attack.search import AttackConfig
+from engines.core.models import as_model_ref
 from engines.robustness.operation import RESULT_FILE, RobustnessRequest, RobustnessResult, run_robustness
+from engines.transfer.request import model_refs
 
 
 def _table(result: RobustnessResult) -> Table:
@@ -48,16 +61,11 @@ def robustness(
         list[str],
         typer.Option("--model", "-m", help="A model to measure (repeatable): zoo id, checkpoint, torchvision name."),
     ],
-    reference: Annotated[
-        str,
-        typer.Option(
-            help="Model whose adversarial examples are transferred to each (and whose rms the noise takes); 'none' to skip."
-        ),
-    ] = "n100-100-10",
-    split: Annotated[str, typer.Option(help="train, test, p1 or p2.")] = "test",
-    n: Annotated[int, typer.Option("--n", "-n", help="Correctly classified images per model.")] = 1000,
-    c_steps: CSteps = 9,
-    max_iter: MaxIter = 100,
+    reference: Annotated[str, cli_option(RobustnessRequest, "reference")] = str(RobustnessRequest.reference),
+    split: Annotated[str, cli_option(RobustnessRequest, "split")] = RobustnessRequest.split,
+    n: Annotated[int, cli_option(RobustnessRequest, "n")] = RobustnessRequest.n,
+    c_steps: CSteps = AttackConfig.c_steps,
+    max_iter: MaxIter = AttackConfig.max_iter,
     seed: Seed = 0,
     data: DataDir = None,
     out_dir: OutDir = None,
@@ -71,8 +79,8 @@ def robustness(
     bound: the exact minimum for linear models, CROWN's otherwise; the global margin/(√2·L) beside it),
     transfer and noise error, per model."""
     request = RobustnessRequest(
-        models=model_refs(model, {}, {}, {}),
-        reference=None if reference == "none" else reference,
+        models=model_refs(model),
+        reference=None if reference == "none" else as_model_ref(reference),
         split=split,
         n=n,
         seed=seed,

@@ -9,11 +9,12 @@ from typing import Annotated
 import typer
 
 from blindspot.console import cli_context, note, print_json
-from blindspot.options import DataDir, Device, Json, Overwrite, Seed, Threads
+from blindspot.options import DataDir, Device, Json, Overwrite, Seed, Threads, cli_option
 from engines.core.checkpoint import models_dir
 from engines.core.errors import InputError
 from engines.core.events import Event, ModelTrained, fan_out
 from engines.train.operation import TrainRequest, run_training, zoo_ids
+from engines.train.seeds import parse_seeds
 
 
 def _announce(event: Event) -> None:
@@ -29,11 +30,9 @@ def train(
         str | None,
         typer.Option("--zoo", help="'paper': the zoo of Tables 1 and 3; 'adversarial': §4.2's models and ablation."),
     ] = None,
-    optimizer: Annotated[
-        str, typer.Option(help="recipe (the zoo's own), lbfgs (full batch) or adam (minibatch).")
-    ] = "recipe",
-    epochs: Annotated[int | None, typer.Option(help="Adam epochs (default: the recipe's).")] = None,
-    max_iter: Annotated[int | None, typer.Option(help="L-BFGS iterations (default: the recipe's).")] = None,
+    optimizer: Annotated[str, cli_option(TrainRequest, "optimizer")] = TrainRequest.optimizer,
+    epochs: Annotated[int | None, cli_option(TrainRequest, "epochs")] = TrainRequest.epochs,
+    max_iter: Annotated[int | None, cli_option(TrainRequest, "max_iter")] = TrainRequest.max_iter,
     out: Annotated[
         Path | None,
         typer.Option(
@@ -41,13 +40,7 @@ def train(
             help="Folder for the checkpoints (default: runs/models; the shipped zoo is never overwritten unless asked).",
         ),
     ] = None,
-    into_shipped_zoo: Annotated[
-        bool,
-        typer.Option(
-            "--into-shipped-zoo",
-            help="Allow --out to be the shipped sample_data/models (regenerating the zoo the README quotes).",
-        ),
-    ] = False,
+    into_shipped_zoo: Annotated[bool, cli_option(TrainRequest, "into_shipped_zoo")] = TrainRequest.into_shipped_zoo,
     adversarial: Annotated[
         bool,
         typer.Option(
@@ -62,7 +55,8 @@ def train(
     ] = None,
     refresh_every: Annotated[int | None, typer.Option(help="Epochs between pool refreshes (default 1).")] = None,
     mix: Annotated[
-        float | None, typer.Option(help="Pool examples per clean example in a minibatch (default 0.25).")
+        float | None,
+        typer.Option(help="Pool examples (fgm/vat: perturbed copies) per clean example in a minibatch (default 0.25)."),
     ] = None,
     adv_layers: Annotated[
         str | None,
@@ -71,13 +65,57 @@ def train(
         ),
     ] = None,
     target: Annotated[
-        str | None, typer.Option(help="Pool targets: random (default), next, least-likely or a label.")
+        str | None,
+        typer.Option(
+            help="Pool targets: random (default), nearest (the wrong class nearest by the linearised margin), "
+            "next, least-likely or a label."
+        ),
     ] = None,
     adv_c_steps: Annotated[int | None, typer.Option(help="c-search steps of each pool attack (default 5).")] = None,
     adv_max_iter: Annotated[int | None, typer.Option(help="L-BFGS iterations per c step (default 40).")] = None,
     warmup: Annotated[
-        int | None, typer.Option(help="Clean epochs before the pool is first filled (default 2).")
+        int | None, typer.Option(help="Clean epochs before the pool is first filled, or fgm/vat start (default 2).")
     ] = None,
+    adv_cap: Annotated[
+        float | None,
+        typer.Option(help="Distortion cap of pool examples: rms in each layer's units (default: none)."),
+    ] = None,
+    adv_cap_policy: Annotated[
+        str | None, typer.Option(help="Pool examples above --adv-cap: drop (default) or shrink onto the cap.")
+    ] = None,
+    adv_hidden: Annotated[
+        str | None,
+        typer.Option(
+            help="Hidden-layer pool examples kept as the activation (default) or as a perturbation r "
+            "re-applied to the current net's activation at each use."
+        ),
+    ] = None,
+    adversarial_mode: Annotated[
+        str | None,
+        typer.Option(
+            help="pool (§4.2, default); fgm: a fresh one-step L2 gradient perturbation per minibatch at each layer, "
+            "true label; vat: virtual adversarial (KL to the clean prediction, no label)."
+        ),
+    ] = None,
+    adv_eps: Annotated[
+        float | None, typer.Option(help="fgm/vat: the perturbation's rms in each layer's units (default 0.05).")
+    ] = None,
+    adv_xi: Annotated[
+        float | None, typer.Option(help="vat: the rms of the power iteration's probe (default 0.001).")
+    ] = None,
+    validation: Annotated[int | None, cli_option(TrainRequest, "validation")] = TrainRequest.validation,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            "--seeds",
+            help="One model per seed (e.g. 0,1,2): mean ± sd of the errors; the first seed's model is saved.",
+        ),
+    ] = None,
+    weight_decay_mode: Annotated[
+        str | None, cli_option(TrainRequest, "weight_decay_mode")
+    ] = TrainRequest.weight_decay_mode,
+    weight_decay: Annotated[float | None, cli_option(TrainRequest, "weight_decay")] = TrainRequest.weight_decay,
+    lr_floor: Annotated[float | None, cli_option(TrainRequest, "lr_floor")] = TrainRequest.lr_floor,
     data: DataDir = None,
     device: Device = "auto",
     seed: Seed = 0,
@@ -100,12 +138,18 @@ def train(
         "c_steps": adv_c_steps,
         "max_iter": adv_max_iter,
         "warmup": warmup,
+        "cap": adv_cap,
+        "cap_policy": adv_cap_policy,
+        "hidden": adv_hidden,
+        "mode": adversarial_mode,
+        "eps": adv_eps,
+        "xi": adv_xi,
     }
     pool = {k: v for k, v in pool.items() if v is not None}
     if pool and not adversarial:
-        flag = {"layers": "adv-layers", "c_steps": "adv-c-steps", "max_iter": "adv-max-iter"}.get(
-            next(iter(pool)), next(iter(pool)).replace("_", "-")
-        )
+        first = next(iter(pool))
+        plain = ("pool_size", "refresh", "refresh_every", "mix", "target", "warmup")
+        flag = {"mode": "adversarial-mode"}.get(first, first if first in plain else f"adv-{first}").replace("_", "-")
         raise InputError(f"--{flag} is a pool option: add --adversarial")
     request = TrainRequest(
         models=zoo_ids(model, zoo),
@@ -116,6 +160,11 @@ def train(
         data_dir=str(data) if data else None,
         into_shipped_zoo=into_shipped_zoo,
         adversarial=pool if adversarial else None,
+        validation=validation,
+        seeds=None if seeds is None else parse_seeds(seeds),
+        weight_decay_mode=weight_decay_mode,
+        weight_decay=weight_decay,
+        lr_floor=lr_floor,
     )
     with cli_context(
         device, threads=threads, out=out, overwrite=overwrite, hint="models saved before the interrupt are kept"

@@ -18,77 +18,21 @@ from blindspot.options import (
     Device,
     Json,
     MaxIter,
-    Offset,
     Overwrite,
     Seed,
     Tf32,
     Threads,
+    cli_option,
     optional_path,
 )
-from engines.attack.problems import AttackConfig
-from engines.attack.transfer import TransferMatrix, TransferRequest, run_transfer
-from engines.core.errors import InputError
+from engines.attack.search import AttackConfig
 from engines.core.models import ModelRef
+from engines.core.options import option_spec
+from engines.transfer.matrix import TransferMatrix
+from engines.transfer.operation import run_transfer
+from engines.transfer.request import MODEL_OPTIONS, TransferRequest, csv_items, model_refs, numbers, scaled_pairs
 
-
-def _csv_list(text: str | None) -> list[str]:
-    return [t.strip() for t in (text or "").split(",") if t.strip()]
-
-
-def _floats(text: str | None, option: str) -> list[float]:
-    try:
-        return [float(t) for t in _csv_list(text)]
-    except ValueError:
-        raise InputError(f"{option} takes comma-separated numbers, got {text!r}") from None
-
-
-def per_model(values: list[str] | None, option: str) -> dict[str | None, str]:
-    """`NAME=VALUE` entries of a repeatable option, by model name; a bare VALUE (key None) applies to every
-    torchvision or factory model without its own."""
-    found: dict[str | None, str] = {}
-    for item in values or []:
-        name, sep, value = item.partition("=")
-        key, val = (name.strip(), value.strip()) if sep else (None, item.strip())
-        if key in found:
-            raise InputError(f"{option} is given twice for {key or 'every model'}")
-        found[key] = val
-    return found
-
-
-def _scaled(values: list[str] | None) -> tuple[tuple[str, float], ...]:
-    out = []
-    for name, value in per_model(values, "--scale-to").items():
-        if name is None:
-            raise InputError("--scale-to takes SOURCE=RMS, e.g. softmax2=0.1")
-        out.append((name, _floats(value, "--scale-to")[0]))
-    return tuple(out)
-
-
-def model_refs(
-    names: list[str], weights: dict[str | None, str], classes: dict[str | None, str], norms: dict[str | None, str]
-) -> tuple[ModelRef, ...]:
-    """One reference per listed model; `pkg.module:function` entries name the user's factories."""
-    refs = []
-    for name in names:
-        is_factory = ":" in name and not Path(name).exists()
-        plain = ModelRef(factory=name) if is_factory else ModelRef(name)
-        own = plain.kind != "checkpoint"
-        weight = weights.get(name, weights.get(None) if own else None)
-        k = classes.get(name, classes.get(None) if own else None)
-        try:
-            num_classes = int(k) if k is not None else None
-        except ValueError:
-            raise InputError(f"--num-classes takes a number (or NAME=NUMBER), got {k!r}") from None
-        refs.append(
-            ModelRef(
-                name="" if is_factory else name,
-                factory=name if is_factory else None,
-                weights=str(Path(weight).expanduser()) if weight else None,
-                num_classes=num_classes,
-                normalize=norms.get(name, norms.get(None) if own else None),
-            )
-        )
-    return tuple(refs)
+FLAGS = {name: option_spec(ModelRef, name).flag for name in MODEL_OPTIONS}  # what error messages call them
 
 
 def transfer(
@@ -103,21 +47,22 @@ def transfer(
     weights: Annotated[
         list[str] | None,
         typer.Option(
-            "--weights",
+            FLAGS["weights"],
             help="NAME=FILE: the state dict of a torchvision or factory model in the lists (repeat per model; a bare "
             "FILE applies to all of them). Safetensors or weights-only .pt/.pth.",
         ),
     ] = None,
     num_classes: Annotated[
-        list[str] | None, typer.Option("--num-classes", help="NAME=K (or K for all): a head other than 1000 classes.")
+        list[str] | None,
+        typer.Option(FLAGS["num_classes"], help="NAME=K (or K for all): a head other than 1000 classes."),
     ] = None,
     normalize: Annotated[
         list[str] | None,
-        typer.Option("--normalize", help="NAME=imagenet|none|MEANS:STDS (or one value for all non-zoo models)."),
+        typer.Option(FLAGS["normalize"], help="NAME=imagenet|none|MEANS:STDS (or one value for all non-zoo models)."),
     ] = None,
-    split: Annotated[str, typer.Option(help="train, test, p1 or p2.")] = "train",
-    n: Annotated[int, typer.Option("--n", "-n", help="Images per set (-n under torchrun).")] = 100,
-    offset: Offset = 0,
+    split: Annotated[str, cli_option(TransferRequest, "split")] = TransferRequest.split,
+    n: Annotated[int, cli_option(TransferRequest, "n")] = TransferRequest.n,
+    offset: Annotated[int, cli_option(TransferRequest, "offset")] = TransferRequest.offset,
     noise: Annotated[
         str | None, typer.Option(help="Gaussian-noise rows clipped to [0,1] at these rms values, e.g. 0.1,0.3.")
     ] = None,
@@ -128,9 +73,7 @@ def transfer(
             help="Rows of x + N(0, sd²) left outside [0,1] (the paper's likely noise), e.g. 0.1,0.3.",
         ),
     ] = None,
-    amplify: Annotated[
-        float | None, typer.Option(help="Also rows of each set amplified to this rms (Table 4).")
-    ] = None,
+    amplify: Annotated[float | None, cli_option(TransferRequest, "amplify_rms")] = TransferRequest.amplify_rms,
     scale_to: Annotated[
         list[str] | None,
         typer.Option(
@@ -139,8 +82,8 @@ def transfer(
             "(e.g. the paper's distortion, to compare transfer rates at equal size).",
         ),
     ] = None,
-    c_steps: CSteps = 9,
-    max_iter: MaxIter = 100,
+    c_steps: CSteps = AttackConfig.c_steps,
+    max_iter: MaxIter = AttackConfig.max_iter,
     seed: Seed = 0,
     device: Device = "auto",
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder (default: runs/transfer-TIME).")] = None,
@@ -152,14 +95,10 @@ def transfer(
     overwrite: Overwrite = False,
 ) -> None:
     """Error of every target on every source's minimum-distortion adversarial set (--target all)."""
-    options = (
-        per_model(weights, "--weights"),
-        per_model(num_classes, "--num-classes"),
-        per_model(normalize, "--normalize"),
-    )
+    options = (weights or [], num_classes or [], normalize or [])
     request = TransferRequest(
-        sources=model_refs(_csv_list(sources), *options),
-        targets=model_refs(_csv_list(targets), *options),
+        sources=model_refs(csv_items(sources), *options, labels=FLAGS),
+        targets=model_refs(csv_items(targets), *options, labels=FLAGS),
         split=split,
         n=n,
         offset=offset,
@@ -167,10 +106,10 @@ def transfer(
         config=AttackConfig(c_steps=c_steps, max_iter=max_iter),
         data_dir=optional_path(data),
         classes_file=optional_path(classes),
-        noise=tuple(_floats(noise, "--noise")),
-        unclipped=tuple(_floats(unclipped, "--unclipped-noise")),
+        noise=tuple(numbers(noise, "--noise")),
+        unclipped=tuple(numbers(unclipped, "--unclipped-noise")),
         amplify_rms=amplify,
-        scaled=_scaled(scale_to),
+        scaled=scaled_pairs(scale_to, "--scale-to"),
     )
     with cli_context(device, threads=threads, overwrite=overwrite, out=out_dir, hint=SETS_CACHED) as ctx:
         matrix = run_transfer(request, replace(ctx, tf32=tf32))

@@ -20,6 +20,7 @@ from blindspot.options import (
     Overwrite,
     Seed,
     Threads,
+    cli_option,
     optional_path,
     with_model_options,
 )
@@ -27,7 +28,8 @@ from engines.core.context import RunContext
 from engines.units.operation import LayersRequest, UnitsRequest, UnitsResult, run_layers, run_units
 
 
-def _ci(lo: float, hi: float, digits: int) -> str:
+def _ci(interval: tuple[float, ...], digits: int) -> str:
+    lo, hi = interval
     return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
@@ -54,9 +56,9 @@ def _print_result(result: UnitsResult) -> None:
         (f"units (n={comps[0][1].n_units})", lambda c: f"{c.units_mean:.3f}"),
         (f"random (n={comps[0][1].n_random})", lambda c: f"{c.random_mean:.3f}"),
         ("Δ mean", lambda c: f"{c.mean_diff:+.3f}"),
-        ("  95% CI", lambda c: _ci(*c.mean_diff_ci, 3)),
+        ("  95% CI", lambda c: _ci(c.mean_diff_ci, 3)),
         ("Cliff's δ", lambda c: f"{c.cliffs_delta:+.3f}"),
-        ("  95% CI", lambda c: _ci(*c.delta_ci, 3)),
+        ("  95% CI", lambda c: _ci(c.delta_ci, 3)),
         ("  effect", lambda c: c.effect),
         ("Mann–Whitney p", lambda c: f"{c.p_value:.2g}"),
         ("more coherent", lambda c: c.favours),
@@ -75,36 +77,19 @@ def _print_result(result: UnitsResult) -> None:
 @with_model_options
 def units(
     layer: Annotated[str, typer.Option("--layer", "-l", help="Layer name (see `blindspot layers --model ID`).")],
-    k: Annotated[int, typer.Option("--k", help="Images per direction: the top-k of ⟨φ(x), v⟩.")] = 8,
-    shown_units: Annotated[int, typer.Option("--units", help="Units drawn in the figure (a seeded sample).")] = 16,
-    shown_random: Annotated[int, typer.Option("--random", help="Random directions drawn in the figure.")] = 16,
-    stat_random: Annotated[
-        int | None,
-        typer.Option("--stat-random", help="Random directions for the statistics (default: max(units, 1000))."),
-    ] = None,
-    max_units: Annotated[
-        int, typer.Option("--max-units", help="Score all units up to this many; a seeded sample beyond.")
-    ] = 5000,
-    pool: Annotated[
-        str,
-        typer.Option(
-            "--reduce",
-            "--pool",
-            help="A unit of a conv layer is a channel: its spatial max (auto, the default), mean or center value; "
-            "none: φ = the flattened C×H×W output.",
-        ),
-    ] = "auto",
-    space: Annotated[
-        str, typer.Option("--space", help="Where the label-free cosine is read: 'pixel' or another layer's name.")
-    ] = "pixel",
-    bottom: Annotated[bool, typer.Option("--bottom", help="Also find and draw the bottom-k images.")] = False,
-    split: Annotated[str, typer.Option("--split", help="Image set: test, train, p1 or p2.")] = "test",
+    k: Annotated[int, cli_option(UnitsRequest, "k")] = UnitsRequest.k,
+    shown_units: Annotated[int, cli_option(UnitsRequest, "show_units")] = UnitsRequest.show_units,
+    shown_random: Annotated[int, cli_option(UnitsRequest, "show_random")] = UnitsRequest.show_random,
+    stat_random: Annotated[int | None, cli_option(UnitsRequest, "n_random")] = UnitsRequest.n_random,
+    max_units: Annotated[int, cli_option(UnitsRequest, "max_units")] = UnitsRequest.max_units,
+    pool: Annotated[str, cli_option(UnitsRequest, "pool")] = UnitsRequest.pool,
+    space: Annotated[str, cli_option(UnitsRequest, "space")] = UnitsRequest.space,
+    bottom: Annotated[bool, cli_option(UnitsRequest, "bottom")] = UnitsRequest.bottom,
+    split: Annotated[str, cli_option(UnitsRequest, "split")] = UnitsRequest.split,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Recompute activations; do not touch the cache.")
     ] = False,
-    n: Annotated[
-        int | None, typer.Option("--n", "-n", min=1, help="Use the first N images (default: all; 2000 of a folder).")
-    ] = None,
+    n: Annotated[int | None, cli_option(UnitsRequest, "n")] = UnitsRequest.n,
     seed: Seed = 0,
     model: ModelOptions = ModelOptions(),
     data: DataDir = None,

@@ -1,6 +1,6 @@
 """Adversarial sets for the transfer tables, cached by everything that determines them.
 
-A set is an attack run (`engines.attack.run`) with `--target all` (Table 1's minimum distortion)
+A set is an attack run (`engines.attack.operation`) with `--target all` (Table 1's minimum distortion)
 stored in the cache under a key made of the source checkpoint's hash, the data files' md5s,
 split, offset, N, seed and every attack setting. A second request is served from the cache; a
 changed setting gets another key, so it is never served stale; an interrupted computation
@@ -17,15 +17,15 @@ from typing import Any
 import torch
 
 from engines.attack.chunks import load_samples
-from engines.attack.problems import AttackConfig
-from engines.attack.run import SUMMARY_FILE, AttackRequest, resume_attack, run_attack
+from engines.attack.operation import SUMMARY_FILE, AttackRequest, resume_attack, run_attack
+from engines.attack.search import AttackConfig
 from engines.core.cache import cache_key, writable_cache_dir
 from engines.core.context import RunContext
 from engines.core.distributed import on_main_first
 from engines.core.errors import InputError, RunInUse
 from engines.core.io import read_json
 from engines.core.model_data import data_record, open_model_data
-from engines.core.models import load_model
+from engines.core.models import ModelRef, load_model
 from engines.core.runs import RUN_FILE
 
 ADVSET_VERSION = 2  # bump when the attack's results change for the same settings (2: trivial images apart)
@@ -73,7 +73,11 @@ def adversarial_set(request: AttackRequest, ctx: RunContext) -> AdversarialSet:
     if ctx.tf32:  # TF32 changes the examples: such a set never stands in for a float32 one, nor the reverse
         key += "-tf32"
     # a checkpoint is pinned to its file (a zoo id could point elsewhere later); other models are their reference
-    pinned = replace(request, model=str(lm.path)) if lm.kind == "checkpoint" and not lm.normalization else request
+    pinned = (
+        replace(request, model=ModelRef.from_json(str(lm.path)))
+        if lm.kind == "checkpoint" and not lm.normalization
+        else request
+    )
     if ctx.ranks.sharded:
         return _sharded_set(pinned, key, lm.id, ctx)
     root = writable_cache_dir("advsets")

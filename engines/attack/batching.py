@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engines.attack.problems import AttackConfig, attack_problems, paper_distortion
+from engines.attack.search import AttackConfig, attack_problems, paper_distortion
 from engines.attack.targets import expand_all_targets
 from engines.core.errors import InputError
 from engines.core.events import CancelCheck, Event, EventSink, SolverStep
@@ -113,7 +113,7 @@ def _sub_batch_progress(on_event: EventSink, part: int, parts: int) -> EventSink
         return on_event
 
     def emit(event: Event) -> None:
-        if isinstance(event, SolverStep):
+        if isinstance(event, SolverStep) and event.total is not None:
             event = replace(event, done=part * event.total + event.done, total=parts * event.total)
         on_event(event)
 

@@ -18,24 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from engines.attack.chunks import (
-    CHUNK_KEYS,
-    SAMPLES_FILE,
-    chunk_files,
-    chunk_is_sound,
-    load_samples,
-    read_chunk,
-    remaining,
-)
-from engines.attack.results import AttackResult, read_summary
-from engines.attack.run import AttackRequest, chunk_event, load_request_data, same_data
+from engines.attack.chunks import CHUNK_KEYS, chunk_files, chunk_is_sound, remaining
+from engines.attack.folder import AttackFolder
+from engines.attack.operation import AttackRequest, chunk_event, load_request_data, same_data
+from engines.attack.results import AttackResult
 from engines.core.context import RunContext
 from engines.core.data import Dataset
 from engines.core.errors import InputError
 from engines.core.events import Step
 from engines.core.models import load_model
-from engines.core.run_index import run_status
-from engines.core.runs import read_run_record
 
 REPLAY_SLICE = 64  # images per ChunkDone when a finished run's chunk files are gone
 
@@ -54,55 +45,53 @@ class FollowOutcome:
 def follow_attack(folder: Path, ctx: RunContext, poll: float = 0.5) -> FollowOutcome:
     """Announce an attack run's finished chunks as `ChunkDone` events, and keep watching while another process
     writes it; return when it is finished or its writer is gone. A cancel (`ctx.cancelled`) stops watching."""
-    folder = Path(folder)
-    record = read_run_record(folder)
-    if record.get("kind", "attack") != "attack":
-        raise InputError(f"{folder} holds a {record.get('kind')} run, not an attack run")
+    attack = AttackFolder.read(folder)
+    record = attack.record
     request = AttackRequest.from_json(record["request"])
     loaded = record.get("model")
-    if run_status(folder, record) == "finished" and (folder / SAMPLES_FILE).is_file():
-        try:
-            samples = load_samples(folder)
-        except InputError:
-            samples = None  # damaged: announce the chunk files instead
-        if samples is not None:
-            model = loaded.get("id") if isinstance(loaded, dict) and loaded.get("id") else request.model
-            return _replay_finished(folder, samples, f"attack {model}", ctx)
+    try:
+        samples = attack.finished_samples()
+    except InputError:
+        samples = None  # damaged: announce the chunk files instead
+    if samples is not None:
+        model = loaded.get("id") if isinstance(loaded, dict) and loaded.get("id") else request.model
+        return _replay_finished(attack, samples, f"attack {model}", ctx)
     lm = load_model(request.model, "cpu")  # for the images as the model reads them; it never runs here
     data, identity = load_request_data(request, lm)
     if record.get("data") is not None and not same_data(record["data"], identity):
-        raise InputError(f"the data files of {folder} changed since the run started: its examples cannot be shown")
-    return _watch(folder, data, f"attack {lm.id}", record.get("format", 1) >= 2, ctx, poll)  # the writer's task
+        raise InputError(f"the data files of {attack.path} changed since the run started: its examples cannot be shown")
+    return _watch(attack, data, f"attack {lm.id}", ctx, poll)  # the writer's task
 
 
-def _replay_finished(folder: Path, samples: dict[str, Any], task: str, ctx: RunContext) -> FollowOutcome:
+def _replay_finished(attack: AttackFolder, samples: dict[str, Any], task: str, ctx: RunContext) -> FollowOutcome:
     """A finished run: its samples, slice by slice (the chunk files' ranges where they tile the run)."""
     data = _samples_dataset(samples)
     n = len(data)
     done = 0
-    for a, b in tiling(_chunk_ranges(folder, n), n):
+    for a, b in tiling(_chunk_ranges(attack.path, n), n):
         ctx.check_cancel()
         done += b - a
         ctx.emit(chunk_event(task, data, a, b, _results(samples, a, b), done))
-    return FollowOutcome("finished", read_summary(folder), n, n, folder)
+    return FollowOutcome("finished", attack.summary(), n, n, attack.path)
 
 
-def _watch(folder: Path, data: Dataset, task: str, checksummed: bool, ctx: RunContext, poll: float) -> FollowOutcome:
+def _watch(attack: AttackFolder, data: Dataset, task: str, ctx: RunContext, poll: float) -> FollowOutcome:
     """Poll a run's chunk files until its record says done or its writer is gone."""
+    folder, checksummed = attack.path, attack.checksummed
     n, shape = len(data), tuple(data.images.shape[1:])
     accepted: list[tuple[int, int]] = []
     rejected: dict[str, tuple[int, int]] = {}  # name -> (mtime_ns, size) of a file found unsound
     while True:
         ctx.check_cancel()
-        status = _status(folder)  # read before the sweep: chunks written before "done" are all swept after
+        status = _status(attack)  # read before the sweep: chunks written before "done" are all swept after
         new = _new_chunks(folder, n, shape, checksummed, accepted, rejected)
         for a, b in new:
             ctx.check_cancel()
             accepted.append((a, b))
-            ctx.emit(chunk_event(task, data, a, b, read_chunk(folder, a, b), _covered(accepted)))
+            ctx.emit(chunk_event(task, data, a, b, attack.chunk(a, b), _covered(accepted)))
         if status == "finished":
-            _announce_gaps(folder, data, task, accepted, ctx)
-            return FollowOutcome("finished", read_summary(folder), _covered(accepted), n, folder)
+            _announce_gaps(attack, data, task, accepted, ctx)
+            return FollowOutcome("finished", attack.summary(), _covered(accepted), n, folder)
         if status != "running":
             return FollowOutcome("interrupted", None, _covered(accepted), n, folder)
         done = _covered(accepted)  # a tick per poll while the writer runs: "following", whether or not chunks came
@@ -110,10 +99,10 @@ def _watch(folder: Path, data: Dataset, task: str, checksummed: bool, ctx: RunCo
         time.sleep(poll)
 
 
-def _status(folder: Path) -> str:
+def _status(attack: AttackFolder) -> str:
     """finished | running | interrupted; a record that turned unreadable means the writer is gone."""
     try:
-        return run_status(folder, read_run_record(folder))
+        return AttackFolder.read(attack.path).status()
     except InputError:
         return "interrupted"
 
@@ -147,13 +136,15 @@ def _new_chunks(
     return found
 
 
-def _announce_gaps(folder: Path, data: Dataset, task: str, accepted: list[tuple[int, int]], ctx: RunContext) -> None:
+def _announce_gaps(
+    attack: AttackFolder, data: Dataset, task: str, accepted: list[tuple[int, int]], ctx: RunContext
+) -> None:
     """A finished run's images no chunk file covered (files removed or damaged since), from its samples."""
     gaps = remaining(accepted, len(data))
     if not gaps:
         return
     try:
-        samples = load_samples(folder)
+        samples = attack.samples()
     except InputError:
         return
     for a, b in tiling([], len(data), gaps):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from engines.attack.problems import paper_distortion
+from engines.attack.search import paper_distortion
 
 
 def scale_to_rms(x: torch.Tensor, direction: torch.Tensor, rms: float, iters: int = 60) -> torch.Tensor:

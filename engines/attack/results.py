@@ -57,7 +57,7 @@ class AttackResult:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> AttackResult:
-        doc = {k: d.get(k) for k in cls.__dataclass_fields__}
+        doc: dict[str, Any] = {k: d.get(k) for k in cls.__dataclass_fields__}
         doc["run"] = doc["run"] or ""
         doc["model_source"] = doc["model_source"] or ""
         doc["random_init"] = bool(doc["random_init"])

@@ -7,14 +7,12 @@ from torch import nn
 
 from engines.core.choices import TARGETS
 from engines.core.errors import InputError
-from engines.core.memory import eval_batch
-
-TARGET_MODES = TARGETS
+from engines.core.evaluate import least_likely
 
 
 def parse_target(mode: str, classes: int) -> str | int:
-    """Validate `--target`: one of TARGET_MODES or an integer label in [0, classes)."""
-    if mode in TARGET_MODES:
+    """Validate `--target`: one of TARGETS or an integer label in [0, classes)."""
+    if mode in TARGETS:
         return mode
     try:
         label = int(mode)
@@ -51,13 +49,7 @@ def choose_targets(
     if mode == "least-likely":
         if model is None or images is None:
             raise InputError("least-likely targets need the model and the images")
-        device = next(model.parameters()).device
-        out = []
-        with torch.no_grad():
-            step = eval_batch(images)
-            for i in range(0, n, step):
-                out.append(model(images[i : i + step].to(device)).argmin(1).cpu())
-        return torch.cat(out)
+        return least_likely(model, images, next(model.parameters()).device)
     if isinstance(mode, int):
         return torch.full((n,), mode, dtype=torch.long)
     raise InputError(f"target mode {mode!r} has no single target per image")

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engines.bounds.polyphase import ConvSpectrum, fold_kernel, polyphase_spectrum
+from engines.bounds.polyphase import ConvSpectrum, polyphase_spectrum
+from engines.bounds.polyphase_blocks import fold_kernel
 from engines.core.errors import Cancelled
 from engines.core.events import CancelCheck, never_cancel
 

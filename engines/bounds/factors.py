@@ -135,12 +135,13 @@ def _adaptive_windows(n: int, out: int) -> list[range]:
     return [range((i * n) // out, -(-((i + 1) * n) // out)) for i in range(out)]
 
 
-def max_pool_multiplicity(module: nn.Module, in_hw: tuple[int, ...]) -> int:
+def max_pool_multiplicity(module: nn.MaxPool2d | nn.AdaptiveMaxPool2d, in_hw: tuple[int, ...]) -> int:
     """Largest number of pooling windows that share one input position."""
     best = 1
     for axis, n in enumerate(in_hw):
         if isinstance(module, nn.AdaptiveMaxPool2d):
-            out = pair(module.output_size)[axis] if module.output_size is not None else n
+            size = module.output_size  # an int, or one entry per axis where None keeps the input's size
+            out = size if isinstance(size, int) else size[axis] if size is not None else None
             wins = _adaptive_windows(n, out or n)
         else:
             k, s = pair(module.kernel_size)[axis], pair(module.stride or module.kernel_size)[axis]

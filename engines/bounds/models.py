@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -41,16 +40,10 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
     return c, h, w
 
 
-def load_bounds_model(ref: ModelRef | str, weights: str | Path | None = None, seed: int = 0) -> BoundsModel:
-    """A zoo id, a checkpoint path, a torchvision classifier name or the user's factory; on the CPU.
-
-    `seed` is kept for records made before torchvision models had one fixed random initialisation.
-    """
-    del seed
+def load_bounds_model(ref: ModelRef | str) -> BoundsModel:
+    """A zoo id, a checkpoint path, a torchvision classifier name or the user's factory; on the CPU."""
     if isinstance(ref, str):
-        ref = ModelRef(ref.strip(), weights=str(weights) if weights is not None else None)
-    elif weights is not None:
-        raise InputError("give the weights in the model reference")
+        ref = ModelRef(ref.strip())
     # the network itself is bounded; its input normalization (a diagonal map in front of it) is reported apart
     lm = load_model(replace(ref, normalize="none"), "cpu")
     norm = parse_normalization(ref.normalize or ("imagenet" if lm.kind == "torchvision" else "none"))

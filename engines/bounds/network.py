@@ -158,7 +158,8 @@ def _conv_bound(
     out_hw = call.out_shape[-2:]
     if m.padding_mode == "zeros":
         # zero padding = restriction of the circular layer on a grid N'' ≥ N + padding that the stride divides
-        grid = tuple(s * -(-(n + t) // s) for n, t, s in zip(n_hw, total, stride, strict=True))
+        gh, gw = (s * -(-(n + t) // s) for n, t, s in zip(n_hw, total, stride, strict=True))
+        grid = (gh, gw)
         same = grid == n_hw and cs.exact
         real = (
             cs.upper
@@ -371,7 +372,8 @@ def frame_bounds(
     elif unknown:
         lipschitz, why = None, f"no guaranteed bound for {', '.join(unknown[:4])}"
     else:
-        lipschitz = math.prod(layer.upper_real for layer in layers) * math.prod(f.factor for f in factors)
+        reals = [layer.upper_real for layer in layers if layer.upper_real is not None]  # all of them: none unknown
+        lipschitz = math.prod(reals) * math.prod(f.factor for f in factors if f.factor is not None)
         why = (
             "product of guaranteed bounds of the layers as they run (zero padding included) and of the exact "
             "factors between them (overlapping max-pooling √m)"

@@ -27,6 +27,7 @@ from engines.core.context import RunContext
 from engines.core.errors import InputError
 from engines.core.io import atomic_write, read_json, write_json_atomic
 from engines.core.models import ModelRef
+from engines.core.options import field_error, option
 from engines.core.precision import float32_precision
 from engines.core.runs import open_run
 
@@ -43,11 +44,15 @@ class BoundsRequest:
     inception_v3); `seed` fixes a torchvision model's random initialisation.
     """
 
-    model: ModelRef | str
+    model: ModelRef  # a str is turned into a ModelRef on construction
     weights: str | None = None  # folded into `model` (kept for records made before model references)
-    input_shape: tuple[int, int, int] | None = None
-    power_iters: int = 50
-    precision: str = "float64"
+    input_shape: tuple[int, int, int] | None = option(
+        None, flags=("--input",), label="input", help="CxHxW, e.g. 3x224x224 (default: the model's)."
+    )
+    power_iters: int = option(
+        50, label="power iterations", min=0, help="Power iterations through each real conv layer (0: skip)."
+    )
+    precision: str = option("float64", choices=tuple(PRECISIONS), help="float64 (default) or float32 (faster).")
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,11 +68,15 @@ class BoundsRequest:
         if self.precision not in PRECISIONS:
             raise InputError(f"unknown precision {self.precision!r}: use float64 or float32")
         if self.power_iters < 0:
-            raise InputError("--power-iters must be 0 or more")
+            raise field_error(BoundsRequest, "$power_iters must be 0 or more", "power_iters")
         if self.input_shape is not None:
             shape = tuple(self.input_shape)
             if len(shape) != 3 or not all(isinstance(v, int) and 1 <= v <= MAX_SIDE for v in shape):
-                raise InputError(f"--input must be three sizes C, H, W in 1..{MAX_SIDE}, got {list(shape)}")
+                raise field_error(
+                    BoundsRequest,
+                    f"$input_shape must be three sizes C, H, W in 1..{MAX_SIDE}, got {list(shape)}",
+                    "input_shape",
+                )
             object.__setattr__(self, "input_shape", shape)
 
     @property
@@ -111,7 +120,7 @@ def run_bounds(request: BoundsRequest, ctx: RunContext, *, save: bool = True) ->
             return _compute(load_bounds_model(request.model), request, device, ctx)
     with open_run(ctx, "bounds", str(request.model), request.to_json()) as run, float32_precision(ctx.tf32) as used:
         loaded = load_bounds_model(request.model)
-        identity = {"name": loaded.name, "source": loaded.source}
+        identity: dict[str, Any] = {"name": loaded.name, "source": loaded.source}
         if loaded.normalization is not None:
             identity["normalization"] = loaded.normalization
         run.update(model=identity, precision=used)  # TF32 off unless --tf32: float32 bounds stay float32

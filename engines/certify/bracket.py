@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from engines.certify.alpha import STEPS as ALPHA_STEPS
 from engines.certify.crown import margin_spec
 from engines.certify.exact import exact_untargeted, solve_targets
 from engines.certify.network import Network, network_of
@@ -14,6 +15,7 @@ from engines.certify.radius import bisect_radius, crown_radius
 from engines.core.events import CancelCheck, never_cancel
 
 CHUNK = 250  # images bounded at once by `radii` (memory grows with it)
+ALPHA_WIDER = 2.5  # alpha-crown refines the images whose CROWN bracket (upper / lower) is wider than this
 
 
 def checked_network(
@@ -43,8 +45,8 @@ def lower_bounds(
     probes: int = 7,
     cancelled: CancelCheck = never_cancel,
 ) -> dict[str, torch.Tensor]:
-    """L2 lower bounds of the minimum distortion of images x: exact (with the solver's duality gap), crown or
-    ibp. `upper` (B,): the attack's L2 distance (nan where it failed), which bounds the search from above
+    """L2 lower bounds of the minimum distortion of images x: exact (with the solver's duality gap), crown,
+    alpha-crown or ibp. `upper` (B,): the attack's L2 distance (nan where it failed), which bounds the search from above
     (×1.5, so that an unsound bound would show as a violation); `targets` None: untargeted."""
     dev = net_device(net)
     top = torch.where(torch.isfinite(upper), 1.5 * upper.double(), math.sqrt(x[0].numel())).clamp(min=1e-9)
@@ -59,8 +61,11 @@ def lower_bounds(
         return {"lower": value, "exact": value, "gap": gap}
     spec = margin_spec(labels, net.classes, targets).to(dev)
     xs = x.to(dev, torch.float64)
-    if method == "crown":
-        lower = crown_radius(net, xs, spec, top.to(dev), probes=probes, cancelled=cancelled)
+    if method in ("crown", "alpha-crown"):
+        steps = ALPHA_STEPS if method == "alpha-crown" else 0
+        lower = crown_radius(
+            net, xs, spec, top.to(dev), probes, cancelled, alpha_steps=steps, alpha_wider=1.5 * ALPHA_WIDER
+        )
     else:
         lower = bisect_radius(net, xs, spec, top.to(dev), method, cancelled=cancelled)
     return {"lower": lower.cpu()}

@@ -57,7 +57,7 @@ class RowBounds:
         first = [t[:, :n] for t in (self.low_centre, self.low_spread, self.low_box)]
         second = [t[:, n:] for t in (self.low_centre, self.low_spread, self.low_box)]
         slack = torch.maximum(self.slack[:, :n], self.slack[:, n:])
-        return RowBounds(*first, -second[0], second[1], -second[2], slack)
+        return RowBounds(first[0], first[1], first[2], -second[0], second[1], -second[2], slack)
 
 
 def row_bounds(a: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> RowBounds:

@@ -13,11 +13,12 @@ margins are concretised exactly over the ball ∩ box (`concretize.tight_lower`)
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from engines.certify.concretize import RowBounds, row_bounds, tight_lower
-from engines.certify.network import Activation, MaxPool, Network
+from engines.certify.network import Activation, Add, Fork, MaxPool, Network, interval_through
 from engines.certify.relax import Relaxation, relax
 
 METHODS = ("crown", "ibp")
@@ -41,14 +42,21 @@ def input_box(x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return (x - e).clamp(0, 1), (x + e).clamp(0, 1)
 
 
-def layer_bounds(net: Network, x: torch.Tensor, eps: torch.Tensor, method: str = "crown") -> Bounds:
-    """Bounds of every activation's input over the ball ∩ box of radius eps, in forward order."""
+BackFn = Callable[[Network, int, torch.Tensor, Bounds], tuple[torch.Tensor, torch.Tensor]]
+
+
+def layer_bounds(
+    net: Network, x: torch.Tensor, eps: torch.Tensor, method: str = "crown", back: BackFn | None = None
+) -> Bounds:
+    """Bounds of every activation's input over the ball ∩ box of radius eps, in forward order. `back` pulls
+    the intermediate rows back to the input (default `back_substitute`; α-CROWN passes its optimiser)."""
     b = x.shape[0]
     out = Bounds(eps)
     lo, hi = (t.view(b, *net.input_shape) for t in input_box(x, eps))
+    saved: list = []  # open residual blocks' input intervals
     for k, op in enumerate(net.ops):
         if not op.affine:
-            rows = _rows(net, k, x, method, out)
+            rows = _rows(net, k, x, method, out, back or back_substitute)
             if rows is not None:
                 out.rows[k] = rows
                 low, up = rows.at(eps)
@@ -58,11 +66,11 @@ def layer_bounds(net: Network, x: torch.Tensor, eps: torch.Tensor, method: str =
                 out.relaxation[k] = relax(op.kind, lo, hi)
             elif isinstance(op, MaxPool):
                 out.pool[k] = _pool_relaxation(op, lo, hi)
-        lo, hi = op.interval(lo, hi)
+        lo, hi = interval_through(op, lo, hi, saved)
     return out
 
 
-def _rows(net: Network, k: int, x: torch.Tensor, method: str, bounds: Bounds) -> RowBounds | None:
+def _rows(net: Network, k: int, x: torch.Tensor, method: str, bounds: Bounds, back: BackFn) -> RowBounds | None:
     """Linear bounds of op k's input in terms of the input image, concretised (None: IBP's interval only)."""
     ops = net.ops
     if k == 0 or not ops[k - 1].affine:
@@ -76,20 +84,35 @@ def _rows(net: Network, k: int, x: torch.Tensor, method: str, bounds: Bounds) ->
     n = int(math.prod(shape))
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
     lam = torch.cat([eye, -eye]).view(1, 2 * n, *shape).expand(x.shape[0], -1, *shape)
-    a, bias = back_substitute(net, k, lam, bounds)
+    a, bias = back(net, k, lam, bounds)
     return row_bounds(a, bias, x).split_signed(n)
 
 
-def back_substitute(net: Network, stop: int, lam: torch.Tensor, bounds: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
+def back_substitute(
+    net: Network,
+    stop: int,
+    lam: torch.Tensor,
+    bounds: Bounds,
+    relaxed: dict[int, Relaxation] | None = None,
+    start: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pull lower bounds of Λ·(output of ops[:stop]) back to the input: (A (B, S, n), bias (B, S)) with
-    Λ·y ≥ A·z + bias for every z in the ball ∩ box."""
+    Λ·y ≥ A·z + bias for every z in the ball ∩ box. `relaxed`: per-row relaxations (B, S, *shape) replacing
+    the shared ones of those activations (α-CROWN). start > 0: stop at the output of ops[:start] instead."""
     bias = lam.new_zeros(lam.shape[:2])
-    for k in reversed(range(stop)):
+    skips: list[torch.Tensor] = []  # Λ of residual shortcuts, waiting for their block's Fork
+    for k in reversed(range(start, stop)):
         op = net.ops[k]
-        if op.affine:
+        if isinstance(op, Add):  # the main branch goes on unchanged; the shortcut's Λ waits for the Fork
+            skip, b = op.back_skip(lam)
+            skips.append(skip)
+        elif isinstance(op, Fork):
+            lam = lam + skips.pop() if skips else lam  # a stop inside the block: no shortcut yet
+            continue
+        elif op.affine:
             lam, b = op.back(lam)
         elif isinstance(op, Activation):
-            lam, b = _back_relaxed(lam, bounds.relaxation[k])
+            lam, b = _back_relaxed(lam, bounds.relaxation[k] if relaxed is None else relaxed[k])
         else:
             lam, b = _back_pool(op, lam, bounds.pool[k])  # type: ignore[arg-type]
         bias = bias + b
@@ -97,9 +120,11 @@ def back_substitute(net: Network, stop: int, lam: torch.Tensor, bounds: Bounds) 
 
 
 def _back_relaxed(lam: torch.Tensor, r: Relaxation) -> tuple[torch.Tensor, torch.Tensor]:
+    """Λ through an activation: the lower line where Λ > 0, the upper where Λ < 0 (shared or per-row lines)."""
     pos, neg = lam.clamp(min=0), lam.clamp(max=0)
-    new = pos * r.lower_slope[:, None] + neg * r.upper_slope[:, None]
-    bias = (pos * r.lower_bias[:, None] + neg * r.upper_bias[:, None]).flatten(2).sum(-1)
+    rows = (lambda t: t) if r.lower_slope.dim() == lam.dim() else (lambda t: t[:, None])
+    new = pos * rows(r.lower_slope) + neg * rows(r.upper_slope)
+    bias = (pos * rows(r.lower_bias) + neg * rows(r.upper_bias)).flatten(2).sum(-1)
     return new, bias
 
 
@@ -162,10 +187,11 @@ def _ibp_margins(net: Network, x: torch.Tensor, eps: torch.Tensor, spec: torch.T
     b = x.shape[0]
     lo, hi = (t.view(b, *net.input_shape) for t in input_box(x, eps))
     last = len(net.ops) - 1
+    saved: list = []
     for k, op in enumerate(net.ops[:last]):
         if k in bounds.interval:
             lo, hi = bounds.interval[k]
-        lo, hi = op.interval(lo, hi)
+        lo, hi = interval_through(op, lo, hi, saved)
     if last in bounds.interval:
         lo, hi = bounds.interval[last]
     if not net.ops[last].affine:

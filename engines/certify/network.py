@@ -1,9 +1,8 @@
-"""A model as a chain of operations that bound propagation can walk, in float64.
+"""A model as a chain of operations (`ops`) that bound propagation can walk, in float64.
 
-Each operation knows its forward map, its interval map (IBP), and, when affine, how a linear function of
-its output pulls back to its input (`back`: Λ ↦ Λ·A and the bias Λ·b). Sequential models of Linear, Conv2d,
-BatchNorm (eval), ReLU, sigmoid, tanh, max/avg pooling, Flatten and Dropout are supported, with the input
-normalization the model carries; anything else is refused in one line. The chain is checked against the
+Sequential models of Linear, Conv2d, BatchNorm (eval), ReLU, sigmoid, tanh, max/avg pooling, Flatten and
+Dropout are supported, with the input normalization the model carries, and torchvision's residual BasicBlock
+(a Fork op where the block starts, an Add op where its shortcut joins); anything else is refused in one line. The chain is checked against the
 model itself on the images to be certified (`check_matches`), so a hook or custom forward cannot slip by.
 """
 
@@ -15,220 +14,33 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from engines.certify.ops import (
+    ACTIVATION_FUNCTIONS,
+    Activation,
+    Add,
+    AvgPool,
+    ChannelAffine,
+    Conv,
+    Fork,
+    Linear,
+    MaxPool,
+    Op,
+    Reshape,
+    interval_through,
+)
 from engines.core.errors import InputError
 
-SUPPORTED = "Linear, Conv2d, BatchNorm1d/2d (eval), ReLU, Sigmoid, Tanh, MaxPool2d, AvgPool2d, Flatten, Dropout"
+__all__ = ["ACTIVATION_FUNCTIONS", "Activation", "Add", "Fork", "MaxPool", "Network", "Op", "interval_through"]
+
+SUPPORTED = (
+    "Linear, Conv2d, BatchNorm1d/2d (eval), ReLU, Sigmoid, Tanh, MaxPool2d, AvgPool2d, Flatten, Dropout, "
+    "torchvision's BasicBlock (residual)"
+)
 DENSE_BUDGET = 60_000_000  # floats of a dense input-to-layer matrix we agree to build (480 MB in float64)
 
 
-class Op:
-    """One step of the chain; shapes are per image (no batch dimension)."""
-
-    affine = True
-    name: str
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def back(self, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """For Λ of shape (B, S, *out): (Λ·A of shape (B, S, *in), Λ·b of shape (B, S))."""
-        raise NotImplementedError
-
-
-def _rows(lam: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    return lam.reshape(-1, *shape)
-
-
-@dataclass
-class Linear(Op):
-    weight: torch.Tensor
-    bias: torch.Tensor
-    name: str = "linear"
-
-    def __post_init__(self) -> None:
-        self.in_shape, self.out_shape = (self.weight.shape[1],), (self.weight.shape[0],)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight.T + self.bias
-
-    def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c, r = self.forward((lo + hi) / 2), ((hi - lo) / 2) @ self.weight.abs().T
-        return c - r, c + r
-
-    def back(self, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return lam @ self.weight, lam @ self.bias
-
-
-@dataclass
-class Conv(Op):
-    weight: torch.Tensor
-    bias: torch.Tensor
-    in_shape: tuple[int, ...]
-    stride: Any
-    padding: Any
-    dilation: Any
-    groups: int
-    name: str = "conv"
-
-    def __post_init__(self) -> None:
-        probe = torch.zeros(1, *self.in_shape, dtype=self.weight.dtype, device=self.weight.device)
-        self.out_shape = tuple(self._conv(probe, self.weight).shape[1:])
-
-    def _conv(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv(x, self.weight) + self.bias.view(-1, 1, 1)
-
-    def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c, r = self.forward((lo + hi) / 2), self._conv((hi - lo) / 2, self.weight.abs())
-        return c - r, c + r
-
-    def back(self, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, s = lam.shape[:2]
-        flat = _rows(lam, self.out_shape)
-        grad = torch.nn.grad.conv2d_input(
-            (flat.shape[0], *self.in_shape), self.weight, flat, self.stride, self.padding, self.dilation, self.groups
-        )
-        bias = (lam.sum(dim=(-1, -2)) * self.bias).sum(-1)
-        return grad.view(b, s, *self.in_shape), bias
-
-
-@dataclass
-class ChannelAffine(Op):
-    """y = x·scale[c] + shift[c] per channel: input normalization and BatchNorm in eval mode."""
-
-    scale: torch.Tensor
-    shift: torch.Tensor
-    in_shape: tuple[int, ...]
-    name: str = "channel-affine"
-
-    def __post_init__(self) -> None:
-        self.out_shape = self.in_shape
-        view = (-1,) + (1,) * (len(self.in_shape) - 1)
-        self._scale, self._shift = self.scale.view(view), self.shift.view(view)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self._scale + self._shift
-
-    def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a, b = self.forward(lo), self.forward(hi)
-        return torch.minimum(a, b), torch.maximum(a, b)
-
-    def back(self, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        bias = (lam * self._shift).flatten(2).sum(-1)
-        return lam * self._scale, bias
-
-
-@dataclass
-class Reshape(Op):
-    in_shape: tuple[int, ...]
-    out_shape: tuple[int, ...]
-    name: str = "flatten"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], *self.out_shape)
-
-    def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.forward(lo), self.forward(hi)
-
-    def back(self, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return lam.reshape(*lam.shape[:2], *self.in_shape), lam.new_zeros(lam.shape[:2])
-
-
-@dataclass
-class AvgPool(Op):
-    """An average pooling: a linear map with non-negative weights and no bias."""
-
-    module: nn.AvgPool2d
-    in_shape: tuple[int, ...]
-    name: str = "avgpool"
-
-    def __post_init__(self) -> None:
-        self.out_shape = tuple(self.module(torch.zeros(1, *self.in_shape)).shape[1:])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
-
-    def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.module(lo), self.module(hi)
-
-    def back(self, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, s = lam.shape[:2]
-        flat = _rows(lam, self.out_shape)
-        x0 = torch.zeros(flat.shape[0], *self.in_shape, dtype=lam.dtype, device=lam.device, requires_grad=True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(self.module(x0), x0, flat)
-        return grad.view(b, s, *self.in_shape), lam.new_zeros((b, s))
-
-
-@dataclass
-class Activation(Op):
-    """An elementwise monotone activation: relu, sigmoid or tanh."""
-
-    kind: str
-    in_shape: tuple[int, ...]
-    name: str = "activation"
-    affine = False
-
-    def __post_init__(self) -> None:
-        self.out_shape = self.in_shape
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ACTIVATION_FUNCTIONS[self.kind](x)
-
-    def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.forward(lo), self.forward(hi)
-
-
-@dataclass
-class MaxPool(Op):
-    """Max pooling without padding (windows read with unfold, so any kernel, stride and dilation)."""
-
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    dilation: tuple[int, int]
-    in_shape: tuple[int, ...]
-    name: str = "maxpool"
-    affine = False
-    _index: torch.Tensor | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        c, h, w = self.in_shape
-        oh = (h - self.dilation[0] * (self.kernel[0] - 1) - 1) // self.stride[0] + 1
-        ow = (w - self.dilation[1] * (self.kernel[1] - 1) - 1) // self.stride[1] + 1
-        self.out_shape = (c, oh, ow)
-
-    def windows(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) → (B, C, k, L): each output's window, k = kernel area, L = output positions."""
-        b, c = x.shape[:2]
-        cols = F.unfold(x.reshape(b * c, 1, *x.shape[2:]), self.kernel, self.dilation, 0, self.stride)
-        return cols.view(b, c, cols.shape[1], cols.shape[2])
-
-    def window_index(self, device: torch.device) -> torch.Tensor:
-        """(k, L): the flat input position (h·W + w) of each window element."""
-        if self._index is None or self._index.device != device:
-            h, w = self.in_shape[1:]
-            pos = torch.arange(h * w, dtype=torch.float64, device=device).view(1, 1, h, w)
-            self._index = self.windows(pos)[0, 0].round().long()
-        return self._index
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.windows(x).amax(2).view(x.shape[0], *self.out_shape)
-
-    def interval(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.forward(lo), self.forward(hi)
-
-
-ACTIVATION_FUNCTIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
 _ACTIVATIONS = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
 
 
@@ -249,8 +61,11 @@ class Network:
         return int(math.prod(self.ops[-1].out_shape)) if self.ops else int(math.prod(self.input_shape))
 
     def forward(self, x: torch.Tensor, stop: int | None = None) -> torch.Tensor:
+        saved: list[torch.Tensor] = []
         for op in self.ops[:stop]:
-            x = op.forward(x)
+            if isinstance(op, Fork):
+                saved.append(x)
+            x = op.join(x, saved.pop()) if isinstance(op, Add) else op.forward(x)
         return x
 
     def dense_prefix(self, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,8 +117,15 @@ def network_of(
         std = torch.tensor(normalization["std"], dtype=torch.float64, device=device)
         mean = torch.tensor(normalization["mean"], dtype=torch.float64, device=device)
         ops.append(ChannelAffine(1.0 / std, -mean / std, shape, name="normalize"))
+    opened: list[tuple[int, ...]] = []  # input shapes of the residual blocks not closed yet
     for name, module in _leaves(model, ""):
-        op = _op_of(name, module, shape, device)
+        if module is _OPENING:
+            opened.append(shape)
+            op: Op | None = Fork(shape, name=name)
+        elif isinstance(module, _Closing):
+            op = Add(_shortcut(name, module.shortcut, opened.pop(), shape, device), shape, name=name)
+        else:
+            op = _op_of(name, module, shape, device)
         if op is not None:
             ops.append(op)
             shape = op.out_shape
@@ -313,7 +135,30 @@ def network_of(
     return net
 
 
-def _leaves(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
+class _Closing:
+    """Where a residual block's Add goes, with the block's shortcut module (None: the identity)."""
+
+    def __init__(self, shortcut: nn.Module | None) -> None:
+        self.shortcut = shortcut
+
+
+_OPENING = object()  # where a residual block's Fork goes
+
+
+def _basic_block(module: nn.Module) -> bool:
+    try:
+        from torchvision.models.resnet import BasicBlock
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return False
+    return isinstance(module, BasicBlock)
+
+
+def _leaves(module: nn.Module, prefix: str) -> list[tuple[str, Any]]:
+    if _basic_block(module):  # relu(bn2(conv2(relu(bn1(conv1(x))))) + downsample(x)), as its forward computes
+        p = f"{prefix}." if prefix else ""
+        main = [(f"{p}{n}", getattr(module, n)) for n in ("conv1", "bn1", "relu", "conv2", "bn2")]
+        closing = _Closing(module.downsample)  # type: ignore[arg-type]
+        return [(f"{p}fork", _OPENING), *main, (f"{p}add", closing), (f"{p}relu", module.relu)]
     children = list(module.named_children())
     if not children:
         return [(prefix or type(module).__name__, module)]
@@ -326,6 +171,24 @@ def _leaves(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
     for name, child in children:
         out += _leaves(child, f"{prefix}.{name}" if prefix else name)
     return out
+
+
+def _shortcut(
+    name: str, module: nn.Module | None, shape: tuple[int, ...], out: tuple[int, ...], device: torch.device | str
+) -> list[Op]:
+    """A residual block's shortcut as affine ops from the block's input shape to its output's (`out`)."""
+    ops: list[Op] = []
+    for sub, leaf in [] if module is None else _leaves(module, f"{name}.shortcut"):
+        op = _op_of(sub, leaf, shape, device)
+        if op is None:
+            continue
+        if not op.affine:
+            raise InputError(f"certify cannot bound layer {sub}: a residual shortcut must be affine (conv, batch norm)")
+        ops.append(op)
+        shape = op.out_shape
+    if shape != out:
+        raise InputError(f"certify cannot bound {name}: its shortcut gives shape {shape}, its branch {out}")
+    return ops
 
 
 def _f64(t: torch.Tensor | None, like: int, device: torch.device | str) -> torch.Tensor:

@@ -3,7 +3,7 @@
 The upper end is the L-BFGS attack's distance (the attack operation runs on the same images into the run
 folder's attack/, or an earlier attack run is read with `attack_run`). The lower end is certified: the exact
 minimum for a model whose logits are affine (`exact`), else a radius proven by bound propagation over the
-L2 ball ∩ [0, 1] box (`crown`, `ibp`) or by the global Lipschitz constant (`lipschitz`). A run folder:
+L2 ball ∩ [0, 1] box (`alpha-crown`, `crown`, `ibp`) or by the global Lipschitz constant (`lipschitz`). A run folder:
     run.json        the request, model identity, status
     attack/         the attack run (unless --attack-run)
     certify.json    per image: index, label, target, lower, upper, exact, lipschitz, method, seconds (rms units)
@@ -14,6 +14,7 @@ certify.json is rewritten after every chunk of images, so a cancelled run keeps 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -23,24 +24,25 @@ from typing import Any
 import torch
 
 from engines.attack.chunks import load_samples
-from engines.attack.problems import AttackConfig
+from engines.attack.operation import AttackRequest, load_request_data, run_attack
 from engines.attack.results import SUMMARY_FILE, read_summary
-from engines.attack.run import AttackRequest, load_request_data, run_attack
+from engines.attack.search import AttackConfig
 from engines.certify.bracket import checked_network, lower_bounds, net_device
 from engines.certify.crown import margin_spec, work_per_image
 from engines.certify.events import CertifiedChunk
 from engines.certify.figures import certify_figure
+from engines.certify.lipschitz import lipschitz_constant
 from engines.certify.network import Network
 from engines.certify.results import CertifyResult, rms, summarize, write_certify
 from engines.core.checkpoint import LoadedModel
 from engines.core.context import RunContext
+from engines.core.distributed import first_error, gather, on_main_first
 from engines.core.errors import InputError, ModelError
 from engines.core.events import Step
 from engines.core.io import write_json_atomic
 from engines.core.memory import available_memory
 from engines.core.models import ModelRef, load_model
-from engines.core.runs import open_run, read_run_record
-from engines.robustness.certified import lipschitz_constant
+from engines.core.runs import RunFolder, open_run, read_run_record
 
 METHODS = ("auto", "exact", "crown", "alpha-crown", "ibp", "lipschitz")
 FIGURE_FILE = "figure.png"
@@ -50,12 +52,12 @@ FIGURE_FILE = "figure.png"
 class CertifyRequest:
     """Which images of which model, which bound, and the attack giving the upper end."""
 
-    model: ModelRef | str
+    model: ModelRef  # a str is turned into a ModelRef on construction
     split: str = "test"
     n: int = 100
     offset: int = 0
     target: str = "all"
-    method: str = "auto"  # exact for affine models, crown otherwise
+    method: str = "auto"  # exact for affine models, alpha-crown otherwise
     seed: int = 0
     config: AttackConfig = field(default_factory=AttackConfig)
     attack_run: str | None = None  # read this attack run instead of attacking
@@ -69,14 +71,12 @@ class CertifyRequest:
         object.__setattr__(self, "model", ModelRef.from_json(self.model))
         if self.method not in METHODS:
             raise InputError(f"unknown --method {self.method!r}: use {', '.join(METHODS)}")
-        if self.method == "alpha-crown":
-            raise InputError("--method alpha-crown is not implemented yet: use crown")
         if self.n < 1 or self.offset < 0 or self.probes < 1 or (self.chunk_images or 1) < 1:
             raise InputError("--n, --probes and chunk_images must be at least 1, --offset at least 0")
 
     def to_json(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        return d | {"model": self.model.to_json(), "config": self.config.as_dict()}  # type: ignore[union-attr]
+        return d | {"model": self.model.to_json(), "config": self.config.as_dict()}
 
     def attack_request(self) -> AttackRequest:
         return AttackRequest(
@@ -94,9 +94,9 @@ class CertifyRequest:
 
 
 def choose_method(method: str, net: Network, model_id: str) -> str:
-    """The method a request runs: auto is exact for affine models, crown otherwise."""
+    """The method a request runs: auto is exact for affine models, alpha-crown otherwise."""
     if method == "auto":
-        return "exact" if net.affine else "crown"
+        return "exact" if net.affine else "alpha-crown"
     if method == "exact" and not net.affine:
         kinds = sorted({type(op).__name__ for op in net.ops if not op.affine})
         raise InputError(
@@ -106,9 +106,11 @@ def choose_method(method: str, net: Network, model_id: str) -> str:
 
 
 def run_certify(request: CertifyRequest, ctx: RunContext) -> CertifyResult:
-    """Attack (or read an attack run), then certify the same images chunk by chunk into a new run folder."""
-    if ctx.ranks.sharded:
-        raise InputError("certify does not shard under torchrun yet: run it as one process")
+    """Attack (or read an attack run), then certify the same images chunk by chunk into a new run folder.
+
+    Under torchrun every rank calls it with the same request: rank 0 opens the folder, the attack runs sharded
+    (or every rank reads the attack run), each rank certifies its contiguous shard of the images (rank 0 keeps
+    its finished rows in certify.json as it goes), and rank 0 gathers every rank's rows and writes the run."""
     device = ctx.torch_device()
     lm = load_model(request.model, device)
     if request.attack_run is None:  # refuse a model certify cannot bound before the attack runs
@@ -120,25 +122,71 @@ def run_certify(request: CertifyRequest, ctx: RunContext) -> CertifyResult:
     lipschitz = _lipschitz(lm, tuple(images.shape[1:]))
     if method == "lipschitz" and lipschitz is None:
         raise InputError(f"the frame-bound engine gives no global Lipschitz bound for {lm.id}: use crown")
-    with open_run(ctx, "certify", str(request.model), request.to_json()) as run:
-        run.update(model=lm.identity(), method=method)
-        samples, attack_seconds, attack_folder = _attack(request, lm, run.path, ctx)
+    with contextlib.ExitStack() as stack:
+
+        def open_folder() -> RunFolder:  # rank 0 only
+            run = stack.enter_context(open_run(ctx, "certify", str(request.model), request.to_json()))
+            run.update(model=lm.identity(), method=method)
+            return run
+
+        opened = on_main_first(ctx.ranks, open_folder, share=lambda run: str(run.path))
+        path = opened.path if isinstance(opened, RunFolder) else Path(opened)
+        samples, attack_seconds, attack_folder = _attack(request, lm, path, ctx)
         started = time.time()
-        rows = _certify_all(request, lm, net, method, samples, lipschitz, run.path, ctx)
-        result = summarize(
-            rows,
-            model=lm.id,
-            method=method,
-            target=request.target if request.attack_run is None else str(samples.get("target_mode", request.target)),
-            seconds=time.time() - started,
-            attack_seconds=attack_seconds,
-            attack_run=str(attack_folder),
-            run=str(run.path),
-        )
-        write_certify(run.path, request.to_json(), rows, "done")
-        write_json_atomic(run.path / SUMMARY_FILE, result.to_json())
-        certify_figure(rows, run.path / FIGURE_FILE, title=f"{lm.id}: {method} lower bound vs attack")
-    return result
+        rows = _certify_shard(request, lm, net, method, samples, lipschitz, path, ctx)
+
+        def finish() -> CertifyResult:  # rank 0 only
+            result = summarize(
+                rows,
+                model=lm.id,
+                method=method,
+                target=request.target
+                if request.attack_run is None
+                else str(samples.get("target_mode", request.target)),
+                seconds=time.time() - started,
+                attack_seconds=attack_seconds,
+                attack_run=str(attack_folder),
+                run=str(path),
+            )
+            if ctx.ranks.sharded:
+                opened.update(ranks={"world_size": ctx.ranks.world})
+            write_certify(path, request.to_json(), rows, "done")
+            write_json_atomic(path / SUMMARY_FILE, result.to_json())
+            certify_figure(rows, path / FIGURE_FILE, title=f"{lm.id}: {method} lower bound vs attack")
+            return result
+
+        return on_main_first(ctx.ranks, finish)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _certify_shard(
+    request: CertifyRequest,
+    lm: LoadedModel,
+    net: Network,
+    method: str,
+    samples: dict[str, Any],
+    lipschitz: float | None,
+    out: Path,
+    ctx: RunContext,
+) -> list[dict[str, Any]]:
+    """This rank's rows (all of them in one process); under torchrun every rank's, in image order, on every
+    rank (a rank that failed makes every rank fail, with its one line)."""
+    if not ctx.ranks.sharded:
+        return _certify_all(request, lm, net, method, samples, lipschitz, out, ctx)
+    shard = ctx.ranks.shard(len(samples["label"]))
+    status: dict[str, Any] = {}
+    failed: BaseException | None = None
+    try:
+        status["rows"] = _certify_all(request, lm, net, method, samples, lipschitz, out, ctx, shard)
+    except Exception as exc:  # the partners wait in the gather below: they must hear of it
+        failed, status["error"] = exc, str(exc)
+    statuses = gather(status, ctx.ranks)
+    if failed is not None:
+        raise failed
+    error = first_error(statuses)
+    if error is not None:
+        raise InputError(error)
+    return [row for s in statuses for row in s["rows"]]
 
 
 def _attack(
@@ -164,7 +212,9 @@ def _attack(
 
 
 def _chunk_size(net: Network, spec_rows: int, method: str, device: torch.device) -> int:
-    floats = work_per_image(net, spec_rows, "crown" if method == "crown" else "ibp") * 12
+    floats = work_per_image(net, spec_rows, "ibp" if method == "ibp" else "crown") * (
+        24 if method == "alpha-crown" else 12
+    )
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget = free // 4
@@ -182,9 +232,11 @@ def _certify_all(
     lipschitz: float | None,
     out: Path,
     ctx: RunContext,
+    shard: tuple[int, int] | None = None,
 ) -> list[dict[str, Any]]:
+    """The rows of images [shard) (all by default), chunk by chunk; rank 0 saves its rows after each chunk."""
     x, labels = samples["x"], samples["label"].long()
-    b = len(labels)
+    first, b = shard or (0, len(labels))
     classes = net.classes
     mode = str(samples.get("target_mode", request.target))
     targets = None if mode == "all" else samples["target"].long()
@@ -195,17 +247,22 @@ def _certify_all(
     margins = torch.einsum("bsk,bk->bs", spec, logits).amin(1)  # ≤ 0: already wrong (or at the target)
     chunk = request.chunk_images or _chunk_size(net, spec.shape[1], method, net_device(net))
     rows: list[dict[str, Any]] = []
-    for start in range(0, b, chunk):
+    for start in range(first, b, chunk):
         ctx.check_cancel()
         stop = min(start + chunk, b)
-        ctx.emit(Step(task=f"certify {lm.id}", done=start, total=b, message=f"{method} on images {start}–{stop}"))
+        done, total = start - first, b - first
+        ctx.emit(Step(task=f"certify {lm.id}", done=done, total=total, message=f"{method} on images {start}–{stop}"))
         began = time.time()
         part = _chunk_bounds(net, method, request, samples, targets, start, stop, ctx)
         each = (time.time() - began) / (stop - start)
         for i in range(start, stop):
             rows.append(_row(i, samples, part, i - start, margins[i], lipschitz, method, pixels, each, targets))
-        write_certify(out, request.to_json(), rows, "running")
-        ctx.emit(CertifiedChunk(task=f"certify {lm.id}", done=stop, total=b, start=start, stop=stop, rows=rows[start:]))
+        if ctx.ranks.main:
+            write_certify(out, request.to_json(), rows, "running")
+        new = rows[done:]
+        ctx.emit(
+            CertifiedChunk(task=f"certify {lm.id}", done=stop - first, total=total, start=start, stop=stop, rows=new)
+        )
     return rows
 
 
@@ -259,7 +316,11 @@ def _row(
     wrong = float(margin) <= 0
     success = bool(samples["success"][i])
     lip = None if lipschitz is None else max(0.0, float(margin)) / (math.sqrt(2.0) * lipschitz)
-    lower = lip if method == "lipschitz" else float(part["lower"][j])
+    if method == "lipschitz":
+        assert lip is not None, "the lipschitz method always computes the global constant"
+        lower = lip
+    else:
+        lower = float(part["lower"][j])
     exact = float(part["exact"][j]) if "exact" in part else None
     row = {
         "index": int(samples["index"][i]),

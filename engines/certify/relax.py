@@ -8,6 +8,10 @@ Sigmoid and tanh are convex on (−∞, 0] and concave on [0, ∞):
   below, symmetrically the chord or the tangent at d ∈ [l, 0] through (u, f(u)). The tangent point is found by
   bisection and taken at the end of the bracket where the line still clears the far endpoint, so the line is
   sound whatever the bisection's accuracy. Every offset is widened by a float64 rounding allowance.
+
+α-CROWN (`FreeTangents`): where a bound is a tangent, any tangent point in a range keeps it sound: below, any
+d in [l, u] on a convex interval, any d in [l, d*] on a mixed one (d* the point above: f − line is ≥ 0 on the
+convex side, and concave on [0, u] with both ends ≥ 0); above, symmetrically. The optimiser moves d in there.
 """
 
 from __future__ import annotations
@@ -96,6 +100,55 @@ def relax_s_shaped(f, df, lo: torch.Tensor, hi: torch.Tensor, iters: int = 40) -
     pad_up = PAD * (1 + up_bias.abs() + (up_slope * lo).abs() + (up_slope * hi).abs())
     pad_low = PAD * (1 + low_bias.abs() + (low_slope * lo).abs() + (low_slope * hi).abs())
     return Relaxation(low_slope, low_bias - pad_low, up_slope, up_bias + pad_up)
+
+
+@dataclass
+class FreeTangents:
+    """Where a sigmoid/tanh line may be any tangent at d = a + α·(b − a), α in [0, 1], and CROWN's own α."""
+
+    low_free: torch.Tensor
+    low_a: torch.Tensor
+    low_b: torch.Tensor
+    low_init: torch.Tensor
+    up_free: torch.Tensor
+    up_a: torch.Tensor
+    up_b: torch.Tensor
+    up_init: torch.Tensor
+
+
+def free_tangents(kind: str, lo: torch.Tensor, hi: torch.Tensor, iters: int = 40) -> FreeTangents:
+    """The ranges of sound tangent points on [lo, hi] for sigmoid or tanh (narrow intervals and chords stay)."""
+    f, df = SMOOTH[kind]
+    wide = hi - lo >= 1e-8
+    convex, concave = hi <= 0, lo >= 0
+    mixed = ~(convex | concave)
+    chord = (f(hi) - f(lo)) / torch.where(wide, hi - lo, torch.ones_like(lo))
+    up_d = _tangent_point(f, df, lo, torch.zeros_like(lo), hi.clamp(min=0), iters, upper=True)
+    low_d = _tangent_point(f, df, hi, lo.clamp(max=0), torch.zeros_like(lo), iters, upper=False)
+    low_mixed = mixed & (df(lo) < chord)
+    up_mixed = mixed & (df(hi) < chord)
+    half = torch.full_like(lo, 0.5)
+    return FreeTangents(
+        wide & (convex | low_mixed),
+        lo,
+        torch.where(low_mixed, low_d, hi),
+        torch.where(low_mixed, 1.0, half),
+        wide & (concave | up_mixed),
+        torch.where(up_mixed, up_d, lo),
+        hi,
+        torch.where(up_mixed, 0.0, half),
+    )
+
+
+def tangent_line(
+    kind: str, d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, upper: bool
+) -> tuple[torch.Tensor, ...]:
+    """The tangent at d as (slope, offset), the offset widened by the rounding allowance (outward)."""
+    y = SMOOTH[kind][0](d)
+    k = y * (1 - y) if kind == "sigmoid" else 1 - y.square()
+    b = y - k * d
+    pad = PAD * (1 + b.abs() + (k * lo).abs() + (k * hi).abs())
+    return k, b + pad if upper else b - pad
 
 
 def _tangent_point(f, df, far: torch.Tensor, a: torch.Tensor, b: torch.Tensor, iters: int, upper: bool) -> torch.Tensor:

@@ -49,7 +49,8 @@ class CertifyResult:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> CertifyResult:
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
+        doc: dict[str, Any] = {k: d.get(k) for k in cls.__dataclass_fields__}
+        return cls(**doc)
 
 
 def _has_both(row: dict[str, Any], key: str = "lower") -> bool:

@@ -22,6 +22,7 @@ from torch import nn
 
 from engines.core.data import data_fingerprint, dataset_name, sample_data_dir
 from engines.core.errors import CheckpointError, DataError, ModelError
+from engines.core.evaluate import logit_slices
 from engines.core.io import atomic_write, file_sha256, read_json, write_json_atomic
 from engines.core.memory import eval_batch
 from engines.core.zoo import ZOO, build_model
@@ -169,7 +170,7 @@ def load_checkpoint(ref: str | Path, device: torch.device | str = "cpu") -> Load
         state = load_state_file(path)
         meta = _read_sidecar(path, required=False) or {"id": path.stem, "spec": infer_mlp_spec(state)}
     else:
-        meta = _read_sidecar(path, required=True)
+        meta = _read_sidecar(path, required=True) or {}  # required: never None
         state = load_state_file(path)
     sha256 = file_sha256(path)
     recorded = meta.get("weights_sha256")
@@ -236,16 +237,13 @@ def check_finite_logits(
 ) -> None:
     """Refuse a model whose logits overflow to inf/NaN on the images: every attack on it would
     "fail" silently and report 0 % success."""
-    batch = batch or eval_batch(x, 1024)
-    with torch.no_grad():
-        for start in range(0, len(x), batch):
-            out = model(x[start : start + batch].to(device))
-            if not torch.isfinite(out).all():
-                bad = int((~torch.isfinite(out)).any(1).sum())
-                raise ModelError(
-                    f"the model's logits are inf or NaN on {bad} of images {start}..{start + len(out) - 1} "
-                    "(weights that overflow?); nothing to attack"
-                )
+    for start, out in logit_slices(model, x, device, batch or eval_batch(x, 1024)):
+        if not torch.isfinite(out).all():
+            bad = int((~torch.isfinite(out)).any(1).sum())
+            raise ModelError(
+                f"the model's logits are inf or NaN on {bad} of images {start}..{start + len(out) - 1} "
+                "(weights that overflow?); nothing to attack"
+            )
 
 
 def warn_if_trained_on_other_data(lm: LoadedModel, data_dir: str | Path | None) -> bool:

@@ -9,7 +9,7 @@ to the same operation, so neither can drift from the other in what gets computed
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -59,6 +59,3 @@ class RunContext:
         elif self.threads is not None or self.torch_device().type == "cpu":
             torch.set_num_threads(threads_for_shared_cpu(self.threads))
         return self
-
-    def with_out(self, out: Path | None) -> RunContext:
-        return replace(self, out=out)

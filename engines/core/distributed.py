@@ -96,7 +96,7 @@ def init_distributed(device: str) -> Ranks:
             f"{'' if count == 1 else 's'}: start at most {count} per node (torchrun --nproc-per-node {max(count, 1)})"
         )
     torch.cuda.set_device(ranks.local_rank)
-    bound = {"device_id": torch.device("cuda", ranks.local_rank)} if _TAKES_DEVICE_ID else {}
+    bound: dict[str, Any] = {"device_id": torch.device("cuda", ranks.local_rank)} if _TAKES_DEVICE_ID else {}
     dist.init_process_group("nccl", timeout=timeout, **bound)
     return ranks
 

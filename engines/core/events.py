@@ -96,13 +96,16 @@ class ChunkDone(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class EpochDone(Event):
-    """An epoch (Adam) or a block of iterations (L-BFGS) of training is done."""
+    """An epoch (Adam) or a block of iterations (L-BFGS) of training is done; with a validation split, the
+    model's validation error (%) at that checkpoint (nan without one)."""
 
     stage: str
     loss: float
+    validation_error: float = math.nan
 
     def line(self) -> str:
-        return f"{self.stage} loss {self.loss:.4g}"
+        text = f"{self.stage} loss {self.loss:.4g}"
+        return text + (f" · val err {self.validation_error:.2f}%" if math.isfinite(self.validation_error) else "")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,6 +23,7 @@ def row_from_meta(path: str | Path, meta: dict[str, Any]) -> dict[str, Any]:
     m = meta.get("metrics", {})
     split = meta.get("train_split", "?")
     architecture = meta.get("architecture") or _describe(meta.get("spec"))
+    study = {k: meta[k] for k in STUDY_KEYS if k in meta}  # the protocol's selection and seed study, when recorded
     return {
         "id": meta.get("id", Path(path).stem),
         "architecture": architecture,
@@ -38,9 +39,18 @@ def row_from_meta(path: str | Path, meta: dict[str, Any]) -> dict[str, Any]:
         "paper": meta.get("paper", {}),
         "data": (meta.get("data") or {}).get("name"),  # None for sidecars older than the record
         "path": str(path),
-    }
+    } | study
 
 
+# the sidecar's protocol figures (percent, like test_error): the chosen epoch's validation error, the seed study
+STUDY_KEYS = (
+    "validation_error",
+    "seeds",
+    "test_error_mean",
+    "test_error_sd",
+    "validation_error_mean",
+    "validation_error_sd",
+)
 RECIPE_KEYS = ("optimizer", "epochs", "batch_size", "lr", "iterations", "adversarial", "refresh_share", "seconds")
 
 

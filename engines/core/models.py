@@ -35,13 +35,13 @@ from engines.core.checkpoint import (
 )
 from engines.core.errors import CheckpointError, InputError, ModelError
 from engines.core.io import file_sha256
+from engines.core.options import field_error, option
 from engines.core.zoo import ZOO
 
 _log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-NORMALIZE_NAMES = ("imagenet", "none")
 TORCHVISION_SEED = 0  # random init of a torchvision model without --weights: fixed, so runs can be compared
 KINDS = ("checkpoint", "torchvision", "factory")
 
@@ -56,10 +56,16 @@ class ModelRef:
     """
 
     name: str = ""
-    weights: str | None = None
-    factory: str | None = None
-    num_classes: int | None = None
-    normalize: str | None = None
+    # declared for how messages name them (the CLI's flags, the workbench's words); no form offers them
+    weights: str | None = option(None, label="a weights file", help="State dict of a torchvision or factory model.")
+    factory: str | None = option(
+        None,
+        flags=("--model-factory",),
+        label="package.module:function factories",
+        help="The user's architecture: package.module:function returning an nn.Module.",
+    )
+    num_classes: int | None = option(None, label="a head size", help="Classes of a torchvision or factory head.")
+    normalize: str | None = option(None, help="Input normalization: imagenet, none or MEANS:STDS.")
 
     def __post_init__(self) -> None:
         if not self.name.strip() and not self.factory:
@@ -232,10 +238,9 @@ def load_model(ref: ModelRef | str, device: torch.device | str = "cpu") -> Loade
     ref = as_model_ref(ref)
     kind = ref.kind
     if kind == "checkpoint":
-        if ref.weights is not None:
-            raise InputError("--weights applies to torchvision names and --model-factory; a checkpoint has its weights")
-        if ref.num_classes is not None:
-            raise InputError("--num-classes applies to torchvision names and --model-factory, not to a checkpoint")
+        for key, tail in (("weights", "; a checkpoint has its weights"), ("num_classes", ", not to a checkpoint")):
+            if getattr(ref, key) is not None:  # named by flag or label, as the front end says it
+                raise field_error(ModelRef, f"${key} applies to torchvision names and $factory{tail}", key, "factory")
         lm = load_checkpoint(ref.name, "cpu")
         spec_input = lm.meta.get("spec", {}).get("input")
         lm.input_shape = tuple(int(v) for v in spec_input) if spec_input else None

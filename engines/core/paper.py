@@ -6,7 +6,7 @@ TABLE1_MODELS = ["softmax1", "softmax2", "softmax3", "n100-100-10", "n200-200-10
 TABLE3_MODELS = ["m1", "m1-prime", "m2"]
 
 # Table 1: training error, test error (%), average minimum distortion
-TABLE1 = {
+TABLE1: dict[str, tuple[float, float, float]] = {
     "softmax1": (6.7, 7.4, 0.062),
     "softmax2": (10.0, 9.4, 0.1),
     "softmax3": (21.2, 20.0, 0.14),
@@ -16,7 +16,7 @@ TABLE1 = {
 }
 
 # Table 2: rows = adversarial source (or noise), columns = TABLE1_MODELS, errors in %
-TABLE2 = {
+TABLE2: dict[str, list[float]] = {
     "softmax1": [100, 11.7, 22.7, 2, 3.9, 2.7],
     "softmax2": [87.1, 100, 35.2, 35.9, 27.3, 9.8],
     "softmax3": [71.9, 76.2, 100, 48.1, 47, 34.4],
@@ -26,22 +26,16 @@ TABLE2 = {
     "noise 0.1": [5.0, 10.1, 18.3, 0, 0, 0.8],
     "noise 0.3": [15.6, 11.3, 22.7, 5, 4.3, 3.1],
 }
-TABLE2_DISTORTION = {
-    "softmax1": 0.062,
-    "softmax2": 0.1,
-    "softmax3": 0.14,
-    "n100-100-10": 0.058,
-    "n200-200-10": 0.065,
-    "ae400-10": 0.086,
-    "noise 0.1": 0.1,
-    "noise 0.3": 0.3,
-}
 
 # Table 3: error on P1, P2, test (%), min average distortion
-TABLE3 = {"m1": (0.0, 2.4, 2.0, 0.062), "m1-prime": (0.0, 2.5, 2.1, 0.059), "m2": (2.3, 0.0, 2.1, 0.058)}
+TABLE3: dict[str, tuple[float, float, float, float]] = {
+    "m1": (0.0, 2.4, 2.0, 0.062),
+    "m1-prime": (0.0, 2.5, 2.1, 0.059),
+    "m2": (2.3, 0.0, 2.1, 0.058),
+}
 
 # Table 4: rows as printed, columns = TABLE3_MODELS
-TABLE4 = {
+TABLE4: dict[str, list[float]] = {
     "m1": [100, 26.2, 5.9],
     "m1-prime": [6.25, 100, 5.1],
     "m2": [8.2, 8.2, 100],
@@ -51,6 +45,5 @@ TABLE4 = {
     "m2 amplified 0.1": [27, 50, 100],
     "noise 0.1": [2.6, 2.8, 2.7],
 }
-TABLE4_DISTORTION = {"m1": 0.062, "m1-prime": 0.059, "m2": 0.058}
 
 # Table 5 (AlexNet frame bounds) lives beside the engine that reproduces it: engines.bounds.network.PAPER_TABLE5

@@ -37,8 +37,8 @@ def _settings() -> dict[str, Any]:
         cudnn = torch.backends.cudnn
         return {
             "matmul": torch.backends.cuda.matmul.fp32_precision,
-            "conv": cudnn.conv.fp32_precision,
-            "rnn": cudnn.rnn.fp32_precision,
+            "conv": cudnn.conv.fp32_precision,  # type: ignore[attr-defined]  # PyTorch 2.9's API, not in its stubs
+            "rnn": cudnn.rnn.fp32_precision,  # type: ignore[attr-defined]
         }
     return {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
 
@@ -47,8 +47,8 @@ def _apply(settings: dict[str, Any]) -> None:
     if _fp32_api():
         cudnn = torch.backends.cudnn
         torch.backends.cuda.matmul.fp32_precision = settings["matmul"]
-        cudnn.conv.fp32_precision = settings["conv"]
-        cudnn.rnn.fp32_precision = settings["rnn"]
+        cudnn.conv.fp32_precision = settings["conv"]  # type: ignore[attr-defined]
+        cudnn.rnn.fp32_precision = settings["rnn"]  # type: ignore[attr-defined]
     else:
         torch.backends.cuda.matmul.allow_tf32 = settings["matmul"]
         torch.backends.cudnn.allow_tf32 = settings["cudnn"]

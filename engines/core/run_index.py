@@ -1,8 +1,12 @@
 """The runs a runs root holds, one line each: what the TUI's Runs screen lists and refreshes every few seconds.
 
-Cheap on purpose: per run folder it reads run.json, one small result file and the names of the attack's
-chunk files; per checkpoint its JSON sidecar. No array is loaded. One bad folder becomes a "damaged"
-entry saying why; it never hides the others.
+Generic on purpose: core knows no experiment. Each experiment declares a `RunKind` (its report files, how to
+describe one of its folders in a line, names that differ from the usual ones) beside its own file constants;
+`engines.kinds` collects them and passes them here.
+
+Cheap on purpose: per run folder it reads run.json and what its kind's `describe` reads (one small result
+file, the names of the attack's chunk files); no array is loaded. One bad folder becomes a "damaged" entry
+saying why; it never hides the others.
 
 A run.json that says "running" is believed only while a live process holds the folder's lock: a killed
 process leaves "running" behind, and that run is "interrupted" (it can be resumed).
@@ -12,22 +16,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeGuard
 
-from engines.attack.chunks import covered_images
-from engines.attack.results import SUMMARY_FILE
 from engines.core.errors import InputError
-from engines.core.io import read_json
-from engines.core.runs import RUN_FILE, lock_is_live, read_run_record
+from engines.core.runs import RUN_FILE, read_run_record, run_status
 
-KINDS = ("attack", "transfer", "units", "bounds", "reproduce", "robustness", "train")
-STATUSES = ("running", "interrupted", "finished", "damaged")
-MODELS_FOLDER, CHECKPOINT_SUFFIX = "models", ".safetensors"
 _MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".json")
-_REPRODUCE_PARTS = ("table1.json", "table2/matrix.json", "table3.json", "table4/matrix.json", "table5.json")
-_READ_ERRORS = (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, InputError)
+READ_ERRORS = (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, InputError)
 
 
 @dataclass(frozen=True)
@@ -50,15 +48,85 @@ class RunEntry:
         return asdict(self) | {"path": str(self.path)}
 
 
-def list_runs(root: Path) -> list[RunEntry]:
-    """Every run folder directly under `root` (those holding run.json) and every checkpoint in root/models,
+class Figures(NamedTuple):
+    """What a kind says of one of its folders: the figures column, and images done of total where it counts them."""
+
+    text: str = ""
+    done: int | None = None
+    total: int | None = None
+
+
+def no_figures(_: Path, __: dict[str, Any], ___: str) -> Figures:
+    return Figures()
+
+
+def recorded_model(record: dict[str, Any]) -> str:
+    """A short name: the model's id as loaded (run.json's model record), else the request's model."""
+    loaded = record.get("model")
+    if isinstance(loaded, dict) and (loaded.get("id") or loaded.get("name")):
+        return short_name(str(loaded.get("id") or loaded.get("name")))
+    return ref_name(record["request"].get("model"))
+
+
+def recorded_data(record: dict[str, Any], split: bool = True) -> str:
+    """`<data> <split>`: the data folder's name when the request names one, else the recorded data set's."""
+    request = record["request"]
+    folder = request.get("data_dir")
+    recorded = record.get("data")
+    recorded_name = recorded.get("name") if isinstance(recorded, dict) else None
+    name = Path(str(folder)).name if folder else str(recorded_name or "mnist").lower()
+    return f"{name} {(request.get('split') if split else '') or ''}".strip()
+
+
+def model_list(refs: Any) -> str:
+    """Up to three model names and how many more (runs over several models)."""
+    names = [ref_name(r) for r in refs or []]
+    return ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
+
+
+def ref_name(ref: Any) -> str:
+    if isinstance(ref, dict):
+        ref = ref.get("name") or ref.get("factory") or ""
+    return short_name(str(ref or "?"))
+
+
+def short_name(name: str) -> str:
+    """A checkpoint path shows as its file's stem; zoo ids and torchvision names as they are."""
+    return Path(name).stem if "/" in name or name.endswith(_MODEL_SUFFIXES) else name
+
+
+@dataclass(frozen=True)
+class RunKind:
+    """What the run list and the report window know of one experiment's runs, declared by the experiment.
+
+    `describe(folder, record, status)` gives the figures column (it may raise any of READ_ERRORS on a file being
+    replaced or damaged: the line stays, without figures); `report_files` are the files the report window shows,
+    the first one present; `model`/`data` name what the run ran on; `entries(root)` lists runs of this kind that
+    have no run folder (trainings leave checkpoints)."""
+
+    name: str
+    report_files: tuple[str, ...] = ()
+    describe: Callable[[Path, dict[str, Any], str], Figures] = no_figures
+    model: Callable[[dict[str, Any]], str] = recorded_model
+    data: Callable[[dict[str, Any]], str] = recorded_data
+    entries: Callable[[Path], list[RunEntry]] | None = None
+
+
+Kinds = Sequence[RunKind]
+
+
+def list_runs(root: Path, kinds: Kinds) -> list[RunEntry]:
+    """Every run folder directly under `root` (those holding run.json) and every run a kind lists without one,
     newest first; a missing root lists nothing."""
     root = Path(root)
     try:
         children = list(root.iterdir())
     except OSError:
         return []
-    entries = [read_run_entry(p) for p in children if _holds_run(p)] + list_checkpoints(root / MODELS_FOLDER)
+    entries = [read_run_entry(p, kinds) for p in children if _holds_run(p)]
+    for kind in kinds:
+        if kind.entries is not None:
+            entries += kind.entries(root)
     return sorted(entries, key=lambda e: (e.started, e.path.name), reverse=True)
 
 
@@ -70,237 +138,73 @@ def _holds_run(folder: Path) -> bool:
         return False
 
 
-def list_checkpoints(folder: Path) -> list[RunEntry]:
-    """A "train" entry per `<id>.safetensors` with its `<id>.json` sidecar (trainings make no run folder)."""
-    try:
-        paths = [
-            p for p in Path(folder).iterdir() if p.suffix == CHECKPOINT_SUFFIX and p.with_suffix(".json").is_file()
-        ]
-    except OSError:
-        return []
-    return [checkpoint_entry(p) for p in paths]
-
-
-def checkpoint_entry(path: Path) -> RunEntry:
-    """A checkpoint as a finished "train" run, read from its sidecar only."""
-    sidecar = path.with_suffix(".json")
-    started = _mtime(sidecar)
-    try:
-        meta = read_json(sidecar)
-        if not isinstance(meta, dict):
-            raise ValueError("not a JSON object")
-        data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
-        name = str(data.get("name") or "mnist").lower()
-        seconds = (meta.get("training") or {}).get("seconds")
-        error = (meta.get("metrics") or {}).get("test_error")
-        return RunEntry(
-            path=path,
-            kind="train",
-            model=str(meta.get("id") or path.stem),
-            data=f"{name} {meta.get('train_split') or ''}".strip(),
-            status="finished",
-            started=started,
-            seconds=float(seconds) if _number(seconds) else None,
-            done=None,
-            total=None,
-            figures=f"test error {error:.2f}%" if _number(error) else "",
-        )
-    except _READ_ERRORS as exc:
-        return _damaged(path, "train", started, f"{sidecar.name} is damaged ({exc})", model=path.stem)
-
-
-def read_run_entry(folder: Path) -> RunEntry:
+def read_run_entry(folder: Path, kinds: Kinds) -> RunEntry:
     """One run folder as an entry; a missing or damaged run.json is a "damaged" entry, never an exception
     (a listing never fails for one folder: whatever goes wrong reading it is its entry's error)."""
     folder = Path(folder)
     try:
-        return _run_entry(folder)
+        return _run_entry(folder, kinds)
     except Exception as exc:  # a run.json of valid JSON but odd types, a folder removed meanwhile …
-        return _damaged(folder, _guess_kind(folder), _mtime(folder), f"cannot read {folder.name}: {exc}")
+        return damaged_entry(folder, guess_kind(folder, kinds), mtime(folder), f"cannot read {folder.name}: {exc}")
 
 
-def _run_entry(folder: Path) -> RunEntry:
-    mtime = _mtime(folder)
+def _run_entry(folder: Path, kinds: Kinds) -> RunEntry:
+    when = mtime(folder)
     try:
         record = read_run_record(folder)
     except InputError as exc:
-        return _damaged(folder, _guess_kind(folder), mtime, str(exc))
-    kind = str(record.get("kind") or _guess_kind(folder))
-    request = record["request"]
+        return damaged_entry(folder, guess_kind(folder, kinds), when, str(exc))
+    name = str(record.get("kind") or guess_kind(folder, kinds))
+    kind = find_kind(name, kinds) or RunKind(name)  # a kind this blindspot does not know: listed, no figures
     started = record.get("started")
     seconds = record.get("seconds")
     status = run_status(folder, record)
-    done = total = None
-    figures = ""
     try:
-        if kind == "attack":
-            done, total, figures = _attack_figures(folder, request, status)
-        else:
-            figures = _FIGURES.get(kind, _no_figures)(folder, request)
-    except _READ_ERRORS:
-        figures = ""  # a result file being replaced, or damaged: the run's line stays
+        figures = kind.describe(folder, record, status)
+    except READ_ERRORS:
+        figures = Figures()  # a result file being replaced, or damaged: the run's line stays
     return RunEntry(
         path=folder,
-        kind=kind,
-        model=_model_name(kind, record),
-        data=_data_name(kind, record),
+        kind=name,
+        model=kind.model(record),
+        data=kind.data(record),
         status=status,
-        started=float(started) if _number(started) else mtime,
-        seconds=float(seconds) if _number(seconds) else None,
-        done=done,
-        total=total,
-        figures=figures,
+        started=float(started) if is_number(started) else when,
+        seconds=float(seconds) if is_number(seconds) else None,
+        done=figures.done,
+        total=figures.total,
+        figures=figures.text,
         error="" if status != "damaged" else f"{RUN_FILE} has an unknown status {record.get('status')!r}",
     )
 
 
-def run_status(folder: Path, record: dict[str, Any]) -> str:
-    """running | interrupted | finished | damaged, from run.json's status and the folder's lock."""
-    said = record.get("status")
-    if said == "running":
-        if lock_is_live(folder):
-            return "running"
-        try:  # the writer may have finished between our two looks: it marks done, then drops the lock
-            said = read_run_record(folder).get("status")
-        except InputError:
-            return "interrupted"
-        return {"done": "finished", "running": "interrupted"}.get(str(said), "interrupted")
-    if said == "done":
-        return "finished"
-    if said == "interrupted":
-        return "interrupted"
-    return "damaged"
+def find_kind(name: str, kinds: Kinds) -> RunKind | None:
+    return next((k for k in kinds if k.name == name), None)
 
 
-def _attack_figures(folder: Path, request: dict[str, Any], status: str) -> tuple[int, int, str]:
-    total = int(request["n"])
-    if status == "finished":
-        summary = read_json(folder / SUMMARY_FILE)
-        parts = [f"success {100 * float(summary['success_rate']):.1f}%"]
-        if _number(summary.get("mean_distortion")):
-            parts.append(f"distortion {float(summary['mean_distortion']):.4f}")
-        return total, total, " · ".join(parts)
-    return covered_images(folder, total), total, ""
-
-
-def _transfer_figures(folder: Path, _: dict[str, Any]) -> str:
-    matrix = read_json(folder / "matrix.json")
-    rows, columns, values = matrix["rows"], matrix["columns"], matrix["values"]
-    off = [
-        float(v)
-        for row, line in zip(rows, values, strict=True)
-        if row.get("kind") == "adversarial"
-        for column, v in zip(columns, line, strict=True)
-        if column != row.get("source") and _number(v)
-    ]
-    text = f"{len(rows)} × {len(columns)} matrix"
-    return text + (f" · off-diagonal {sum(off) / len(off):.1f}%" if off else "")
-
-
-def _bounds_figures(folder: Path, _: dict[str, Any]) -> str:
-    bounds = read_json(folder / "bounds.json")
-    text = f"{len(bounds['layers'])} layers"
-    product = bounds.get("product_table")
-    return text + (f" · product {_short_number(float(product))}" if _number(product) else "")
-
-
-def _units_figures(_: Path, request: dict[str, Any]) -> str:
-    return f"layer {request['layer']}"  # units.json holds every direction's top-k: too large to poll
-
-
-def _robustness_figures(folder: Path, _: dict[str, Any]) -> str:
-    rows = read_json(folder / "robustness.json")["rows"]
-    if not rows:
-        return ""
-    parts = [f"{len(rows)} model{'s' if len(rows) > 1 else ''}"]
-    for key, label, digits in (("distortion", "distortion", 4), ("certified", "certified", 4)):
-        vals = [float(r[key]) for r in rows if _number(r.get(key))]
-        if vals:
-            parts.append(f"{label} {sum(vals) / len(vals):.{digits}f}")
-    return " · ".join(parts)
-
-
-def _reproduce_figures(folder: Path, _: dict[str, Any]) -> str:
-    if (folder / "tables.json").is_file():
-        return "6 of 6 tables · report.md" if (folder / "report.md").is_file() else "6 of 6 tables"
-    done = sum((folder / part).is_file() for part in _REPRODUCE_PARTS) + (folder / "section42.json").is_file()
-    return f"{done} of 6 tables"
-
-
-def _no_figures(_: Path, __: dict[str, Any]) -> str:
-    return ""
-
-
-_FIGURES = {
-    "transfer": _transfer_figures,
-    "bounds": _bounds_figures,
-    "units": _units_figures,
-    "robustness": _robustness_figures,
-    "reproduce": _reproduce_figures,
-}
-
-
-def _model_name(kind: str, record: dict[str, Any]) -> str:
-    """A short name: the model's id as loaded (run.json's model record), else the request's model."""
-    request = record["request"]
-    if kind == "reproduce":
-        return "paper zoo"
-    if kind in ("transfer", "robustness"):
-        refs = (request.get("sources") or request.get("targets")) if kind == "transfer" else request.get("models")
-        names = [_ref_name(r) for r in refs or []]
-        return ", ".join(names[:3]) + (f" +{len(names) - 3}" if len(names) > 3 else "")
-    loaded = record.get("model")
-    if isinstance(loaded, dict) and (loaded.get("id") or loaded.get("name")):
-        return _short(str(loaded.get("id") or loaded.get("name")))
-    return _ref_name(request.get("model"))
-
-
-def _ref_name(ref: Any) -> str:
-    if isinstance(ref, dict):
-        ref = ref.get("name") or ref.get("factory") or ""
-    return _short(str(ref or "?"))
-
-
-def _short(name: str) -> str:
-    """A checkpoint path shows as its file's stem; zoo ids and torchvision names as they are."""
-    return Path(name).stem if "/" in name or name.endswith(_MODEL_SUFFIXES) else name
-
-
-def _data_name(kind: str, record: dict[str, Any]) -> str:
-    """`<data> <split>`: the data folder's name when the request names one, else the recorded data set's."""
-    request = record["request"]
-    if kind == "bounds":
-        shape = request.get("input_shape")
-        return f"input {'×'.join(str(v) for v in shape)}" if isinstance(shape, list) else ""
-    folder = request.get("data_dir")
-    recorded = record.get("data") if isinstance(record.get("data"), dict) else {}
-    name = Path(str(folder)).name if folder else str(recorded.get("name") or "mnist").lower()
-    split = request.get("split") if kind != "reproduce" else ""
-    return f"{name} {split or ''}".strip()
-
-
-def _guess_kind(folder: Path) -> str:
+def guess_kind(folder: Path, kinds: Kinds) -> str:
     """The kind a folder's name starts with (`attack-…`), for a run.json that cannot tell."""
     head = folder.name.split("-", 1)[0]
-    return head if head in KINDS else "?"
+    return head if find_kind(head, kinds) is not None else "?"
 
 
-def _damaged(path: Path, kind: str, started: float, error: str, model: str = "") -> RunEntry:
+def damaged_entry(path: Path, kind: str, started: float, error: str, model: str = "") -> RunEntry:
     return RunEntry(path, kind, model, "", "damaged", started, None, None, None, "", error)
 
 
-def _mtime(path: Path) -> float:
+def mtime(path: Path) -> float:
     try:
         return os.stat(path).st_mtime
     except OSError:
         return 0.0
 
 
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> TypeGuard[float]:
+    """A finite int or float (not a bool): what a figure can be printed from."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _short_number(value: float) -> str:
+def short_number(value: float) -> str:
     """2300 → 2.3e3; plain below 1000 and above 0.01."""
     if value == 0 or 0.01 <= abs(value) < 1000:
         return f"{value:.3g}"

@@ -20,7 +20,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -316,3 +316,39 @@ def _remove_empty_run(folder: Path, created: Path | None) -> None:
             p.rmdir()  # only empty folders go
         if p == created:
             break
+
+
+def redo_interrupted(ctx: RunContext, kind: str) -> RunContext:
+    """Let an --out that holds an interrupted run of `kind` be run again.
+
+    Transfer and reproduce keep their costly part (the adversarial sets) in the cache, so the CLI's
+    hint says "run the same command again": that must not be refused as an occupied folder. A
+    finished run, another kind's folder or a folder without run.json still is.
+    """
+    if ctx.out is None or ctx.overwrite or not (Path(ctx.out) / RUN_FILE).is_file():
+        return ctx
+    try:
+        record = read_run_record(Path(ctx.out))
+    except InputError:
+        return ctx
+    if record.get("kind") == kind and record.get("status") != "done":
+        return replace(ctx, overwrite=True)
+    return ctx
+
+
+def run_status(folder: Path, record: dict[str, Any]) -> str:
+    """running | interrupted | finished | damaged, from run.json's status and the folder's lock."""
+    said = record.get("status")
+    if said == "running":
+        if lock_is_live(folder):
+            return "running"
+        try:  # the writer may have finished between our two looks: it marks done, then drops the lock
+            said = read_run_record(folder).get("status")
+        except InputError:
+            return "interrupted"
+        return {"done": "finished", "running": "interrupted"}.get(str(said), "interrupted")
+    if said == "done":
+        return "finished"
+    if said == "interrupted":
+        return "interrupted"
+    return "damaged"

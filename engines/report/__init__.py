@@ -1,1 +1,1 @@
-"""report"""
+"""A drawing kit that knows no experiment: image grids, heatmaps, PNG writing, Markdown table cells."""

@@ -1,4 +1,7 @@
-"""PNG figures with Pillow (no plotting library): image grids in the paper's layouts."""
+"""PNG figures with Pillow (no plotting library): captioned image grids, heat-coloured tables, atomic PNG writing.
+
+Generic drawing only: each experiment draws its own figures (`engines.attack.figures`, `engines.units.figures`)
+with these pieces."""
 
 from __future__ import annotations
 
@@ -7,10 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from torch import nn
 
 from engines.core.io import atomic_write
-from engines.core.memory import eval_batch
 
 BG = (255, 255, 255)
 INK = (0, 0, 0)
@@ -22,18 +23,6 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
     if a.ndim == 3:
         a = a[0] if a.shape[0] == 1 else np.transpose(a, (1, 2, 0))
     return (a * 255 + 0.5).astype(np.uint8)
-
-
-def magnified_difference(x: torch.Tensor, x_adv: torch.Tensor, factor: float = 10.0) -> torch.Tensor:
-    """Fig. 5's centre column: the difference ×10, shifted to mid-grey and clamped."""
-    return (0.5 + factor * (x_adv - x)).clamp(0, 1)
-
-
-def equal_rms_noise(x: torch.Tensor, rms: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """x plus Gaussian noise whose stddev equals each image's distortion, clipped to [0, 1]."""
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(x.shape, generator=gen) * rms.view(-1, *([1] * (x.ndim - 1)))
-    return (x + noise).clamp(0, 1)
 
 
 def image_grid(
@@ -62,7 +51,7 @@ def image_grid(
         if row_titles:
             draw.text((4, top + cell_h // 2 - 6), row_titles[i], fill=INK, font=font)
         for j, img in enumerate(row):
-            tile = Image.fromarray(to_uint8(img)).convert("RGB").resize((cell_w, cell_h), Image.NEAREST)
+            tile = Image.fromarray(to_uint8(img)).convert("RGB").resize((cell_w, cell_h), Image.Resampling.NEAREST)
             left = title_w + pad + j * (cell_w + pad)
             canvas.paste(tile, (left, top))
             if captions:
@@ -72,39 +61,6 @@ def image_grid(
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
     return atomic_write(Path(path), lambda p: image.save(p, format="PNG"))
-
-
-def predict(model: nn.Module, x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    with torch.no_grad():
-        step = eval_batch(x)
-        return torch.cat([model(x[i : i + step].to(device)).argmax(1).cpu() for i in range(0, len(x), step)])
-
-
-def attack_figure(
-    samples: dict[str, torch.Tensor],
-    model: nn.Module,
-    device: torch.device | str,
-    path: str | Path,
-    *,
-    examples: int = 8,
-    seed: int = 0,
-) -> Path | None:
-    """Fig. 5/7 layout for the first successful examples, plus a row of equal-rms Gaussian noise."""
-    ok = samples["success"].bool().nonzero().squeeze(1)[:examples]
-    if ok.numel() == 0:
-        return None
-    x, x_adv, label = samples["x"][ok], samples["x_adv"][ok], samples["label"][ok]
-    noisy = equal_rms_noise(x, samples["distortion"][ok], seed)
-    pred_adv, pred_noise = predict(model, x_adv, device), predict(model, noisy, device)
-    rows = [list(x), list(magnified_difference(x, x_adv)), list(x_adv), list(noisy)]
-    captions = [
-        [f"label {int(v)}" for v in label],
-        [f"d={float(d):.3f}" for d in samples["distortion"][ok]],
-        [f"pred {int(v)}" for v in pred_adv],
-        [f"pred {int(v)}" for v in pred_noise],
-    ]
-    titles = ["original", "diff x10", "adversarial", "noise, same rms"]
-    return save_png(image_grid(rows, captions, titles), path)
 
 
 def _heat(value: float) -> tuple[int, int, int]:

@@ -7,10 +7,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from engines.attack.problems import AttackConfig
+from engines.attack.search import AttackConfig
 from engines.core.checkpoint import resolve_model_path
 from engines.core.context import RunContext
 from engines.core.errors import CheckpointError
+from engines.core.models import as_model_ref
 from engines.core.zoo import zoo_entry
 from engines.robustness.operation import RobustnessRequest, run_robustness
 
@@ -34,7 +35,14 @@ def section42(
     if not present:
         return {"rows": [], "ablation": [], "missing": missing, "n": n}
     reference = REFERENCE if _trained(REFERENCE) else None
-    request = RobustnessRequest(models=present, reference=reference, n=n, seed=seed, config=config, data_dir=data_dir)
+    request = RobustnessRequest(
+        models=tuple(as_model_ref(m) for m in present),
+        reference=None if reference is None else as_model_ref(reference),
+        n=n,
+        seed=seed,
+        config=config,
+        data_dir=data_dir,
+    )
     result = run_robustness(request, replace(ctx, out=out, overwrite=True))  # reproduce owns its section folder
     rows = {r.model: r.to_json() for r in result.rows}
     for mid, row in rows.items():

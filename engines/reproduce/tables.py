@@ -1,8 +1,8 @@
 """The numbers of `reproduce`'s tables: ours beside the paper's, as JSON-ready rows.
 
-Tables 2 and 4 are transfer matrices (`engines.attack.transfer`); this module turns them, the
+Tables 2 and 4 are transfer matrices (`engines.transfer`); this module turns them, the
 error rates of Tables 1 and 3 and the frame bounds of Table 5 into rows that `tables.json` holds
-and `engines.report.reproduce_markdown` renders. Nothing here is tuned to match the paper.
+and `engines.reproduce.markdown` renders. Nothing here is tuned to match the paper.
 Every loop over models checks the context's cancel flag, so a Ctrl-C stops within one model.
 """
 
@@ -17,19 +17,19 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from engines.attack.transfer import MatrixRow, TransferMatrix
 from engines.certify.bracket import checked_network, radii
+from engines.certify.lipschitz import certified_radius, lipschitz_constant
 from engines.core import paper
 from engines.core.checkpoint import LoadedModel, load_checkpoint
 from engines.core.context import RunContext
 from engines.core.data import load_split
 from engines.core.errors import InputError
-from engines.core.models import ModelRef
-from engines.robustness.certified import certified_radius, lipschitz_constant
-from engines.train.fit import error_rate
+from engines.core.evaluate import error_rate
+from engines.core.models import ModelRef, as_model_ref
+from engines.transfer.matrix import MatrixRow, TransferMatrix
 
-UNCLIPPED = " unclipped"  # suffix of the row keys of unclipped-noise rows (the paper has none)
-AT_PAPER = " at the paper's distortion"  # suffix of a source's row scaled to the paper's mean distortion
+UNCLIPPED = " unclipped"  # shown after the name of an unclipped-noise row (the paper has none)
+AT_PAPER = " at the paper's distortion"  # shown after the name of a source's row scaled to the paper's distortion
 
 
 def table1(t2: TransferMatrix, ctx: RunContext, data_dir: str | Path | None) -> list[dict[str, Any]]:
@@ -48,9 +48,9 @@ def table1(t2: TransferMatrix, ctx: RunContext, data_dir: str | Path | None) -> 
             {
                 **table1_bracket(t2, own[mid], lm),
                 "model": mid,
-                "train_error": error_rate(model, train, device),
+                "train_error": error_rate(model, train.images, train.labels, device),
                 "paper_train_error": p_train,
-                "test_error": error_rate(model, test, device),
+                "test_error": error_rate(model, test.images, test.labels, device),
                 "paper_test_error": p_test,
                 "distortion": own[mid].distortion,
                 "paper_distortion": p_dist,
@@ -107,7 +107,7 @@ def table3(ctx: RunContext, data_dir: str | Path | None) -> list[dict[str, Any]]
         ctx.check_cancel()
         model = load_checkpoint(mid, device).model
         p1, p2, pt, _ = paper.TABLE3[mid]
-        ours = {s: error_rate(model, d, device) for s, d in splits.items()}
+        ours = {s: error_rate(model, d.images, d.labels, device) for s, d in splits.items()}
         rows.append(
             {
                 "model": mid,
@@ -147,13 +147,23 @@ def table5(ctx: RunContext, model: ModelRef | str = "alexnet") -> dict[str, Any]
                 "paper_upper": ref["upper"],
             }
         )
-    trained = isinstance(model, ModelRef) and model.weights is not None
-    note = f"torchvision's AlexNet with the trained weights {model.weights}" if trained else ALEXNET_NOTE
+    weights = as_model_ref(model).weights
+    note = f"torchvision's AlexNet with the trained weights {weights}" if weights is not None else ALEXNET_NOTE
     return {"rows": rows, "product": result.product_table, "note": note, "seconds": result.seconds}
 
 
 def _noise_key(row: MatrixRow) -> str:
     return f"noise {row.stddev:g}" + ("" if row.clipped else UNCLIPPED)
+
+
+def paper_key(row: MatrixRow) -> str:
+    """The name of the paper's row that one of our rows stands beside: its source's own row for a scaled row,
+    the noise row of the same stddev whether or not ours is clipped."""
+    if row.kind in ("adversarial", "scaled"):
+        return row.source or ""
+    if row.kind == "amplified":
+        return f"{row.source} amplified {row.stddev:g}"
+    return f"noise {row.stddev:g}"
 
 
 def table2_key(row: MatrixRow) -> str:
@@ -179,19 +189,21 @@ def table4_key(row: MatrixRow) -> str:
 def matrix_vs_paper(
     m: TransferMatrix, table: dict[str, list[float]], key: Callable[[MatrixRow], str]
 ) -> list[dict[str, Any]]:
-    """Each row of our matrix beside the paper's row: values, paper values, intervals, distortion."""
+    """Each row of our matrix beside the paper's row: values, paper values, intervals, distortion; what the row is
+    (kind, source, clipped) in fields of its own, the name only for show."""
     out = []
     for i, row in enumerate(m.rows):
-        k = key(row)
         out.append(
             {
-                "row": k,
+                "row": key(row),
                 "kind": row.kind,
+                "source": row.source,
+                "clipped": row.clipped,
                 "n": row.n,
                 "distortion": row.distortion,
                 "columns": m.columns,
                 "ours": [float(v) for v in m.values[i]],
-                "paper": table.get(k.removesuffix(UNCLIPPED).removesuffix(AT_PAPER)),
+                "paper": table.get(paper_key(row)),
                 "interval": [[float(a), float(b)] for a, b in m.intervals[i]],
                 "folder": str(m.folder),
             }

@@ -3,7 +3,7 @@
 For each model: test error; the L-BFGS attack's mean minimum distortion (`--target all`) on the first `n`
 correctly classified images of the split (an upper bound per image); a certified radius on the same images
 (a lower bound: the exact minimum for affine models, CROWN's otherwise, `engines.certify`; the global
-margin/(√2·L) of `engines.robustness.certified` is kept beside it, and stands alone for models CROWN cannot walk); the transfer of a reference model's
+margin/(√2·L) of `engines.certify.lipschitz` is kept beside it, and stands alone for models CROWN cannot walk); the transfer of a reference model's
 adversarial examples to it (Table 2 style); its error on Gaussian noise of the same rms as those examples.
 Distortions are the paper's rms, sqrt(Σ r² / pixels). The attacks are adversarial sets, cached like
 `transfer`'s, so a second call (or `reproduce` after `transfer`) reuses them.
@@ -19,20 +19,23 @@ from typing import Any
 import torch
 
 from engines.attack.adversarial_sets import adversarial_set
-from engines.attack.problems import AttackConfig
-from engines.attack.run import AttackRequest
-from engines.attack.transfer import TransferRequest, run_transfer
+from engines.attack.operation import AttackRequest
+from engines.attack.search import AttackConfig
 from engines.certify.bracket import checked_network, radii
+from engines.certify.lipschitz import certified_radius, lipschitz_constant
 from engines.core.checkpoint import LoadedModel
+from engines.core.choices import SPLITS
 from engines.core.context import RunContext
 from engines.core.errors import InputError
+from engines.core.evaluate import predict
 from engines.core.events import Step
 from engines.core.io import write_json_atomic
 from engines.core.model_data import open_model_data, take_images
 from engines.core.models import ModelRef, load_model
+from engines.core.options import field_error, option
 from engines.core.runs import open_run
-from engines.report.figures import predict
-from engines.robustness.certified import certified_radius, lipschitz_constant
+from engines.transfer.operation import run_transfer
+from engines.transfer.request import TransferRequest
 
 RESULT_FILE = "robustness.json"
 
@@ -41,10 +44,16 @@ RESULT_FILE = "robustness.json"
 class RobustnessRequest:
     """Which models, on which images, with which attack: everything that fixes the rows."""
 
-    models: tuple[ModelRef | str, ...]
-    reference: ModelRef | str | None = "n100-100-10"  # whose adversarial examples are transferred (None: none)
-    split: str = "test"
-    n: int = 1000  # correctly classified images per model
+    models: tuple[ModelRef, ...]
+    reference: ModelRef | None = option(  # whose adversarial examples are transferred (None: none)
+        "n100-100-10",
+        help="Model whose adversarial examples are transferred to each (and whose rms the noise takes); "
+        "'none' to skip.",
+    )
+    split: str = option("test", choices=SPLITS, help="train, test, p1 or p2.")
+    n: int = option(  # correctly classified images per model
+        1000, flags=("--n", "-n"), label="images per model", min=1, help="Correctly classified images per model."
+    )
     seed: int = 0
     config: AttackConfig = field(default_factory=AttackConfig)
     data_dir: str | None = None
@@ -56,12 +65,12 @@ class RobustnessRequest:
         if not self.models:
             raise InputError("give at least one model")
         if self.n < 1:
-            raise InputError("--n must be at least 1")
+            raise field_error(RobustnessRequest, "$n must be at least 1", "n")
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "models": [m.to_json() for m in self.models],  # type: ignore[union-attr]
-            "reference": None if self.reference is None else self.reference.to_json(),  # type: ignore[union-attr]
+            "models": [m.to_json() for m in self.models],
+            "reference": None if self.reference is None else self.reference.to_json(),
             "split": self.split,
             "n": self.n,
             "seed": self.seed,
@@ -107,13 +116,13 @@ class RobustnessResult:
 def run_robustness(request: RobustnessRequest, ctx: RunContext) -> RobustnessResult:
     """One row per model, in the request's order, written to the run folder (`ctx.out`, else a new one under
     the runs root); rows already computed are written as each model finishes, so a cancel keeps them."""
-    name = "+".join(m.name for m in request.models)[:60]  # type: ignore[union-attr]
+    name = "+".join(m.name for m in request.models)[:60]
     with open_run(ctx, "robustness", name, request.to_json()) as run:
         rows: list[RobustnessRow] = []
         for k, ref in enumerate(request.models):
             ctx.check_cancel()
-            ctx.emit(Step(task="robustness", done=k, total=len(request.models), message=f"attack {ref.name}"))  # type: ignore[union-attr]
-            rows.append(_row(ref, request, ctx))  # type: ignore[arg-type]
+            ctx.emit(Step(task="robustness", done=k, total=len(request.models), message=f"attack {ref.name}"))
+            rows.append(_row(ref, request, ctx))
             _write(run.path, request, rows)
         if request.reference is not None:
             ctx.emit(Step(task="robustness", done=len(rows), total=len(rows), message="transfer and noise"))

@@ -1,6 +1,8 @@
 """Training the zoo: full-batch L-BFGS (the paper's choice) or minibatch Adam, with the paper's decay.
 
-Objective = mean cross-entropy + Σ_layers λ Σ w² / k (see `zoo.decay_loss`). Deterministic for a
+Objective = mean cross-entropy + Σ_layers λ Σ w² / k (see `zoo.decay_loss`), or decoupled decay (the protocol's
+option). Every training goes through the protocol (`engines.train.protocol`): an optional validation split held out
+of the training data, the best-validation checkpoint kept, the test set evaluated once on it. Deterministic for a
 seed on the CPU. Progress goes out as typed events (`EpochDone`); cancellation is checked between steps.
 """
 
@@ -9,23 +11,25 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from engines.core.checkpoint import check_classifier, save_checkpoint
 from engines.core.choices import OPTIMIZERS
 from engines.core.data import IDX_NAME, PAPER_SPLIT_SEED, Dataset, dataset_identity, load_split
 from engines.core.device import cpu_speed_settings
 from engines.core.errors import Cancelled, DataError, InputError, ModelError
+from engines.core.evaluate import error_rate
 from engines.core.events import CancelCheck, EpochDone, EventSink, ignore_events, never_cancel
-from engines.core.zoo import ZooEntry, build_model, count_parameters, decay_loss, describe_spec, zoo_entry
-from engines.train.adversarial import AdversarialSettings, train_adversarial
+from engines.core.zoo import ZooEntry, build_model, count_parameters, describe_spec, zoo_entry
+from engines.train.adversarial import train_adversarial
+from engines.train.adversarial_pool import AdversarialSettings
+from engines.train.minibatch import CheckpointHook, objective, pretrain_sparse_autoencoder, train_adam
+from engines.train.protocol import Protocol, Selection, decay_formula, no_check, protocol_for, split_validation
 
 
 @dataclass
@@ -35,22 +39,6 @@ class FittedModel:
     model: nn.Module
     meta: dict[str, Any]
     path: Path | None
-
-
-def error_rate(model: nn.Module, data: Dataset, device: torch.device | str = "cpu", batch: int = 4096) -> float:
-    """Percent of `data` that `model` misclassifies."""
-    model.eval()
-    wrong = torch.zeros((), dtype=torch.long, device=device)
-    with torch.no_grad():
-        for i in range(0, len(data), batch):
-            x = data.images[i : i + batch].to(device)
-            y = data.labels[i : i + batch].to(device)
-            wrong += (model(x).argmax(1) != y).sum()
-    return 100.0 * int(wrong) / max(len(data), 1)
-
-
-def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lambdas: list[float]) -> torch.Tensor:
-    return F.cross_entropy(model(x), y) + decay_loss(model, lambdas)
 
 
 def train_lbfgs(
@@ -63,11 +51,13 @@ def train_lbfgs(
     cancel: CancelCheck,
     task: str,
     chunk: int = 10,
+    check: CheckpointHook = no_check,
 ) -> dict[str, Any]:
     """Full-batch L-BFGS with a strong-Wolfe line search until convergence or `max_iter`.
 
-    Runs in blocks of `chunk` iterations (one `EpochDone` each); the cancel check runs at every
-    function evaluation, since one block of a large net on the full training set takes many seconds.
+    Runs in blocks of `chunk` iterations (one `EpochDone` each, after `check`: model selection's checkpoints);
+    the cancel check runs at every function evaluation, since one block of a large net on the full training
+    set takes many seconds.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.LBFGS(
@@ -102,7 +92,10 @@ def train_lbfgs(
         done += block
         with torch.no_grad():
             loss_value = float(objective(model, x, y, lambdas))
-        on_event(EpochDone(task=task, done=done, total=max_iter, stage="L-BFGS", loss=loss_value))
+        error = check("L-BFGS", done)
+        on_event(
+            EpochDone(task=task, done=done, total=max_iter, stage="L-BFGS", loss=loss_value, validation_error=error)
+        )
         if abs(last - loss_value) <= 1e-10 * max(1.0, abs(loss_value)):
             break
         last = loss_value
@@ -110,137 +103,33 @@ def train_lbfgs(
     return {"optimizer": "lbfgs", "iterations": done, "final_loss": loss_value}
 
 
-def _adam_epochs(
-    opt: torch.optim.Optimizer,
-    n: int,
-    batch_size: int,
-    epochs: int,
-    gen: torch.Generator,
-    batch_loss: Callable[[torch.Tensor], torch.Tensor],
-    epoch_done: Callable[[int, float], None],
-    cancel: CancelCheck,
-    task: str,
-) -> float:
-    """Epochs of shuffled minibatches under a cosine learning-rate decay; the last batch's loss.
+@dataclass(frozen=True)
+class Budget:
+    """How long and how a training runs: the user's optimizer, L-BFGS iterations and Adam epochs over the recipe's."""
 
-    Cancel is checked per batch: an epoch of a large net takes longer than a user should wait."""
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(n / batch_size))
-    loss_value = math.nan
-    for epoch in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        last = torch.full((), math.nan)
-        for i in range(0, n, batch_size):
-            if cancel():
-                raise Cancelled(task)
-            loss = batch_loss(perm[i : i + batch_size])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            last = loss.detach()  # read once per epoch: a float() here would wait for the GPU every batch
-        if cancel():
-            raise Cancelled(task)
-        loss_value = float(last)
-        epoch_done(epoch + 1, loss_value)
-    return loss_value
-
-
-def train_adam(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    lambdas: list[float],
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    on_event: EventSink,
-    cancel: CancelCheck,
-    task: str,
-) -> dict[str, Any]:
-    """Minibatch Adam with a cosine learning-rate decay; the decay term is added per batch."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
-    loss_value = _adam_epochs(
-        opt,
-        len(y),
-        batch_size,
-        epochs,
-        gen,
-        lambda idx: objective(model, x[idx.to(x.device)], y[idx.to(y.device)], lambdas),
-        lambda epoch, loss: on_event(EpochDone(task=task, done=epoch, total=epochs, stage="Adam", loss=loss)),
-        cancel,
-        task,
-    )
-    model.eval()
-    return {"optimizer": "adam", "epochs": epochs, "batch_size": batch_size, "lr": lr, "final_loss": loss_value}
-
-
-def pretrain_sparse_autoencoder(
-    encoder: nn.Linear,
-    x: torch.Tensor,
-    recipe: dict[str, Any],
-    seed: int,
-    on_event: EventSink,
-    cancel: CancelCheck,
-    task: str,
-) -> dict[str, Any]:
-    """Unsupervised sparse autoencoder (sigmoid, KL sparsity penalty), trained then frozen."""
-    hidden, visible = encoder.out_features, encoder.in_features
-    decoder = nn.Linear(hidden, visible).to(x.device)
-    rho, beta, lam = recipe["sparsity"], recipe["sparsity_weight"], recipe["ae_decay"]
-    gen = torch.Generator().manual_seed(seed + 1)
-    params = list(encoder.parameters()) + list(decoder.parameters())
-    opt = torch.optim.Adam(params, lr=recipe["lr"])
-    flat = x.flatten(1)
-    epochs, bs = recipe["ae_epochs"], recipe["batch_size"]
-
-    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
-        v = flat[idx.to(flat.device)]
-        h = torch.sigmoid(encoder(v))
-        recon = torch.sigmoid(decoder(h))
-        rho_hat = h.mean(0).clamp(1e-6, 1 - 1e-6)
-        kl = (rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))).sum()
-        loss = 0.5 * (recon - v).pow(2).sum(1).mean() + beta * kl
-        return loss + lam / 2 * (encoder.weight.pow(2).sum() + decoder.weight.pow(2).sum())
-
-    loss_value = _adam_epochs(
-        opt,
-        len(flat),
-        bs,
-        epochs,
-        gen,
-        batch_loss,
-        lambda epoch, loss: on_event(EpochDone(task=task, done=epoch, total=epochs, stage="autoencoder", loss=loss)),
-        cancel,
-        task,
-    )
-    return {
-        "autoencoder_epochs": epochs,
-        "sparsity": rho,
-        "sparsity_weight": beta,
-        "ae_decay": lam,
-        "ae_final_loss": loss_value,
-    }
+    optimizer: str = "recipe"
+    max_iter: int | None = None
+    epochs: int | None = None
 
 
 def _fit(
     entry: ZooEntry,
     model: nn.Module,
     data: Dataset,
-    optimizer: str,
+    budget: Budget,
     seed: int,
     device: torch.device,
     on_event: EventSink,
     cancel: CancelCheck,
-    max_iter: int | None,
-    epochs: int | None,
     adversarial: dict[str, Any] | None = None,
+    protocol: Protocol | None = None,
+    check: CheckpointHook = no_check,
 ) -> dict[str, Any]:
-    recipe = dict(entry.recipe)
+    """Train `model` on `data` (the training part only: a validation split is held out before) by the recipe;
+    `check` is model selection's hook, run at every epoch's or L-BFGS block's end."""
+    recipe, protocol = dict(entry.recipe), protocol or Protocol()
     x, y = data.images.to(device), data.labels.to(device)
-    task = f"train {entry.id}"
+    task, optimizer, max_iter, epochs = f"train {entry.id}", budget.optimizer, budget.max_iter, budget.epochs
     if optimizer == "recipe":
         optimizer = recipe["optimizer"]
     if adversarial is not None or optimizer == "adversarial":
@@ -258,22 +147,26 @@ def _fit(
             on_event=on_event,
             cancel=cancel,
             task=task,
+            protocol=protocol,
+            check=check,
         )
     if optimizer == "autoencoder":
         encoder = model.fc1
+        assert isinstance(encoder, nn.Linear)  # the autoencoder recipe's model: fc1 (encoder) then fc2 (softmax)
         info = pretrain_sparse_autoencoder(encoder, x, recipe, seed, on_event, cancel, task)
         for p in encoder.parameters():
             p.requires_grad_(False)
         with torch.no_grad():  # the encoder is frozen: compute its features once
             features = torch.sigmoid(encoder(x.flatten(1)))
-        head = nn.Sequential(model.fc2)  # shares its parameters with the model
+        head = nn.Sequential(model.get_submodule("fc2"))  # shares its parameters with the model
         iters = max_iter or recipe["softmax_max_iter"]
-        info |= train_lbfgs(head, features, y, entry.decay[1:], iters, on_event, cancel, task)
+        info |= train_lbfgs(head, features, y, entry.decay[1:], iters, on_event, cancel, task, check=check)
         info["optimizer"] = "sparse autoencoder (adam), frozen; softmax by full-batch lbfgs"
         info["frozen"] = ["fc1"]
         return info
     if optimizer == "lbfgs":
-        return train_lbfgs(model, x, y, entry.decay, max_iter or recipe.get("max_iter", 500), on_event, cancel, task)
+        iters = max_iter or recipe.get("max_iter", 500)
+        return train_lbfgs(model, x, y, entry.decay, iters, on_event, cancel, task, check=check)
     if optimizer == "adam":
         info = train_adam(
             model,
@@ -287,10 +180,12 @@ def _fit(
             on_event,
             cancel,
             task,
+            protocol,
+            check,
         )
         polish = recipe.get("polish_lbfgs", 0) if max_iter is None else max_iter
         if polish:
-            info |= {"polish": train_lbfgs(model, x, y, entry.decay, polish, on_event, cancel, task)}
+            info |= {"polish": train_lbfgs(model, x, y, entry.decay, polish, on_event, cancel, task, check=check)}
             info["optimizer"] = "adam, then full-batch lbfgs"
         return info
     raise InputError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
@@ -298,10 +193,12 @@ def _fit(
 
 def evaluate_splits(model: nn.Module, data_dir: str | Path | None, device: torch.device) -> dict[str, float]:
     """Error (%) on train, test, P1 and P2."""
-    return {
-        f"{s}_error": round(error_rate(model, load_split(s, data_dir), device), 4)
-        for s in ("train", "test", "p1", "p2")
-    }
+    model.eval()
+    errors = {}
+    for split in ("train", "test", "p1", "p2"):
+        data = load_split(split, data_dir)  # one split in memory at a time
+        errors[f"{split}_error"] = round(error_rate(model, data.images, data.labels, device), 4)
+    return errors
 
 
 def check_data_fits(model: nn.Module, data_dir: str | Path | None, device: torch.device) -> dict[str, Any]:
@@ -352,24 +249,31 @@ def train_zoo_model(
     max_iter: int | None = None,
     epochs: int | None = None,
     adversarial: dict[str, Any] | None = None,
+    protocol: dict[str, Any] | None = None,
     on_event: EventSink = ignore_events,
     cancel: CancelCheck = never_cancel,
 ) -> FittedModel:
     """Train one zoo model from scratch and (if `out_dir`) save it as `out_dir/<id>.safetensors`
     (`trained_model_id`: the zoo id on MNIST, `<id>-adv` when `adversarial` makes a plain model adversarial).
-    `adversarial` holds the user's pool options (None: train as the recipe says).
+    `adversarial` holds the user's pool options, `protocol` the user's protocol options (validation, weight-decay
+    mode, lr floor; None: the recipe's).
 
-    A recipe's own "seed" (the §4.2 seed-spread model) is added to `seed`."""
+    With a validation split the model kept is the checkpoint of lowest validation error; the test set (and the
+    other splits) are evaluated once, on it. A recipe's own "seed" (the §4.2 seed-spread model) is added to `seed`."""
     entry = zoo_entry(model_id)
     device = torch.device(device)
+    chosen = protocol_for(entry.recipe, protocol)
     seed = seed + int(entry.recipe.get("seed", 0))
     torch.manual_seed(seed)
     model = build_model(entry.spec).to(device)
     identity = check_data_fits(model, data_dir, device)
-    data = load_split(entry.train_split, data_dir)
+    data, validation, held_out = split_validation(load_split(entry.train_split, data_dir), chosen)
+    selection = Selection(model, validation, device)
     start = time.perf_counter()
-    info = _fit(entry, model, data, optimizer, seed, device, on_event, cancel, max_iter, epochs, adversarial)
+    budget = Budget(optimizer, max_iter, epochs)
+    info = _fit(entry, model, data, budget, seed, device, on_event, cancel, adversarial, chosen, selection.check)
     seconds = time.perf_counter() - start
+    selected = selection.finish()  # the best-validation checkpoint back in the model
     model.eval()
     metrics = evaluate_splits(model, data_dir, device)
     meta = {
@@ -380,7 +284,8 @@ def train_zoo_model(
         "spec": entry.spec,
         "parameters": count_parameters(model),
         "weight_decay": entry.decay,
-        "weight_decay_formula": "mean cross-entropy + sum_layers lambda * sum(w^2) / k, k = units in the layer",
+        "weight_decay_formula": decay_formula(chosen, str(info.get("optimizer", ""))),
+        "protocol": chosen.to_json(),
         "train_split": entry.train_split,
         "split_seed": PAPER_SPLIT_SEED,
         "seed": seed,
@@ -391,5 +296,12 @@ def train_zoo_model(
         "data_md5": identity["md5s"],  # hashed once, by check_data_fits
         "torch": torch.__version__,
     }
-    path = save_checkpoint(model.to("cpu"), meta, Path(out_dir) / f"{meta['id']}.safetensors") if out_dir else None
+    if held_out is not None and selected is not None:
+        meta |= {"validation": held_out | selected, "validation_error": selected["chosen"]["validation_error"]}
+    path = save_fitted(model, meta, out_dir) if out_dir else None
     return FittedModel(model, meta, path)
+
+
+def save_fitted(model: nn.Module, meta: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write `<out_dir>/<meta id>.safetensors` and its sidecar (atomically, by `save_checkpoint`)."""
+    return save_checkpoint(model.to("cpu"), meta, Path(out_dir) / f"{meta['id']}.safetensors")

@@ -15,19 +15,22 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engines.core.choices import OPTIMIZERS
 from engines.core.context import RunContext
-from engines.core.data import dataset_identity, sample_data_dir
+from engines.core.data import dataset_identity, load_split, sample_data_dir
 from engines.core.errors import InputError
 from engines.core.events import ModelTrained
+from engines.core.options import field_error, option
 from engines.core.runs import check_writable
 from engines.core.zoo import ZOO, build_model
-from engines.train.adversarial import layer_cuts
 from engines.train.fit import adversarial_id, adversarial_settings, train_zoo_model, trained_model_id
+from engines.train.layer_cuts import layer_cuts
+from engines.train.protocol import DECAY_MODES, check_validation_fits, protocol_for
+from engines.train.seeds import check_seeds, train_seeds
 
 ZOOS = ("paper", "adversarial")  # `--zoo paper`: the zoo of Tables 1 and 3; `--zoo adversarial`: §4.2's models
 MODELS_SUBFOLDER = "models"
@@ -47,13 +50,48 @@ class TrainRequest:
     """Which zoo models to train and how: everything that fixes the weights (seed, data, budget)."""
 
     models: tuple[str, ...]
-    optimizer: str = "recipe"
-    epochs: int | None = None  # Adam epochs (None: the recipe's)
-    max_iter: int | None = None  # L-BFGS iterations (None: the recipe's)
+    optimizer: str = option(
+        "recipe", choices=OPTIMIZERS, help="recipe (the zoo's own), lbfgs (full batch) or adam (minibatch)."
+    )
+    epochs: int | None = option(  # Adam epochs (None: the recipe's)
+        None, min=1, help="Adam epochs (default: the recipe's)."
+    )
+    max_iter: int | None = option(  # L-BFGS iterations (None: the recipe's)
+        None, label="L-BFGS iterations", min=1, help="L-BFGS iterations (default: the recipe's)."
+    )
     seed: int = 0
     data_dir: str | None = None
-    into_shipped_zoo: bool = False  # allow writing into the shipped sample_data (regenerating the zoo)
+    into_shipped_zoo: bool = option(  # allow writing into the shipped sample_data (regenerating the zoo)
+        False,
+        label="into the shipped zoo",
+        help="Allow --out to be the shipped sample_data/models (regenerating the zoo the README quotes).",
+    )
     adversarial: dict[str, Any] | None = None  # §4.2's pool options over the recipe's (None: the recipe's training)
+    validation: int | None = option(  # the protocol (engines.train.protocol); None: the recipe's
+        None,
+        label="validation images",
+        min=0,
+        help="Training images held out to choose the best epoch (default: the recipe's, 0 for Table 1, 10000 for §4.2).",
+    )
+    seeds: tuple[int, ...] | None = None  # one model per seed, the first saved with the study (None: `seed` alone)
+    weight_decay_mode: str | None = option(
+        None,
+        label="weight-decay mode",
+        help=f"{' or '.join(DECAY_MODES)}: the paper's lambda*sum(w^2)/k in the loss, or AdamW's (default: paper).",
+    )
+    weight_decay: float | None = option(
+        None,
+        label="decoupled weight decay",
+        min=0,
+        help="AdamW's coefficient with --weight-decay-mode decoupled (0.01).",
+    )
+    lr_floor: float | None = option(
+        None,
+        label="learning-rate floor",
+        min=0,
+        max=1,
+        help="The cosine schedule ends at this fraction of the initial learning rate (default 0).",
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
@@ -64,16 +102,32 @@ class TrainRequest:
             raise InputError(f"unknown zoo model {unknown[0]!r}; known: {', '.join(ZOO)}")
         if self.optimizer not in OPTIMIZERS:
             raise InputError(f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-        for name, value in (("--epochs", self.epochs), ("--max-iter", self.max_iter)):
+        for name, value in (("epochs", self.epochs), ("max_iter", self.max_iter)):
             if value is not None and value < 1:
-                raise InputError(f"{name} must be at least 1 (leave it out for the recipe's own)")
+                raise field_error(TrainRequest, f"${name} must be at least 1 (leave it out for the recipe's own)", name)
+        if self.seeds is not None:
+            object.__setattr__(self, "seeds", check_seeds(self.seeds))
+            if self.seed != 0:
+                raise InputError("give --seed or --seeds, not both")
+        for model_id in self.models:
+            protocol_for(ZOO[model_id].recipe, self.protocol())
         if self.adversarial is not None:
             for model_id in self.models:  # every option and layer name checked before hours of training
                 settings = adversarial_settings(ZOO[model_id], self.adversarial)
                 layer_cuts(build_model(ZOO[model_id].spec), settings.layers)
 
-    def to_json(self) -> dict[str, Any]:
+    def protocol(self) -> dict[str, Any]:
+        """The user's protocol options (None: the recipe's)."""
         return {
+            "validation": self.validation,
+            "weight_decay_mode": self.weight_decay_mode,
+            "weight_decay": self.weight_decay,
+            "lr_floor": self.lr_floor,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return self.protocol() | {
+            "seeds": None if self.seeds is None else list(self.seeds),
             "models": list(self.models),
             "optimizer": self.optimizer,
             "epochs": self.epochs,
@@ -96,6 +150,11 @@ class TrainRequest:
                 data_dir=None if d.get("data_dir") is None else str(d["data_dir"]),
                 into_shipped_zoo=bool(d.get("into_shipped_zoo", False)),
                 adversarial=None if d.get("adversarial") is None else dict(d["adversarial"]),
+                validation=None if d.get("validation") is None else int(d["validation"]),
+                seeds=None if d.get("seeds") is None else tuple(int(s) for s in d["seeds"]),
+                weight_decay_mode=None if d.get("weight_decay_mode") is None else str(d["weight_decay_mode"]),
+                weight_decay=None if d.get("weight_decay") is None else float(d["weight_decay"]),
+                lr_floor=None if d.get("lr_floor") is None else float(d["lr_floor"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"the recorded train request is damaged ({type(exc).__name__}: {exc})") from None
@@ -109,9 +168,10 @@ class TrainedModel:
     path: str
     metrics: dict[str, float]
     training: dict[str, Any]
+    study: dict[str, Any] = field(default_factory=dict)  # validation_error; seeds, test_error_mean/sd with --seeds
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "path": self.path, "metrics": self.metrics, "training": self.training}
+        return {"id": self.id, "path": self.path, "metrics": self.metrics, "training": self.training} | self.study
 
 
 @dataclass(frozen=True)
@@ -150,6 +210,7 @@ def run_training(request: TrainRequest, ctx: RunContext) -> TrainResult:
             "choose another --out, or pass --into-shipped-zoo to regenerate it"
         )
     _refuse_existing_checkpoints(request, folder, ctx.overwrite)
+    _check_validation_fits(request)
     existed = folder.exists()
     check_writable(folder)
     try:
@@ -172,25 +233,41 @@ def _refuse_existing_checkpoints(request: TrainRequest, folder: Path, overwrite:
             raise InputError(f"{path} already exists: choose another output folder or overwrite it")
 
 
+def _check_validation_fits(request: TrainRequest) -> None:
+    """Before any training: every model's validation split leaves training images (as `split_validation` checks)."""
+    for model_id in request.models:
+        entry = ZOO[model_id]
+        size = protocol_for(entry.recipe, request.protocol()).validation
+        if size:
+            check_validation_fits(size, len(load_split(entry.train_split, request.data_dir)), entry.train_split)
+
+
+STUDY_KEYS = ("validation_error", "seeds", "test_error_mean", "test_error_sd")
+
+
 def _train_all(request: TrainRequest, ctx: RunContext, folder: Path) -> TrainResult:
     device = ctx.torch_device()
     trained: list[TrainedModel] = []
     for k, model_id in enumerate(request.models):
         ctx.check_cancel()
-        fitted = train_zoo_model(
-            model_id,
-            folder,
-            seed=request.seed,
-            device=device,
-            optimizer=request.optimizer,
-            data_dir=request.data_dir,
-            max_iter=request.max_iter,
-            epochs=request.epochs,
-            adversarial=request.adversarial,
-            on_event=ctx.on_event,
-            cancel=ctx.cancelled,
-        )
-        model = TrainedModel(fitted.meta["id"], str(fitted.path), fitted.meta["metrics"], fitted.meta["training"])
+        options: dict[str, Any] = {
+            "device": device,
+            "optimizer": request.optimizer,
+            "data_dir": request.data_dir,
+            "max_iter": request.max_iter,
+            "epochs": request.epochs,
+            "adversarial": request.adversarial,
+            "protocol": request.protocol(),
+            "on_event": ctx.on_event,
+            "cancel": ctx.cancelled,
+        }
+        if request.seeds is None:
+            fitted = train_zoo_model(model_id, folder, seed=request.seed, **options)
+        else:
+            fitted = train_seeds(model_id, folder, seeds=request.seeds, **options)
+        meta = fitted.meta
+        study = {k: meta[k] for k in STUDY_KEYS if k in meta}
+        model = TrainedModel(meta["id"], str(fitted.path), meta["metrics"], meta["training"], study)
         trained.append(model)
         ctx.emit(
             ModelTrained(

@@ -23,20 +23,23 @@ from engines.core.checkpoint import LoadedModel, check_classifier, warn_if_train
 from engines.core.context import RunContext
 from engines.core.data import SPLITS, Dataset
 from engines.core.distributed import on_main_first
-from engines.core.errors import InputError
+from engines.core.errors import FieldName, InputError
 from engines.core.io import write_json_atomic
 from engines.core.model_data import check_labels, data_record, open_model_data, take_images
 from engines.core.models import ModelRef, load_model
+from engines.core.options import field_error, option, option_spec
 from engines.core.runs import open_run
-from engines.report.unit_figures import save_unit_figures
 from engines.units.activations import POOLINGS, LayerInfo, find_layer, layer_activations, list_layers
 from engines.units.directions import UnitsComparison, all_directions_json, compare_units
+from engines.units.figures import save_unit_figures
 
 KIND = "units"
 JSON_FILE = "units.json"
 BOTTOM_FIGURES = ("units_bottom.png", "random_bottom.png")
 
 
+# the layer is a required field, declared by no option: how the CLI and the workbench ask for it
+LAYER = FieldName("--layer NAME (see `blindspot layers --model ID`)", "pick one of the model's layers")
 FOLDER_DEFAULT_N = 2000  # images of a folder or CIFAR set compared when --n is not given (all are held in memory)
 
 
@@ -44,18 +47,46 @@ FOLDER_DEFAULT_N = 2000  # images of a folder or CIFAR set compared when --n is 
 class UnitsRequest:
     """What to compare: everything that fixes the result. Stored in run.json."""
 
-    model: ModelRef | str
+    model: ModelRef  # a str is turned into a ModelRef on construction
     layer: str
-    split: str = "test"
-    n: int | None = None  # the first n images of the split (all of them when it has fewer); None: all
-    k: int = 8  # images per direction: the top-k of ⟨φ(x), v⟩
-    n_random: int | None = None  # random directions for the statistics; None: max(units scored, 1000)
-    max_units: int = 5000  # score every unit up to this many, a seeded sample beyond
-    show_units: int = 16  # rows drawn in the figures
-    show_random: int = 16
-    pool: str = "auto"  # a unit of a layer with spatial axes is a channel (spatial max); "none": every position
-    space: str = "pixel"  # where the label-free cosine is read: pixels or another layer's φ
-    bottom: bool = False
+    split: str = option("test", choices=SPLITS, help="Image set: test, train, p1 or p2.")
+    n: int | None = option(  # the first n images of the split (all of them when it has fewer); None: all
+        None,
+        flags=("--n", "-n"),
+        label="N images",
+        min=1,
+        cli_range=True,
+        help="Use the first N images (default: all; 2000 of a folder).",
+    )
+    k: int = option(8, label="top-k", min=1, help="Images per direction: the top-k of ⟨φ(x), v⟩.")
+    n_random: int | None = option(  # random directions for the statistics; None: max(units scored, 1000)
+        None,
+        flags=("--stat-random",),
+        label="random directions",
+        min=2,
+        help="Random directions for the statistics (default: max(units, 1000)).",
+    )
+    max_units: int = option(  # score every unit up to this many, a seeded sample beyond
+        5000, min=2, help="Score all units up to this many; a seeded sample beyond."
+    )
+    show_units: int = option(  # rows drawn in the figures
+        16, flags=("--units",), label="units shown", min=0, help="Units drawn in the figure (a seeded sample)."
+    )
+    show_random: int = option(
+        16, flags=("--random",), label="random shown", min=0, help="Random directions drawn in the figure."
+    )
+    pool: str = option(  # a unit of a layer with spatial axes is a channel (spatial max); "none": every position
+        "auto",
+        flags=("--reduce", "--pool"),
+        label="reduce",
+        choices=POOLINGS,
+        help="A unit of a conv layer is a channel: its spatial max (auto, the default), mean or center value; "
+        "none: φ = the flattened C×H×W output.",
+    )
+    space: str = option(  # where the label-free cosine is read: pixels or another layer's φ
+        "pixel", help="Where the label-free cosine is read: 'pixel' or another layer's name."
+    )
+    bottom: bool = option(False, label="bottom-k too", help="Also find and draw the bottom-k images.")
     seed: int = 0
     data_dir: str | None = None
     use_cache: bool = True  # read and write the activation cache (the numbers are the same either way)
@@ -65,23 +96,33 @@ class UnitsRequest:
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", ModelRef.from_json(self.model))
         if self.k < 1:
-            raise InputError(f"--k must be at least 1, got {self.k}")
+            raise field_error(UnitsRequest, f"$k must be at least 1, got {self.k}", "k")
         if self.show_units < 0 or self.show_random < 0:
-            raise InputError("--units and --random count rows to draw and cannot be negative")
+            raise field_error(
+                UnitsRequest,
+                "$show_units and $show_random count rows to draw and cannot be negative",
+                "show_units",
+                "show_random",
+            )
         if self.n_random is not None and self.n_random < 2:
-            raise InputError(f"--stat-random must be at least 2, got {self.n_random}")
+            raise field_error(UnitsRequest, f"$n_random must be at least 2, got {self.n_random}", "n_random")
         if self.max_units < 2:
-            raise InputError(f"--max-units must be at least 2, got {self.max_units}")
+            raise field_error(UnitsRequest, f"$max_units must be at least 2, got {self.max_units}", "max_units")
         if self.pool not in POOLINGS:
-            raise InputError(f"unknown --pool {self.pool!r}: choose one of {', '.join(POOLINGS)}")
+            pool = option_spec(UnitsRequest, "pool").field_name._replace(flag="--pool")  # the CLI's words
+            raise InputError(f"unknown $pool {self.pool!r}: choose one of {', '.join(POOLINGS)}", fields={"pool": pool})
         if self.split not in SPLITS:
-            raise InputError(f"unknown --split {self.split!r}: choose one of {', '.join(SPLITS)}")
+            raise field_error(
+                UnitsRequest, f"unknown $split {self.split!r}: choose one of {', '.join(SPLITS)}", "split"
+            )
         if self.n is not None and self.n < 1:
             raise InputError(f"the number of images must be at least 1, got {self.n}")
         if not self.layer:
-            raise InputError("say which layer: --layer NAME (see `blindspot layers --model ID`)")
+            raise InputError("say which layer: $layer", fields={"layer": LAYER})
         if self.space == self.layer:
-            raise InputError(f"--space {self.space!r} is the layer under study; pick another layer or 'pixel'")
+            raise field_error(
+                UnitsRequest, f"$space {self.space!r} is the layer under study; pick another layer or 'pixel'", "space"
+            )
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self) | {"model": self.model.to_json()}
@@ -172,7 +213,9 @@ def run_units(request: UnitsRequest, ctx: RunContext) -> UnitsResult:
             data, identity = load_units_data(request, lm)
         check_labels(data, check_classifier(lm.model, tuple(data.images.shape[1:]), device), lm.id)
         if request.k > len(data):
-            raise InputError(f"--k must be between 1 and the {len(data)} images of {data.name}, got {request.k}")
+            raise field_error(
+                UnitsRequest, f"$k must be between 1 and the {len(data)} images of {data.name}, got {request.k}", "k"
+            )
         if run is not None:
             run.update(model=lm.identity(), data=identity, images=len(data))
         common: dict[str, Any] = {
@@ -262,7 +305,7 @@ def _write_figures(folder: Path, comparison: UnitsComparison, data: Dataset) -> 
 class LayersRequest:
     """Which model's layers to list (the names `units --layer` takes)."""
 
-    model: ModelRef | str
+    model: ModelRef  # a str is turned into a ModelRef on construction
     image_size: int | None = None
 
     def __post_init__(self) -> None:

@@ -96,8 +96,8 @@ def score_block(
     space: torch.Tensor,
 ) -> DirectionScores:
     """Top-k (and bottom-k) of each column of the projections `proj` (N, n), scored; `space` has unit rows."""
-    vals, top = top_k(proj, k)
-    vals, top, mins = vals.cpu(), top.cpu().numpy(), proj.amin(0).cpu()
+    vals_t, top_t = top_k(proj, k)
+    vals, top, mins = vals_t.cpu(), top_t.cpu().numpy(), proj.amin(0).cpu()
     if labels is not None:
         purity, entropy, majority = label_scores(labels[top], n_classes)
     else:
@@ -127,8 +127,19 @@ def concat_scores(parts: list[DirectionScores], kind: str) -> DirectionScores:
         arrays = [getattr(p, name) for p in parts]
         return None if any(a is None for a in arrays) else np.concatenate(arrays)
 
-    names = ["ids", "top", "top_values", "degenerate", "purity", "entropy", "majority", "cosine"]
-    return DirectionScores(kind, *[cat(n) for n in names], bottom=cat("bottom"), bottom_values=cat("bottom_values"))
+    return DirectionScores(
+        kind,
+        ids=cat("ids"),
+        top=cat("top"),
+        top_values=cat("top_values"),
+        degenerate=cat("degenerate"),
+        purity=cat("purity"),
+        entropy=cat("entropy"),
+        majority=cat("majority"),
+        cosine=cat("cosine"),
+        bottom=cat("bottom"),
+        bottom_values=cat("bottom_values"),
+    )
 
 
 def pick_shown(scores: DirectionScores, count: int, rng: np.random.Generator | None) -> np.ndarray:

@@ -18,8 +18,8 @@ import pytest
 from textual.widgets import Static
 
 from blindspot.app import BlindspotApp, create_app
-from engines.attack.problems import AttackConfig
-from engines.attack.run import AttackRequest, run_attack
+from engines.attack.operation import AttackRequest, run_attack
+from engines.attack.search import AttackConfig
 from engines.bounds.operation import BoundsRequest, run_bounds
 from engines.core.context import RunContext
 from engines.core.data import sample_data_dir
@@ -82,9 +82,10 @@ def text_of(app: BlindspotApp, selector: str) -> str:
 @pytest.fixture(scope="module")
 def matrix_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny transfer matrix (two sources, two targets, one noise row), computed once through the operation."""
-    from engines.attack.problems import AttackConfig
-    from engines.attack.transfer import TransferRequest, run_transfer
+    from engines.attack.search import AttackConfig
     from engines.core.context import RunContext
+    from engines.transfer.operation import run_transfer
+    from engines.transfer.request import TransferRequest
 
     out = tmp_path_factory.mktemp("transfer") / "matrix"
     mp = pytest.MonkeyPatch()

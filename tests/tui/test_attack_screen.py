@@ -36,16 +36,16 @@ def record_events(screen: AttackScreen) -> list:
 
 @run_async
 async def test_attack_runs_in_a_worker_and_streams_results(tmp_path, models_folder, monkeypatch):
-    import engines.attack.run
+    import engines.attack.operation
 
     threads = []
-    real = engines.attack.run.run_attack
+    real = engines.attack.operation.run_attack
 
     def spy(request, ctx):
         threads.append((threading.current_thread(), request, ctx))
         return real(request, ctx)
 
-    monkeypatch.setattr(engines.attack.run, "run_attack", spy)
+    monkeypatch.setattr(engines.attack.operation, "run_attack", spy)
     app = make_app(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("3")
@@ -143,7 +143,7 @@ async def test_bad_attack_settings_are_reported(tmp_path, models_folder):
         app.screen.query_one("#n", Input).value = "0"
         await pilot.press("s")
         await pilot.pause()
-        assert "N must be a whole number" in text_of(app, "#status")
+        assert "N images must be a whole number ≥ 1, got '0'" in text_of(app, "#status")  # the field's label
         assert app.screen.run_dir is None and not (tmp_path / "runs").exists()  # nothing started
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -21,7 +20,7 @@ async def _gallery_result(pilot, app) -> GalleryScreen:
     await pilot.press("2")
     await wait_for(pilot, lambda: isinstance(app.screen, GalleryScreen), what="the gallery screen")
     screen = app.screen
-    await wait_for(pilot, lambda: screen.run_result is not None, timeout=120, what="the units result")
+    await wait_for(pilot, lambda: screen.result is not None, timeout=120, what="the units result")
     return screen
 
 
@@ -45,7 +44,7 @@ async def test_gallery_pages_and_enlarges(tmp_path, models_folder):
         assert text_of(app, "#status") == (
             f"{len(units.items)} units and {len(rand.items)} random directions shown · n/p page · Enter enlarges"
         )
-        assert (Path(screen.run_result.run) / "units.json").is_file()
+        assert len(list((tmp_path / "runs").glob("units-*/units.json"))) == 1  # the run the screen shows
         first = units.top_line
         await pilot.press("n")
         await wait_for(pilot, lambda: units.top_line > first and rand.top_line > first, what="the next page")
@@ -71,9 +70,9 @@ async def test_units_from_the_cli_and_the_gallery_write_the_same_results(cli, tm
     assert rc == 0, err
     app = make_app(tmp_path, data_dir=str(tiny_mnist), units_random=200)
     async with app.run_test(size=SIZE) as pilot:
-        screen = await _gallery_result(pilot, app)
-        tui_out = Path(screen.run_result.run)
-    assert tui_out.parent == tmp_path / "runs" and tui_out.name.startswith("units-n100-100-10-")
+        await _gallery_result(pilot, app)
+        (tui_out,) = (tmp_path / "runs").glob("units-*")  # the one run the screen made
+    assert tui_out.name.startswith("units-n100-100-10-")
     cli_run, tui_run = (json.loads((d / "run.json").read_text()) for d in (cli_out, tui_out))
     assert cli_run["request"] == tui_run["request"] and cli_run["status"] == tui_run["status"] == "done"
     cli_doc, tui_doc = (json.loads((d / "units.json").read_text()) for d in (cli_out, tui_out))
@@ -110,7 +109,7 @@ async def test_a_failed_model_leaves_no_stale_grids_and_is_retried(tmp_path, mod
         (models_folder / "n100-100-10.safetensors").replace(broken)  # fixed on disk: a return retries
         (models_folder / "n100-100-10.json").replace(broken.with_suffix(".json"))
         await pilot.press("1", "2")
-        await wait_for(pilot, lambda: screen.run_result is not None, timeout=120, what="the retried result")
+        await wait_for(pilot, lambda: screen.result is not None, timeout=120, what="the retried result")
         assert units.items and screen.result.layer == "act1"
 
 

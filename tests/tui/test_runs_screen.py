@@ -3,6 +3,7 @@ in the app, and follows an attack that another process is writing (read-only).""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,8 @@ from screens.bounds import BoundsScreen
 from screens.runs import RunsScreen
 from screens.transfer import TransferScreen
 from tests.tui.conftest import SIZE, make_app, run_async, settle, text_of, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 async def open_row(pilot, app, folder: Path) -> None:
@@ -116,13 +119,17 @@ async def test_R_resumes_an_interrupted_attack_in_the_app_and_shows_every_exampl
 
 
 @run_async
-async def test_a_cli_attack_in_another_process_is_watched_live_and_read_only(tmp_path, models_folder):
+async def test_a_cli_attack_in_another_process_is_watched_live_and_read_only(tmp_path, models_folder, monkeypatch):
+    """The CLI process is held after its first chunk (tests.gated_model) until the app has watched it live."""
     runs = tmp_path / "runs"
-    out = runs / "attack-n100-100-10-cli"
+    out, go = runs / "attack-gated-cli", tmp_path / "go"
+    monkeypatch.syspath_prepend(str(REPO))  # the watcher builds the same factory model (it never runs it)
     cli = subprocess.Popen(
-        [sys.executable, "-m", "blindspot", "attack", "--model", "n100-100-10", "--n", "96", "--c-steps", "9",
-         "--max-iter", "100", "--batch-size", "4", "--device", "cpu", "--threads", "1", "--out", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "blindspot", "attack", "--model-factory", "tests.gated_model:gated", "--n", "16",
+         "--c-steps", "2", "--max-iter", "10", "--batch-size", "4", "--device", "cpu", "--threads", "1",
+         "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "GATED_RUN": str(out), "GATED_GO": str(go), "GATED_AFTER": "1"},
     )  # fmt: skip
     try:
         app = make_app(tmp_path)
@@ -138,15 +145,29 @@ async def test_a_cli_attack_in_another_process_is_watched_live_and_read_only(tmp
                 what="the CLI run to be listed as running with finished images",
             )
             entry = app.screen.entries[0]
-            assert entry.path == out and 0 < entry.done < entry.total == 96
+            assert entry.path == out and 0 < entry.done < entry.total == 16
             await pilot.press("enter")
             attack = app.screen
             assert isinstance(attack, AttackScreen)
+            await wait_for(
+                pilot,
+                lambda: attack.chunks_done >= 1 and attack.live_ticks > 0,
+                timeout=120,
+                what="the held run's first chunk and a live tick",
+            )
+            assert attack.result is None and attack.watching
+            go.touch()  # the writer goes on; the rest streams in
             await wait_for(pilot, lambda: attack.result is not None, timeout=240, what="the watched run to end")
             assert attack.watching and attack.chunks_done >= 2  # chunks streamed in as the other process wrote them
             assert attack.live_ticks > 0  # followed while it ran, not replayed after it had finished
     finally:
-        cli.wait(timeout=240)
+        go.touch()
+        try:
+            cli.wait(timeout=240)
+        except subprocess.TimeoutExpired:
+            cli.kill()  # never leave the CLI run behind the test
+            cli.wait()
+            raise
     assert cli.returncode == 0, cli.stderr.read() if cli.stderr else ""
     samples = load_samples(out)
     assert [t["index"] for t in attack.triplets] == samples["index"][samples["success"].bool()].tolist()

@@ -10,6 +10,9 @@ import numpy as np
 from textual.widgets import DataTable, Input
 
 from engines.core.io import read_json
+from engines.core.models import ModelRef
+from engines.transfer.request import TransferRequest
+from engines.transfer.store import load_matrix
 from screens.image_view import GridView
 from tests.tui.conftest import FIXED_MODELS, SIZE, make_app, run_async, settle, text_of, wait_for  # noqa: F401
 
@@ -79,8 +82,8 @@ async def test_transfer_table_cursor_cell_view_sort_export(tmp_path, models_fold
         assert "no transfer matrix" in text_of(app, "#status")
         screen.query_one("#sources", Input).value = "softmax1"
         screen.query_one("#n", Input).value = "0"
-        await pilot.press("escape", "s")  # the request refuses it, as the CLI would
-        assert "--n must be at least 1" in text_of(app, "#status")
+        await pilot.press("escape", "s")  # refused by the field's declared bounds, named by its label (CLI: --n)
+        assert "N must be a whole number ≥ 1, got '0'" in text_of(app, "#status")
         screen.query_one("#n", Input).value = "4"
         await pilot.press("s")  # compute a new one (adversarial sets come from the cache)
         await settle(pilot, app)
@@ -107,7 +110,7 @@ async def test_cli_and_screen_compute_the_same_matrix(cli, tmp_path, models_fold
     sources = ",".join(FIXED_MODELS)
     rc, _, err = cli(
         "transfer",
-        *("--sources", sources, "--targets", sources, "--split", "test", "--n", "8", "--noise", "0.1"),
+        *("--sources", sources, "--targets", sources, "--n", "8", "--noise", "0.1"),  # the split: both defaults
         *("--c-steps", "2", "--max-iter", "10", "--device", "cpu", "--out", tmp_path / "cli"),
     )
     assert rc == 0, err
@@ -149,6 +152,7 @@ async def test_cli_and_screen_compute_the_same_matrix(cli, tmp_path, models_fold
     assert any((tmp_path / "cache-tui").rglob("summary.json"))
     (tui,) = (tmp_path / "runs").glob("transfer-matrix-*")
     assert read_json(tui / "run.json")["request"] == read_json(tmp_path / "cli" / "run.json")["request"]
+    assert read_json(tui / "run.json")["request"]["split"] == TransferRequest.split  # one default, declared once
     a, b = _results(tmp_path / "cli"), _results(tui)
     assert a["errors"] == b["errors"] and a["values"] == b["values"] and a["intervals"] == b["intervals"]
     assert np.allclose(np.array(a["distortions"], float), np.array(b["distortions"], float), equal_nan=True)
@@ -156,3 +160,73 @@ async def test_cli_and_screen_compute_the_same_matrix(cli, tmp_path, models_fold
     for row in a["rows"]:
         x_cli = (tmp_path / "cli" / row["set_file"]).read_bytes()
         assert x_cli == (tui / row["set_file"]).read_bytes(), row["name"]
+
+
+@run_async
+async def test_the_screen_takes_per_model_weights_as_name_equals_file(tmp_path, models_folder, matrix_dir, monkeypatch):
+    """NAME=FILE in the sources or targets field gives that model its weights, for sources and targets alike,
+    parsed by the engine as `--weights NAME=FILE` is; two files for one model are refused with one line."""
+    import engines.transfer.operation as operation
+
+    asked: list[TransferRequest] = []
+
+    def fake_run(request: TransferRequest, ctx) -> object:  # the request is what matters: no attack on resnet18
+        asked.append(request)
+        return load_matrix(matrix_dir)
+
+    monkeypatch.setattr(operation, "run_transfer", fake_run)
+    factory_weights = tmp_path / "cnn.safetensors"
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await settle(pilot, app)
+        screen = app.screen
+        screen.query_one("#sources", Input).value = "resnet18=~/w/r18.pth, softmax1"
+        screen.query_one("#targets", Input).value = f"softmax1, resnet18, pkg.nets:cnn={factory_weights}"
+        screen.query_one("#n", Input).value = "4"
+        await pilot.press("escape", "s")
+        await wait_for(pilot, lambda: bool(asked), what="the request")
+        await settle(pilot, app)
+        (request,) = asked
+        r18 = ModelRef("resnet18", weights=str(Path("~/w/r18.pth").expanduser()))
+        assert request.sources == (r18, ModelRef("softmax1"))
+        assert request.targets == (
+            ModelRef("softmax1"),
+            r18,
+            ModelRef(factory="pkg.nets:cnn", weights=str(factory_weights)),
+        )
+        assert request.n == 4 and request.split == TransferRequest.split
+        screen.query_one("#targets", Input).value = "resnet18=~/other.pth"
+        await pilot.press("s")
+        await pilot.pause()
+        assert "weights (NAME=FILE) is given twice for resnet18" in text_of(app, "#status")
+        assert len(asked) == 1  # refused before any job
+
+
+@run_async
+async def test_the_screen_refuses_bad_fields_in_its_own_words_before_any_job(tmp_path, models_folder, monkeypatch):
+    """Empty sources and noise, or NAME=FILE on a zoo model (it carries its weights), are refused at once with
+    one line that names the screen's fields, never a command-line flag; no job starts."""
+    import engines.transfer.operation as operation
+
+    asked: list[TransferRequest] = []
+    monkeypatch.setattr(operation, "run_transfer", lambda request, ctx: asked.append(request))
+    app = make_app(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await settle(pilot, app)
+        screen = app.screen
+        screen.query_one("#sources", Input).value = ""
+        screen.query_one("#noise", Input).value = ""
+        await pilot.press("escape", "s")
+        await pilot.pause()
+        status = text_of(app, "#status")
+        assert "nothing to evaluate: give sources and/or noise" in status and "--" not in status
+        screen.query_one("#sources", Input).value = "softmax1=x.pt"
+        screen.query_one("#noise", Input).value = "0.1"
+        await pilot.press("s")
+        await pilot.pause()
+        status = text_of(app, "#status")
+        assert "softmax1 is a zoo model or checkpoint file with its own weights" in status, status
+        assert "weights (NAME=FILE) applies to torchvision names and factories" in status and "--" not in status
+        assert not asked and "transfer" not in screen.jobs

@@ -145,9 +145,8 @@ def _list_csv(root: Path, folder: Path, classes: ClassesFile | None) -> _Listing
                     f"{csv_path} line {line}: label {text} for {rel} is outside 0..{num - 1} ({num} classes)"
                 )
         if label is None:
-            raise DataError(
-                f"{csv_path} line {line}: unknown class {text!r} for {rel} (not in classes file {classes.path})"
-            )
+            known = f"classes file {classes.path}" if classes is not None else "the class names"
+            raise DataError(f"{csv_path} line {line}: unknown class {text!r} for {rel} (not in {known})")
         labels.append(label)
     order = sorted(range(len(items)), key=lambda i: items[i][0])
     files = [items[i][0] for i in order]

@@ -10,7 +10,8 @@ Each finished chunk is announced as a `ChunkDone` event carrying its results, so
 re-reads files to show them; a resumed run first announces the chunks finished before it stopped.
 
 The request lives in `engines.attack.request`, the result type and the summary in `engines.attack.results`,
-the chunk files in `engines.attack.chunks`, batch sizing and the solve of one chunk in `engines.attack.batching`.
+the chunk files in `engines.attack.chunks`, batch sizing and the solve of one chunk in `engines.attack.batching`;
+resume here, follow, export and the run list read a run folder through `engines.attack.folder`.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ from engines.attack.chunks import (
     read_chunk,
     remaining,
     save_chunk,
-    valid_chunks,
 )
-from engines.attack.problems import validate_images
+from engines.attack.figures import attack_figure
+from engines.attack.folder import KIND, AttackFolder
 from engines.attack.request import AttackRequest
-from engines.attack.results import SUMMARY_FILE, AttackResult, RunTally, read_summary, summarize
+from engines.attack.results import SUMMARY_FILE, AttackResult, RunTally, summarize
+from engines.attack.search import validate_images
 from engines.attack.targets import choose_targets, parse_target
 from engines.core.checkpoint import LoadedModel, check_classifier, check_finite_logits, warn_if_trained_on_other_data
 from engines.core.context import RunContext
@@ -57,8 +59,7 @@ from engines.core.memory import (
 from engines.core.model_data import check_labels, data_record, open_model_data, take_images
 from engines.core.models import load_model
 from engines.core.precision import float32_precision
-from engines.core.runs import RunFolder, open_run, read_run_record, reopen_run
-from engines.report.figures import attack_figure
+from engines.core.runs import RunFolder, open_run, reopen_run
 
 FIGURE_FILE, IMAGES_FILE = "figure.png", "images.json"
 
@@ -76,12 +77,12 @@ def resume_attack(folder: Path, ctx: RunContext) -> AttackResult:
 
     Chunks are named by image index, not by rank: a run started on 4 ranks finishes on 1 or on 8."""
     folder = Path(folder)
-    record = on_main_first(ctx.ranks, lambda: read_run_record(folder))
-    if record.get("status") == "done":
-        summary = read_summary(folder)  # a damaged one is rebuilt below
+    attack = AttackFolder(folder, on_main_first(ctx.ranks, lambda: AttackFolder.read(folder).record))
+    if attack.record.get("status") == "done":
+        summary = attack.summary()  # a damaged one is rebuilt below
         if summary is not None:
             return summary
-    return _run(AttackRequest.from_json(record["request"]), ctx, (folder, record))
+    return _run(AttackRequest.from_json(attack.request), ctx, (folder, attack.record))
 
 
 def _run(request: AttackRequest, ctx: RunContext, resuming: tuple[Path, dict[str, Any]] | None) -> AttackResult:
@@ -92,7 +93,7 @@ def _run(request: AttackRequest, ctx: RunContext, resuming: tuple[Path, dict[str
 
         def open_folder() -> Path:  # rank 0 only: create (or reopen), lock and record the folder
             if resuming is None:
-                opener = open_run(ctx, "attack", str(request.model), request.to_json())
+                opener = open_run(ctx, KIND, str(request.model), request.to_json())
             else:
                 opener = reopen_run(resuming[0], "attack")
             opened.append(stack.enter_context(opener))
@@ -192,8 +193,8 @@ def _attack_my_shard(
         problem_bytes(int(data.images[0].numel()), request.config.history, floats),
         chosen="--batch-size" if request.batch_size else "auto",
     )
-    checksummed = run.record().get("format", 1) >= 2  # chunks carry their checksum since run format 2
-    done = valid_chunks(out, len(data), tuple(data.images.shape[1:]), checksummed)  # read and checked once, here
+    shape = tuple(data.images.shape[1:])
+    done = AttackFolder(out, run.record()).verified_chunks(len(data), shape)  # read and checked once, here
     if replay and ctx.ranks.main:
         _replay_chunks(out, done, lm, data, ctx)
     todo = _my_ranges(remaining(done, len(data)), ctx.ranks.shard(len(data)))
@@ -214,7 +215,7 @@ def chunk_event(task: str, data: Dataset, start: int, stop: int, part: dict[str,
 
 
 def _replay_chunks(out: Path, done: list[tuple[int, int]], lm: LoadedModel, data: Dataset, ctx: RunContext) -> None:
-    """A `ChunkDone` for each chunk a resumed run finished before (checked by `valid_chunks`), in image order."""
+    """A `ChunkDone` for each chunk a resumed run finished before (verified ones), in image order."""
     finished = 0
     for a, b in sorted(done):
         finished += b - a
@@ -238,8 +239,8 @@ def _merge_shards(
         raise InputError(f"{failed}; the finished chunks are kept: finish with `blindspot attack --resume {out}`")
 
     def merge() -> dict[str, Any]:
-        checksummed = run.record().get("format", 1) >= 2
-        merged = valid_chunks(out, len(data), tuple(data.images.shape[1:]), checksummed)  # every rank's, checked
+        shape = tuple(data.images.shape[1:])
+        merged = AttackFolder(out, run.record()).verified_chunks(len(data), shape)  # every rank's, checked
         if remaining(merged, len(data)):
             raise InputError(f"images {remaining(merged, len(data))} of {out} have no valid chunk; resume the run")
         run.update(ranks={"world_size": ctx.ranks.world, "per_rank": statuses})
@@ -323,7 +324,7 @@ def _whole_run_progress(sink: EventSink, out: Path, every: float = 1.0) -> Event
         if now - seen["at"] >= every or isinstance(event, ChunkDone):
             seen["at"], seen["done"] = now, covered_images(out)
         if isinstance(event, SolverStep) and event.images_done is not None:
-            event = replace(event, images_done=max(event.images_done, seen["done"]))
+            event = replace(event, images_done=max(event.images_done, int(seen["done"])))
         elif isinstance(event, ChunkDone):
             event = replace(event, done=max(event.done, seen["done"]))
         sink(event)

@@ -54,26 +54,47 @@ from engines.core.choices import DISTANCES
 from engines.core.device import cpu_speed_settings
 from engines.core.errors import InputError
 from engines.core.events import CancelCheck, EventSink, SolverStep, Throttle, ignore_events, never_cancel
+from engines.core.options import field_error, option
 
 
 @dataclass(frozen=True)
 class AttackConfig:
     """Settings of the c search and of each L-BFGS-B run."""
 
-    c_steps: int = 9
-    max_iter: int = 100
-    distance: str = "l2sq"
-    c_init: float | None = None  # None: a first c per problem from a linearisation of the margin (`first_c`)
+    c_steps: int = option(9, label="c-steps", min=1, help="Runs of the search over c per image (bracket, then bisect).")
+    max_iter: int = option(100, label="iters", min=1, help="L-BFGS-B iterations per value of c.")
+    distance: str = option(
+        "l2sq", choices=DISTANCES, help=f"Distance term, one of {', '.join(DISTANCES)}: ‖r‖² (default) or ‖r‖."
+    )
+    c_init: float | None = option(  # None: a first c per problem from a linearisation of the margin (`first_c`)
+        None,
+        help="First c (c multiplies the distance: larger c, smaller r); "
+        "default: estimated per image from one linearisation of the margin.",
+    )
     c_factor: float = 3.0  # ×/÷ per step until c is bracketed (the estimated first c is within ×1.5 typically)
     history: int = 10
-    warm_start: bool = True
+    warm_start: bool = option(
+        True, flags=("--warm-start/--cold-start",), help="Start each c from the best success so far."
+    )
     margin: float = 1e-4
     pgtol: float = 1e-5  # scipy's L-BFGS-B default; the best success is tracked at every evaluation anyway
     ftol: float = 1e-4  # a c-step ends at a relative decrease below this; the next c goes on from its best point
     c_tolerance: float = 0.0  # a problem's c search ends once c_fail / c_ok <= 1 + c_tolerance
     keep_memory: bool = True  # carry the L-BFGS curvature pairs from one c-step to the next (l2sq, warm start)
-    budget: int | None = None  # at most this many forward+backward evaluations per problem
-    temperature: float = 0.2  # of the loss (`target_loss`): 1 is the cross-entropy
+    budget: int | None = option(  # at most this many forward+backward evaluations per problem
+        None,
+        min=2,
+        cli_range=True,
+        help="At most this many forward+backward model evaluations per image (per image and target with "
+        "--target all); default: no cap beyond --c-steps × --max-iter.",
+    )
+    temperature: float = option(  # of the loss (`target_loss`): 1 is the cross-entropy
+        0.2,
+        min=0.01,
+        cli_range=True,
+        help="Temperature τ of the loss: 1 is the cross-entropy of the target; smaller τ approaches the "
+        "hinge on the logit margin, whose minimisers lie on the decision boundary (closer examples).",
+    )
     c_growth: bool = True  # c_factor, c_factor², c_factor³ … on successive moves before c is bracketed
     ftol_floor: float = 1e-12  # the ftol test is relative to max(|f_k|, |f_k+1|, ftol_floor) (scipy: 1)
 
@@ -81,15 +102,15 @@ class AttackConfig:
         if self.distance not in DISTANCES:
             raise InputError(f"unknown distance {self.distance!r}: use l2sq or l2")
         if self.c_steps < 1 or self.max_iter < 1:
-            raise InputError("--c-steps and --max-iter must be at least 1")
+            raise field_error(AttackConfig, "$c_steps and $max_iter must be at least 1", "c_steps", "max_iter")
         if not ((self.c_init is None or self.c_init > 0) and self.c_factor > 1):
-            raise InputError("--c-init must be > 0 and c_factor > 1")
+            raise field_error(AttackConfig, "$c_init must be > 0 and c_factor > 1", "c_init")
         if not self.c_tolerance >= 0:
             raise InputError("c_tolerance must be >= 0")
         if not self.temperature > 0:
-            raise InputError("--temperature must be > 0")
+            raise field_error(AttackConfig, "$temperature must be > 0", "temperature")
         if self.budget is not None and self.budget < 2:
-            raise InputError("--budget must be at least 2 evaluations per problem")
+            raise field_error(AttackConfig, "$budget must be at least 2 evaluations per problem", "budget")
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -3,12 +3,9 @@ the interval [certified lower bound, attack distortion] per model, and the ablat
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-
-def _f(v: float | None, digits: int = 2) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+from engines.report.markdown import number, table_head
 
 
 def section42_lines(s42: dict[str, Any]) -> list[str]:
@@ -18,15 +15,24 @@ def section42_lines(s42: dict[str, Any]) -> list[str]:
         return lines + [f"Not computed: the §4.2 models are not trained ({', '.join(s42.get('missing', []))}).", ""]
     ref = s42.get("reference") or "–"
     lines += [
-        "| model | test error (ours) | paper | min. distortion (attack) | certified lower bound | bound / attack "
-        f"| {ref}'s examples misclassified | Gaussian noise, same rms |",
-        "|---|---|---|---|---|---|---|---|",
+        *table_head(
+            [
+                "model",
+                "test error (ours)",
+                "paper",
+                "min. distortion (attack)",
+                "certified lower bound",
+                "bound / attack",
+                f"{ref}'s examples misclassified",
+                "Gaussian noise, same rms",
+            ]
+        ),
     ]
     for r in s42["rows"]:
         lines.append(
-            f"| {r['model']} | {_f(r['test_error'])} | {r['paper_text']} | {_f(r['distortion'], 4)} | "
-            f"{_f(r['certified'], 5)} | {_f(r['certified_over_attack'], 3)} | {_f(r.get('transfer'), 1)} | "
-            f"{_f(r.get('noise'), 1)} |"
+            f"| {r['model']} | {number(r['test_error'])} | {r['paper_text']} | {number(r['distortion'], 4)} | "
+            f"{number(r['certified'], 5)} | {number(r['certified_over_attack'], 3)} | {number(r.get('transfer'), 1)} | "
+            f"{number(r.get('noise'), 1)} |"
         )
     n = s42["n"]
     lines += [
@@ -43,13 +49,12 @@ def section42_lines(s42: dict[str, Any]) -> list[str]:
         lines += [
             "Ablation: which layers' adversarial examples are used (same budget; seed 1 repeats the all-layers recipe).",
             "",
-            "| model | layers | test error | min. distortion | certified lower bound |",
-            "|---|---|---|---|---|",
+            *table_head(["model", "layers", "test error", "min. distortion", "certified lower bound"]),
         ]
         for r in s42["ablation"]:
             lines.append(
-                f"| {r['model']} | {r['layers']} | {_f(r['test_error'])} | {_f(r['distortion'], 4)} | "
-                f"{_f(r['certified'], 5)} |"
+                f"| {r['model']} | {r['layers']} | {number(r['test_error'])} | {number(r['distortion'], 4)} | "
+                f"{number(r['certified'], 5)} |"
             )
         lines += ["", *section42_readings(s42), ""]
     if s42.get("missing"):

@@ -22,23 +22,36 @@ from typing import Any
 
 import torch
 
-from engines.attack.problems import AttackConfig
-from engines.attack.run import FIGURE_FILE, AttackRequest, run_attack
-from engines.attack.transfer import TransferMatrix, TransferRequest, redo_interrupted, run_transfer
+from engines.attack.operation import FIGURE_FILE, AttackRequest, run_attack
+from engines.attack.search import AttackConfig
 from engines.core import paper
 from engines.core.context import RunContext
 from engines.core.distributed import Ranks, on_main_first
 from engines.core.errors import InputError
 from engines.core.events import Step, TableDone
 from engines.core.io import write_json_atomic, write_text_atomic
-from engines.core.models import ModelRef
-from engines.core.runs import open_run
-from engines.report.reproduce_markdown import render_report
+from engines.core.models import ModelRef, as_model_ref
+from engines.core.options import field_error, option
+from engines.core.runs import open_run, redo_interrupted
+from engines.reproduce.kind import (
+    REPORT_FILE,
+    SECTION42_FILE,
+    TABLE1_FILE,
+    TABLE3_FILE,
+    TABLE5_FILE,
+    TABLE_FILES,
+    TABLES_FILE,
+)
+from engines.reproduce.markdown import render_report
 from engines.reproduce.section42 import section42
 from engines.reproduce.tables import matrix_vs_paper, table1, table2_key, table3, table4_key, table5
+from engines.transfer.matrix import TransferMatrix
+from engines.transfer.operation import run_transfer
+from engines.transfer.request import TransferRequest
+from engines.transfer.store import HEATMAP_FILE
 
 QUICK_N, FULL_N = 20, 500
-TABLES = 6  # Tables 1–5 and the §4.2 section
+TABLES = len(TABLE_FILES)  # Tables 1–5 and the §4.2 section
 SECTION42_QUICK_N, SECTION42_FULL_N = 20, 1000  # correctly classified test images per §4.2 model
 EXAMPLE_SOURCES = ("softmax1", "n200-200-10", "m1")  # whose Fig. 5/7 grids the report shows
 
@@ -47,24 +60,42 @@ EXAMPLE_SOURCES = ("softmax1", "n200-200-10", "m1")  # whose Fig. 5/7 grids the 
 class ReproduceRequest:
     """How large and with which attack: everything that fixes the tables. Stored in run.json."""
 
-    quick: bool = False
-    n: int | None = None  # images per adversarial set; None: QUICK_N with quick, else FULL_N
+    quick: bool = option(False, help=f"Smoke run with N={QUICK_N} images per set.")
+    n: int | None = option(  # images per adversarial set; None: QUICK_N with quick, else FULL_N
+        None,
+        flags=("--n", "-n"),
+        label="images per set",
+        min=1,
+        help=f"Images per adversarial set (default {FULL_N}, quick {QUICK_N}).",
+    )
     seed: int = 0
     config: AttackConfig = field(default_factory=AttackConfig)
     data_dir: str | None = None
-    imagenet_dir: str | None = None  # the user's ImageNet images: Fig. 5 on AlexNet
-    alexnet_weights: str | None = None  # a trained AlexNet state dict: Table 5 and Fig. 5 on it
+    imagenet_dir: str | None = option(  # the user's ImageNet images: Fig. 5 on AlexNet
+        None,
+        help="Your ImageNet images (e.g. the validation folder, DIR/<wnid>/*.JPEG): adds Fig. 5 on AlexNet.",
+    )
+    alexnet_weights: str | None = option(  # a trained AlexNet state dict: Table 5 and Fig. 5 on it
+        None,
+        flags=("--weights",),
+        label="AlexNet weights",
+        help="A trained AlexNet state dict (torchvision layout): Table 5 and Fig. 5 on it.",
+    )
     classes_file: str | None = None  # the ImageNet folder's class ids in AlexNet's output order
     figure5_n: int = 8
 
     def __post_init__(self) -> None:
         if self.n is not None and self.n < 1:
-            raise InputError("--n must be at least 1")
+            raise field_error(ReproduceRequest, "$n must be at least 1", "n")
         if self.data_dir is not None:
             object.__setattr__(self, "data_dir", str(self.data_dir))
         if self.imagenet_dir is not None and self.alexnet_weights is None:
-            raise InputError(
-                "--imagenet-dir needs --weights (a trained AlexNet state dict): Fig. 5 on random weights says nothing"
+            raise field_error(
+                ReproduceRequest,
+                "$imagenet_dir needs $alexnet_weights (a trained AlexNet state dict): Fig. 5 on random weights says "
+                "nothing",
+                "imagenet_dir",
+                "alexnet_weights",
             )
 
     def alexnet(self) -> ModelRef:
@@ -163,8 +194,8 @@ def run_reproduce(request: ReproduceRequest, ctx: RunContext) -> ReproduceResult
         ) -> TransferMatrix:
             # noise rows both ways: clipped at the rms (as specified) and unclipped (the paper's likely setting)
             transfer = TransferRequest(
-                sources=tuple(models),
-                targets=tuple(models),
+                sources=tuple(as_model_ref(m) for m in models),
+                targets=tuple(as_model_ref(m) for m in models),
                 split=split,
                 n=request.images,
                 seed=request.seed,
@@ -186,10 +217,10 @@ def run_reproduce(request: ReproduceRequest, ctx: RunContext) -> ReproduceResult
         t2 = transfer_table("table2", paper.TABLE1_MODELS, "train", [0.1, 0.3], scaled=tuple(at_paper.items()))
         stage.done("Table 2")
         stage.start("Table 1: errors and minimum distortion")
-        t1 = on_main(lambda: _written(out / "table1.json", table1(t2, alone, request.data_dir)))
+        t1 = on_main(lambda: _written(out / TABLE1_FILE, table1(t2, alone, request.data_dir)))
         stage.done("Table 1")
         stage.start("Table 3: errors on P1, P2 and test")
-        t3 = on_main(lambda: _written(out / "table3.json", table3(alone, request.data_dir)))
+        t3 = on_main(lambda: _written(out / TABLE3_FILE, table3(alone, request.data_dir)))
         stage.done("Table 3")
         stage.start("Table 4: transfer across training sets (test set)")
         at_paper = {mid: paper.TABLE3[mid][3] for mid in paper.TABLE3_MODELS}
@@ -198,14 +229,14 @@ def run_reproduce(request: ReproduceRequest, ctx: RunContext) -> ReproduceResult
         )
         stage.done("Table 4")
         stage.start("Table 5: frame bounds of AlexNet")
-        t5 = on_main(lambda: _written(out / "table5.json", table5(alone, request.alexnet())))
+        t5 = on_main(lambda: _written(out / TABLE5_FILE, table5(alone, request.alexnet())))
         stage.done("Table 5")
         stage.start("§4.2: adversarial training, robustness and ablation")
         n42 = request.n or (SECTION42_QUICK_N if request.quick else SECTION42_FULL_N)
 
         def robustness() -> dict[str, Any]:
             rows = section42(n42, request.seed, request.config, request.data_dir, alone, out / "section42")
-            return _written(out / "section42.json", rows)
+            return _written(out / SECTION42_FILE, rows)
 
         s42 = on_main(robustness)
         stage.done("§4.2")
@@ -227,7 +258,7 @@ def run_reproduce(request: ReproduceRequest, ctx: RunContext) -> ReproduceResult
                 **({"world_size": ranks.world} if ranks.sharded else {}),
             }
             result = ReproduceResult(
-                report=out / "report.md",
+                report=out / REPORT_FILE,
                 folder=out,
                 settings=settings,
                 table1=t1,
@@ -239,7 +270,7 @@ def run_reproduce(request: ReproduceRequest, ctx: RunContext) -> ReproduceResult
                 figures=figures,
                 seconds=round(seconds, 3),
             )
-            write_json_atomic(out / "tables.json", {"settings": settings, **result.tables()})
+            write_json_atomic(out / TABLES_FILE, {"settings": settings, **result.tables()})
             write_text_atomic(result.report, render_report(result.tables(), settings, figures))
             return result
 
@@ -291,14 +322,14 @@ def collect_figures(out: Path, t2: TransferMatrix, t4: TransferMatrix) -> dict[s
     figures = {}
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for name, m in (("table2", t2), ("table4", t4)):
-        src = Path(m.folder or out) / "heatmap.png"
+        src = Path(m.folder or out) / HEATMAP_FILE
         if src.is_file():
             shutil.copyfile(src, out / "figures" / f"{name}-heatmap.png")
             figures[f"{name}-heatmap"] = f"figures/{name}-heatmap.png"
     for src_id in EXAMPLE_SOURCES:
         for m in (t2, t4):
             info = m.settings.get("sources", {}).get(src_id)
-            if info and (Path(info["cache"]) / "figure.png").is_file():
-                shutil.copyfile(Path(info["cache"]) / "figure.png", out / "figures" / f"examples-{src_id}.png")
+            if info and (Path(info["cache"]) / FIGURE_FILE).is_file():
+                shutil.copyfile(Path(info["cache"]) / FIGURE_FILE, out / "figures" / f"examples-{src_id}.png")
                 figures[f"examples-{src_id}"] = f"figures/examples-{src_id}.png"
     return figures

@@ -11,25 +11,17 @@ from typing import Any
 
 import numpy as np
 
-from engines.report.section42_markdown import section42_lines
-from engines.reproduce.tables import UNCLIPPED
-
-
-def _num(v: float | None, digits: int = 2) -> str:
-    return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
-
-
-def _diff(ours: float, theirs: float | None, digits: int = 2) -> str:
-    return "–" if theirs is None else f"{ours - theirs:+.{digits}f}"
+from engines.report.markdown import difference, number, table_head
+from engines.reproduce.section42_markdown import section42_lines
 
 
 def _bracket(r: dict[str, Any]) -> str:
     """Table 1's true-minimum cell: the exact mean for linear models, [certified, attack] for the others."""
     if r.get("exact") is not None:
-        return f"{_num(r['exact'], 4)} (exact)"
+        return f"{number(r['exact'], 4)} (exact)"
     if r.get("lower") is None:
         return "–"
-    return f"[{_num(r['lower'], 4)}, {_num(r['distortion'], 3)}] ({r.get('lower_method', 'crown')})"
+    return f"[{number(r['lower'], 4)}, {number(r['distortion'], 3)}] ({r.get('lower_method', 'crown')})"
 
 
 def render_report(tables: dict[str, Any], settings: dict[str, Any], figures: dict[str, str]) -> str:
@@ -49,19 +41,27 @@ def render_report(tables: dict[str, Any], settings: dict[str, Any], figures: dic
         "",
         "## Table 1: errors and average minimum distortion",
         "",
-        "| model | train error | test error | av. min. distortion | true minimum lies in | attack / lower bound "
-        "| attack success |",
-        "|---|---|---|---|---|---|---|",
+        *table_head(
+            [
+                "model",
+                "train error",
+                "test error",
+                "av. min. distortion",
+                "true minimum lies in",
+                "attack / lower bound",
+                "attack success",
+            ]
+        ),
     ]
     for r in tables["table1"]:
         lines.append(
-            f"| {r['model']} | {_num(r['train_error'])} / {_num(r['paper_train_error'])} "
-            f"({_diff(r['train_error'], r['paper_train_error'])}) | {_num(r['test_error'])} / "
-            f"{_num(r['paper_test_error'])} ({_diff(r['test_error'], r['paper_test_error'])}) | "
-            f"{_num(r['distortion'], 3)} / {_num(r['paper_distortion'], 3)} "
-            f"({_diff(r['distortion'], r['paper_distortion'], 3)}) | {_bracket(r)} | "
-            f"{_num(r.get('attack_over_lower_mean'), 3)} (worst {_num(r.get('attack_over_lower_max'), 3)}) | "
-            f"{_num(r['success_rate'], 1)} |"
+            f"| {r['model']} | {number(r['train_error'])} / {number(r['paper_train_error'])} "
+            f"({difference(r['train_error'], r['paper_train_error'])}) | {number(r['test_error'])} / "
+            f"{number(r['paper_test_error'])} ({difference(r['test_error'], r['paper_test_error'])}) | "
+            f"{number(r['distortion'], 3)} / {number(r['paper_distortion'], 3)} "
+            f"({difference(r['distortion'], r['paper_distortion'], 3)}) | {_bracket(r)} | "
+            f"{number(r.get('attack_over_lower_mean'), 3)} (worst {number(r.get('attack_over_lower_max'), 3)}) | "
+            f"{number(r['success_rate'], 1)} |"
         )
     trivial = ", ".join(f"{r['model']} {r['trivial']}" for r in tables["table1"] if r.get("trivial"))
     lines += [
@@ -78,12 +78,11 @@ def render_report(tables: dict[str, Any], settings: dict[str, Any], figures: dic
     lines += [
         "## Table 3: models trained on disjoint halves P1 and P2",
         "",
-        "| model | error on P1 | error on P2 | error on test |",
-        "|---|---|---|---|",
+        *table_head(["model", "error on P1", "error on P2", "error on test"]),
     ]
     for r in tables["table3"]:
         cells = [
-            f"{_num(r[k])} / {_num(r['paper_' + k])} ({_diff(r[k], r['paper_' + k])})"
+            f"{number(r[k])} / {number(r['paper_' + k])} ({difference(r[k], r['paper_' + k])})"
             for k in ("p1_error", "p2_error", "test_error")
         ]
         lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
@@ -122,8 +121,9 @@ def _table5_section(t5: dict[str, Any]) -> list[str]:
         "",
         f"{t5['note']}.",
         "",
-        "| layer | size (ours / paper) | lower bound (ours / paper) | upper bound (ours / paper) | method |",
-        "|---|---|---|---|---|",
+        *table_head(
+            ["layer", "size (ours / paper)", "lower bound (ours / paper)", "upper bound (ours / paper)", "method"]
+        ),
     ]
     for r in t5["rows"]:
         lines.append(
@@ -136,13 +136,13 @@ def _table5_section(t5: dict[str, Any]) -> list[str]:
 
 def _matrix_section(title: str, rows: list[dict[str, Any]], name: str, figures: dict[str, str]) -> list[str]:
     cols = rows[0]["columns"]
-    lines = [f"## {title}", "", "| set | " + " | ".join(cols) + " | distortion |", "|---|" + "---|" * (len(cols) + 1)]
+    lines = [f"## {title}", "", *table_head(["set", *cols, "distortion"])]
     for r in rows:
         cells = []
         for j, v in enumerate(r["ours"]):
             p = r["paper"][j] if r["paper"] else None
-            cells.append(f"{v:.1f} / {_num(p, 1)} ({_diff(v, p, 1)})")
-        lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {_num(r['distortion'], 3)} |")
+            cells.append(f"{v:.1f} / {number(p, 1)} ({difference(v, p, 1)})")
+        lines.append(f"| {r['row']} | " + " | ".join(cells) + f" | {number(r['distortion'], 3)} |")
     half = max((b - a) / 2 for r in rows for a, b in r["interval"])
     lines += [
         "",
@@ -204,7 +204,7 @@ def scale_readings(tables: dict[str, Any]) -> list[str]:
     other models at our minimum distortion, at the paper's distortion (our perturbations scaled), and the paper's."""
     out = []
     for tname in ("table2", "table4"):
-        rows = {(r["kind"], r["row"].split(" ")[0]): r for r in tables.get(tname, []) if r["kind"] != "noise"}
+        rows = {(r["kind"], r["source"]): r for r in tables.get(tname, []) if r["kind"] != "noise"}
         ours, scaled, theirs = [], [], []
         for (kind, source), r in rows.items():
             own = rows.get(("adversarial", source))
@@ -239,8 +239,7 @@ def noise_readings(tables: dict[str, Any]) -> list[str]:
     for tname in ("table2", "table4"):
         for r in tables[tname]:
             if r["kind"] == "noise" and r["paper"]:
-                clipped = not r["row"].endswith(UNCLIPPED)
-                gaps[clipped] += [abs(a - b) for a, b in zip(r["ours"], r["paper"], strict=True)]
+                gaps[bool(r["clipped"])] += [abs(a - b) for a, b in zip(r["ours"], r["paper"], strict=True)]
     if not gaps[True] or not gaps[False]:
         return []
     clipped, raw = float(np.mean(gaps[True])), float(np.mean(gaps[False]))

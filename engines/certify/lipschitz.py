@@ -17,7 +17,7 @@ from torch import nn
 
 from engines.bounds.network import frame_bounds
 from engines.core.errors import ModelError
-from engines.core.memory import eval_batch
+from engines.core.evaluate import logits
 
 
 def lipschitz_constant(model: nn.Module, input_shape: Sequence[int]) -> float:
@@ -30,16 +30,9 @@ def lipschitz_constant(model: nn.Module, input_shape: Sequence[int]) -> float:
 
 def logit_margins(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """z_y − max_{j≠y} z_j per image (negative where the model is wrong)."""
-    device = next(model.parameters()).device
-    out = []
-    with torch.no_grad():
-        step = eval_batch(x)
-        for i in range(0, len(x), step):
-            z = model(x[i : i + step].to(device)).double().cpu()
-            y = labels[i : i + step].cpu()
-            own = z.gather(1, y[:, None]).squeeze(1)
-            out.append(own - z.scatter(1, y[:, None], -math.inf).amax(1))
-    return torch.cat(out)
+    z = logits(model, x, next(model.parameters()).device).double()
+    y = labels.cpu()
+    return z.gather(1, y[:, None]).squeeze(1) - z.scatter(1, y[:, None], -math.inf).amax(1)
 
 
 def certified_radius(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, lipschitz: float) -> torch.Tensor:
