@@ -186,5 +186,7 @@ def cli_context(
         note(f"error: {' '.join(str(exc).split())}" if bad_input else f"error: {type(exc).__name__}: {exc}")
         wait_for_ranks()
         raise typer.Exit(EXIT_BAD_INPUT if bad_input else 1) from None
+    else:
+        wait_for_ranks()  # no rank tears the group down while a partner still talks to it (gloo may abort)
     finally:
         close_distributed()

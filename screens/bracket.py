@@ -111,20 +111,29 @@ class BracketMixin:
         screen.start(
             "certify",
             work,
-            on_event=self.show_certified,
-            on_done=self.certified,
+            on_event=lambda event: self.show_certified(event, folder),
+            on_done=lambda result: self.certified(result, folder),
             on_error=lambda message: screen.say(message, error=True),
             on_cancel=lambda: screen.say(f"certify cancelled; the certified chunks are in {out}"),
         )
 
-    def show_certified(self, event: Event) -> None:
+    def _shows(self, folder: Path) -> bool:
+        """Whether the screen still shows the run being certified (another run may have been opened since)."""
+        return getattr(self, "run_dir", None) == folder
+
+    def show_certified(self, event: Event, folder: Path) -> None:
+        if not self._shows(folder):
+            return
         if isinstance(event, CertifiedChunk):
             self.brackets.update({int(r["index"]): r for r in event.rows})
             self.add_triplets([])  # type: ignore[attr-defined]
         if isinstance(event, Step) and event.total:
             self.say(f"certifying: {int(event.done)}/{int(event.total)} images · {event.message}")  # type: ignore[attr-defined]
 
-    def certified(self, result: Any) -> None:
+    def certified(self, result: Any, folder: Path) -> None:
+        if not self._shows(folder):
+            self.say(f"certified {folder.name}: its brackets show when it is opened again")  # type: ignore[attr-defined]
+            return
         self.load_brackets()
         ratio = "–" if result.median_ratio is None else f"{result.median_ratio:.2f}"
         if result.exact:

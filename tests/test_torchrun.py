@@ -29,6 +29,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
         BLINDSPOT_CACHE=str(tmp_path / "cache"),
         PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO), env.get("PYTHONPATH", "")]),
         OMP_NUM_THREADS="1",
+        PYTHONFAULTHANDLER="1",  # a rank that dies says where (its stderr reaches the failure message)
     )
     env.update(extra)
     return env

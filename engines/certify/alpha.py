@@ -184,7 +184,7 @@ class _Score:
         if self.gram is not None:
             centre, g = self.gram
             lam, bias = back_substitute(self.net, self.stop, self.lam, self.bounds, relaxed, start=self.first)
-            spread = torch.einsum("bsi,ij,bsj->bs", lam, g, lam).clamp(min=0).sqrt()
+            spread = torch.einsum("bsi,ij,bsj->bs", lam, g, lam).clamp(min=1e-30).sqrt()  # no NaN gradient at 0
             return torch.einsum("bsi,bi->bs", lam, centre) + bias - self.eps[:, None] * spread
         a, bias = back_substitute(self.net, self.stop, self.lam, self.bounds, relaxed)
         if self.tight:

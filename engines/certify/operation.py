@@ -33,7 +33,7 @@ from engines.certify.events import CertifiedChunk
 from engines.certify.figures import certify_figure
 from engines.certify.lipschitz import lipschitz_constant
 from engines.certify.network import Network
-from engines.certify.results import CertifyResult, rms, summarize, write_certify
+from engines.certify.results import CERTIFY_FILE, CertifyResult, rms, summarize, write_certify
 from engines.core.checkpoint import LoadedModel
 from engines.core.context import RunContext
 from engines.core.distributed import first_error, gather, on_main_first
@@ -126,6 +126,8 @@ def run_certify(request: CertifyRequest, ctx: RunContext) -> CertifyResult:
 
         def open_folder() -> RunFolder:  # rank 0 only
             run = stack.enter_context(open_run(ctx, "certify", str(request.model), request.to_json()))
+            for name in (CERTIFY_FILE, SUMMARY_FILE, FIGURE_FILE):  # --overwrite: no earlier result passes for ours
+                (run.path / name).unlink(missing_ok=True)
             run.update(model=lm.identity(), method=method)
             return run
 
@@ -254,6 +256,7 @@ def _certify_all(
         ctx.emit(Step(task=f"certify {lm.id}", done=done, total=total, message=f"{method} on images {start}–{stop}"))
         began = time.time()
         part = _chunk_bounds(net, method, request, samples, targets, start, stop, ctx)
+        ctx.check_cancel()  # a cancelled search returns its best so far: sound, but not the method's result
         each = (time.time() - began) / (stop - start)
         for i in range(start, stop):
             rows.append(_row(i, samples, part, i - start, margins[i], lipschitz, method, pixels, each, targets))

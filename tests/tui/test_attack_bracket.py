@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 
 import engines.certify.operation
+from engines.certify.events import CertifiedChunk
 from engines.certify.results import read_certify
 from screens.attack import AttackScreen
 from screens.bracket import CERTIFY_DIR, bracket_label
@@ -56,3 +57,31 @@ async def test_c_certifies_the_finished_run_and_the_brackets_appear(tmp_path, mo
         t = screen.triplets[0]
         assert grid.items[0].title.endswith(bracket_label(screen.brackets, t["index"]))
         assert bracket_label(screen.brackets, t["index"])
+
+
+def test_a_certify_of_another_run_leaves_the_shown_run_alone(tmp_path):
+    """A certify job keeps running when the screen opens another run: its chunks and its end must not be drawn
+    under the new run's examples."""
+    from pathlib import Path
+
+    from screens.bracket import BracketMixin
+
+    class Shown(BracketMixin):
+        def __init__(self, run_dir: Path) -> None:
+            self.run_dir, self.brackets, self.said, self.drawn = run_dir, {}, [], 0
+
+        def say(self, text: str, error: bool = False) -> None:
+            self.said.append(text)
+
+        def add_triplets(self, _: list) -> None:
+            self.drawn += 1
+
+    old, new = tmp_path / "attack-old", tmp_path / "attack-new"
+    shown = Shown(new)
+    chunk = CertifiedChunk(task="certify", done=1, total=1, start=0, stop=1, rows=[{"index": 0, "lower": 0.1}])
+    shown.show_certified(chunk, old)
+    assert shown.brackets == {} and shown.drawn == 0
+    shown.certified(object(), old)  # the old run's result: not read, not drawn
+    assert shown.brackets == {} and shown.drawn == 0 and "attack-old" in shown.said[-1]
+    shown.show_certified(chunk, new)
+    assert shown.brackets == {0: {"index": 0, "lower": 0.1}} and shown.drawn == 1
