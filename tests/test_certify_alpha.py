@@ -11,7 +11,6 @@ from torch import nn
 from engines.certify.alpha import alpha_linear_bounds
 from engines.certify.concretize import tight_lower
 from engines.certify.crown import margin_lower, margin_spec
-from engines.certify.exact import exact_untargeted
 from engines.certify.network import network_of
 from engines.certify.radius import crown_radius
 from engines.certify.relax import free_tangents, relax, tangent_line
@@ -61,19 +60,6 @@ def test_alpha_crown_bounds_are_sound_against_random_points_and_attacks_in_the_b
         found = _worst_in_ball(net, x, eps, spec)
         assert torch.all(bound <= found + 1e-9), (name, eps_value, bound, found)
         assert torch.all(bound >= crown - 1e-9), (name, eps_value, bound, crown)
-
-
-def test_alpha_crown_is_the_exact_minimum_on_an_affine_model() -> None:
-    w, c, x = _affine_instance(k=5, n=16, b=6)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 5)).double()
-    with torch.no_grad():
-        model[1].weight.copy_(w)
-        model[1].bias.copy_(c)
-    net = network_of(model, (1, 4, 4))
-    labels = (x @ w.T + c).argmax(1)
-    exact, _, _ = exact_untargeted(w, c, x, labels)
-    r = crown_radius(net, x, margin_spec(labels, 5), torch.full((6,), 10.0, dtype=F64), alpha_steps=5)
-    assert torch.allclose(r, exact, rtol=1e-6, atol=1e-9)
 
 
 def test_alpha_crown_is_never_looser_than_crown_and_tighter_on_the_zoo_net(zoo_sigmoid) -> None:  # noqa: F811

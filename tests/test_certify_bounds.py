@@ -216,7 +216,8 @@ def test_activation_relaxations_enclose_the_function(kind: str) -> None:
     assert torch.all(r.upper_slope * z + r.upper_bias >= f - 1e-15)
 
 
-def test_crown_is_the_exact_minimum_on_an_affine_model() -> None:
+@pytest.mark.parametrize("alpha_steps", [0, 5], ids=["crown", "alpha-crown"])
+def test_crown_is_the_exact_minimum_on_an_affine_model(alpha_steps: int) -> None:
     w, c, x = _affine_instance(k=5, n=16, b=6)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 5)).double()
     with torch.no_grad():
@@ -225,7 +226,7 @@ def test_crown_is_the_exact_minimum_on_an_affine_model() -> None:
     net = network_of(model, (1, 4, 4))
     labels = (x @ w.T + c).argmax(1)
     exact, _, _ = exact_untargeted(w, c, x, labels)
-    r = crown_radius(net, x, margin_spec(labels, 5), torch.full((6,), 10.0, dtype=F64))
+    r = crown_radius(net, x, margin_spec(labels, 5), torch.full((6,), 10.0, dtype=F64), alpha_steps=alpha_steps)
     assert torch.allclose(r, exact, rtol=1e-6, atol=1e-9)
 
 

@@ -36,26 +36,28 @@ from engines.core.runs import new_run_folder
 @with_model_options
 def certify(
     model: ModelOptions = ModelOptions(),
-    split: Annotated[str, typer.Option(help=", ".join(SPLITS) + ".")] = "test",
-    n: Annotated[int, typer.Option("--n", "-n", help="Number of images.")] = 100,
-    offset: Offset = 0,
+    split: Annotated[str, typer.Option(help=", ".join(SPLITS) + ".")] = CertifyRequest.split,
+    n: Annotated[int, typer.Option("--n", "-n", help="Number of images.")] = CertifyRequest.n,
+    offset: Offset = CertifyRequest.offset,
     target: Annotated[
         str, typer.Option(help="all (untargeted: the closest wrong label) or a class label (targeted).")
-    ] = "all",
+    ] = CertifyRequest.target,
     method: Annotated[
         str,
         typer.Option(
             help=f"{', '.join(METHODS)}: auto is exact for models whose logits are affine in the input, "
             "alpha-crown (CROWN with optimised slopes) otherwise; crown, ibp and lipschitz for comparison."
         ),
-    ] = "auto",
+    ] = CertifyRequest.method,
     attack_run: Annotated[
         Path | None, typer.Option("--attack-run", help="Read this finished attack run instead of attacking.")
     ] = None,
-    probes: Annotated[int, typer.Option("--probes", min=1, help="CROWN evaluations per image (radius search).")] = 7,
-    c_steps: CSteps = 9,
-    max_iter: MaxIter = 100,
-    seed: Seed = 0,
+    probes: Annotated[
+        int, typer.Option("--probes", min=1, help="CROWN evaluations per image (radius search).")
+    ] = CertifyRequest.probes,
+    c_steps: CSteps = AttackConfig.c_steps,
+    max_iter: MaxIter = AttackConfig.max_iter,
+    seed: Seed = CertifyRequest.seed,
     device: Device = "auto",
     out: Annotated[Path | None, typer.Option("--out", help="Run folder (default: runs/certify-MODEL-TIME).")] = None,
     data: DataDir = None,
