@@ -3,7 +3,8 @@
 Rows come from `engines.core.model_rows`, as in `blindspot models`. `t` builds the `TrainRequest` that
 `blindspot train --model ID` would build and hands it to `run_training`, so the checkpoint lands where
 the CLI's would (`<runs dir>/models`), never in the shipped zoo; the trained checkpoint is then
-offered as a loaded model next to the zoo one.
+offered as a loaded model next to the zoo one. `R` sends the same request with `resume` (`blindspot train --resume`):
+a training cancelled with `x` goes on from its last finished epoch, kept by the engine in the same folder.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from engines.train.operation import TrainRequest
 
 
+TRAIN_GROUP = Binding.Group("Train", compact=True)  # "tR Train" in the footer: 80 columns are few
+
+
 def _pct(v: Any) -> str:
     return "—" if v is None else f"{float(v):.2f}"
 
@@ -50,8 +54,9 @@ class ModelsScreen(WorkbenchScreen):
         Binding("enter", "use", "Use model"),
         Binding("l", "focus_path", "Load"),
         Binding("i", "focus_data", "Data"),
-        Binding("t", "train", "Train"),
+        Binding("t", "train", "Train", group=TRAIN_GROUP),
         Binding("T", "train(True)", "Train over", show=False),
+        Binding("R", "train(False, True)", "Resume training", group=TRAIN_GROUP),
         Binding("d", "device", "Device"),
         Binding("r", "refresh", "Refresh"),
     ]
@@ -317,8 +322,8 @@ class ModelsScreen(WorkbenchScreen):
         self.say(f"cannot load: {message}", error=True)
 
     # ----------------------------------------------------------------- training
-    def train_request(self, model_id: str) -> TrainRequest:
-        """The request `blindspot train --model ID` builds, with the workbench's data and budget."""
+    def train_request(self, model_id: str, resume: bool = False) -> TrainRequest:
+        """The request `blindspot train --model ID [--resume]` builds, with the workbench's data and budget."""
         from engines.train.operation import TrainRequest
 
         settings = self.state.settings
@@ -327,10 +332,12 @@ class ModelsScreen(WorkbenchScreen):
             epochs=settings.train_epochs,
             max_iter=settings.train_max_iter,
             data_dir=None if settings.data_dir is None else str(settings.data_dir),
+            resume=resume,
         )
 
-    def action_train(self, overwrite: bool = False) -> None:
-        """`t` trains into the runs folder; `T` also replaces a checkpoint of the same id there (--overwrite)."""
+    def action_train(self, overwrite: bool = False, resume: bool = False) -> None:
+        """`t` trains into the runs folder; `T` also replaces a checkpoint of the same id there (--overwrite); `R`
+        resumes a cancelled training from its last finished epoch (--resume: from the start when none was saved)."""
         from engines.core.errors import BlindspotError
         from engines.core.zoo import ZOO
 
@@ -339,14 +346,18 @@ class ModelsScreen(WorkbenchScreen):
             self.say("training needs a zoo model: highlight one of the paper's models", error=True)
             return
         try:
-            request = self.train_request(row["id"])
+            request = self.train_request(row["id"], resume)
         except BlindspotError as exc:
             self.say(f"cannot train: {in_words(exc)}", error=True)
             return
         bar = self.query_one("#train-bar", ProgressBar)
         bar.remove_class("-hidden")
         bar.update(total=None, progress=0)
-        self.say(f"training {row['id']} on {self.state.settings.device} into the runs folder … (x cancels)")
+        device = self.state.settings.device
+        if resume:
+            self.say(f"resuming {row['id']} from its last finished epoch on {device} … (x cancels)")
+        else:
+            self.say(f"training {row['id']} on {device} into the runs folder … (x cancels)")
 
         def work(job: Job) -> tuple[Any, list[dict[str, Any]]]:
             from engines.core.model_rows import checkpoint_row
@@ -359,7 +370,7 @@ class ModelsScreen(WorkbenchScreen):
             "train",
             work,
             on_event=self.train_event,
-            on_done=self.trained,
+            on_done=lambda outcome: self.trained(outcome, resume),
             on_error=self.train_failed,
             on_cancel=self.train_cancelled,
         )
@@ -375,7 +386,7 @@ class ModelsScreen(WorkbenchScreen):
         elif isinstance(event, ModelTrained):
             self.say(event.line())
 
-    def trained(self, outcome: tuple[Any, list[dict[str, Any]]]) -> None:
+    def trained(self, outcome: tuple[Any, list[dict[str, Any]]], resume: bool = False) -> None:
         result, rows = outcome
         self.query_one("#train-bar", ProgressBar).add_class("-hidden")
         self.state.forget_models()  # a checkpoint loaded before may just have been written again
@@ -386,16 +397,24 @@ class ModelsScreen(WorkbenchScreen):
             table = self.query_one("#models", DataTable)
             table.move_cursor(row=next(i for i, r in enumerate(self.rows) if r["path"] == rows[-1]["path"]))
         m = result.models[-1]
+        resumed = m.training.get("resumed_from")
+        how = ""
+        if resumed is not None:
+            how = f" (resumed after epoch {resumed['epoch']})"
+        elif resume:
+            how = " (no saved state: trained from the start)"
         self.say(
-            f"trained {m.id}: train {m.metrics['train_error']:.2f}% test {m.metrics['test_error']:.2f}% "
+            f"trained {m.id}{how}: train {m.metrics['train_error']:.2f}% test {m.metrics['test_error']:.2f}% "
             f"→ {m.path} · Enter uses it"
         )
 
     def train_failed(self, message: str) -> None:
         self.query_one("#train-bar", ProgressBar).add_class("-hidden")
         hint = " (T trains over it)" if "already exists" in message else ""
+        if "--resume" in message:  # a saved state R cannot resume from: `t` trains afresh and replaces it
+            hint = " (t trains afresh)"
         self.say(f"training failed: {message}{hint}", error=True)
 
     def train_cancelled(self) -> None:
         self.query_one("#train-bar", ProgressBar).add_class("-hidden")
-        self.say("training cancelled: no checkpoint was written")
+        self.say("training cancelled · R resumes from the last finished epoch, t starts afresh")

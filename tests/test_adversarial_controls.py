@@ -218,6 +218,11 @@ def test_fresh_modes_train_without_a_pool(mode: str) -> None:
         on_event=events.append, cancel=lambda: False, task="t",
     )  # fmt: skip
     assert info["refreshes"] == [] and mode in info["optimizer"]
+    # only the settings the fresh perturbations use are recorded (no pool size, refresh, target, cap, …)
+    used = {"mode", "mix", "layers", "warmup", "eps"} | ({"xi"} if mode == "vat" else set())
+    assert set(info["adversarial"]) == used | {"layers_used", "pool_examples_per_batch"}
+    assert set(settings.to_json()) - used >= {"pool_size", "refresh", "target", "cap", "hidden", "c_steps"}
+    assert AdversarialSettings().record() == AdversarialSettings().to_json()  # the pool records every setting
     assert [e.stage for e in events] == ["warm-up", "adversarial", "adversarial"]
     assert all(math.isnan(e.pool_error) for e in events)
     with torch.no_grad():

@@ -251,6 +251,8 @@ def test_bad_protocol_options_are_refused_when_the_request_is_built(changes, mes
 def test_the_protocol_options_round_trip_through_json():
     request = TrainRequest(
         models=("softmax1",),
+        optimizer="adam",  # decoupled decay and the floor act on Adam epochs (full-batch L-BFGS is refused them)
+        resume=True,
         validation=50,
         seeds=(0, 2),
         weight_decay_mode="decoupled",

@@ -13,6 +13,7 @@ from blindspot.options import DataDir, Device, Json, Overwrite, Seed, Threads, c
 from engines.core.checkpoint import models_dir
 from engines.core.errors import InputError
 from engines.core.events import Event, ModelTrained, fan_out
+from engines.train.hyper import HYPER, parse_grid
 from engines.train.operation import TrainRequest, run_training, zoo_ids
 from engines.train.seeds import parse_seeds
 
@@ -77,8 +78,11 @@ def train(
         int | None, typer.Option(help="Clean epochs before the pool is first filled, or fgm/vat start (default 2).")
     ] = None,
     adv_cap: Annotated[
-        float | None,
-        typer.Option(help="Distortion cap of pool examples: rms in each layer's units (default: none)."),
+        str | None,
+        typer.Option(
+            help="Distortion cap of pool examples: rms in each layer's units, or auto (per layer, the median "
+            "distortion of the first fill: the clean net's own minimum). Default: none."
+        ),
     ] = None,
     adv_cap_policy: Annotated[
         str | None, typer.Option(help="Pool examples above --adv-cap: drop (default) or shrink onto the cap.")
@@ -111,11 +115,20 @@ def train(
             help="One model per seed (e.g. 0,1,2): mean ± sd of the errors; the first seed's model is saved.",
         ),
     ] = None,
+    grid: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--grid",
+            help=f"A hyper-parameter axis NAME=V1,V2 (repeatable: {', '.join(HYPER)}); every point is trained with "
+            "the first seed, the lowest validation error chooses, then the seeds run with it. One value just sets it.",
+        ),
+    ] = None,
     weight_decay_mode: Annotated[
         str | None, cli_option(TrainRequest, "weight_decay_mode")
     ] = TrainRequest.weight_decay_mode,
     weight_decay: Annotated[float | None, cli_option(TrainRequest, "weight_decay")] = TrainRequest.weight_decay,
     lr_floor: Annotated[float | None, cli_option(TrainRequest, "lr_floor")] = TrainRequest.lr_floor,
+    resume: Annotated[bool, cli_option(TrainRequest, "resume")] = TrainRequest.resume,
     data: DataDir = None,
     device: Device = "auto",
     seed: Seed = 0,
@@ -165,9 +178,15 @@ def train(
         weight_decay_mode=weight_decay_mode,
         weight_decay=weight_decay,
         lr_floor=lr_floor,
+        grid=parse_grid(grid) if grid else None,
+        resume=resume,
     )
     with cli_context(
-        device, threads=threads, out=out, overwrite=overwrite, hint="models saved before the interrupt are kept"
+        device,
+        threads=threads,
+        out=out,
+        overwrite=overwrite,
+        hint="models saved before the interrupt are kept; --resume continues from the last finished epoch",
     ) as ctx:
         result = run_training(request, replace(ctx, on_event=fan_out(ctx.on_event, _announce)))
     if json_out:

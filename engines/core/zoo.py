@@ -71,23 +71,32 @@ class ZooEntry:
 _LBFGS = {"optimizer": "lbfgs", "max_iter": 500, "validation": 0}
 _MLP_RECIPE = {"optimizer": "adam", "epochs": 60, "batch_size": 128, "lr": 3e-3, "polish_lbfgs": 300, "validation": 0}
 
-# §4.2: the adversarially trained n100-100-10 and the paper's two comparison points, one budget for all
-# (Adam epochs, no L-BFGS polish); then the ablation of which layers' examples are used, and a second seed.
-# Issue 24's protocol: 10,000 training images held out for model selection (`--validation 0`: the old recipe).
+# §4.2 under issue 24's protocol: one 784-100-100-10 sigmoid net, one budget (30 epochs of Adam, no L-BFGS polish),
+# 10,000 training images held out for model selection (`--validation 0` is no split, the last iterate), decoupled
+# weight decay (AdamW on the connection weights) and a cosine schedule that ends at a floor, not at zero. The values
+# below (lr, weight decay, dropout rates, pool mix, perturbation size) are the ones the stated grids chose on the
+# validation split (benchmarks/study_section42.py; the grid and its validation errors are in each shipped sidecar).
 SECTION42_EPOCHS = 30
 SECTION42_VALIDATION = 10000
 _SECTION42_RECIPE = {
     "optimizer": "adam",
     "epochs": SECTION42_EPOCHS,
     "batch_size": 128,
-    "lr": 3e-3,
+    "lr": 0.03,
     "validation": SECTION42_VALIDATION,
+    "weight_decay_mode": "decoupled",
+    "weight_decay": 0.1,
+    "lr_floor": 0.02,
 }
 _ADV_RECIPE = _SECTION42_RECIPE | {"optimizer": "adversarial", "adversarial": {}}
+# the pool with issue 24's fixes: nearest wrong class, a per-layer cap at the clean net's own median distortion
+# (examples above it shrunk onto it), hidden examples kept as perturbations re-applied to the current φ_k(x)
+POOL_FIXES = {"target": "nearest", "cap": "auto", "cap_policy": "shrink", "hidden": "perturbation", "mix": 0.25}
+FRESH = {"mix": 0.5}  # the controls' perturbed copies per clean example
 
 
-def _adv_entry(model_id: str, description: str, adversarial: dict[str, Any], seed: int = 0) -> ZooEntry:
-    recipe = _ADV_RECIPE | {"adversarial": adversarial} | ({"seed": seed} if seed else {})
+def _adv_entry(model_id: str, description: str, adversarial: dict[str, Any]) -> ZooEntry:
+    recipe = _ADV_RECIPE | {"adversarial": adversarial}
     paper = {"test_error": 1.2} if model_id == "n100-100-10-adv" else {}
     return ZooEntry(model_id, description, mlp_spec([100, 100]), N100_DECAY, "train", recipe, paper, "adversarial")
 
@@ -106,21 +115,37 @@ SECTION42 = [
     ZooEntry(
         "n100-100-10-dropout",
         "sigmoid 784-100-100-10, weight decay + dropout (§4.2's comparison, same budget)",
-        mlp_spec([100, 100], dropout=0.2, input_dropout=0.1),
+        mlp_spec([100, 100], dropout=0.05, input_dropout=0.2),
         N100_DECAY,
         "train",
-        _SECTION42_RECIPE,
+        _SECTION42_RECIPE | {"lr": 0.01},
         {"test_error": 1.3},
         "adversarial",
     ),
-    _adv_entry("n100-100-10-adv", "sigmoid 784-100-100-10, adversarial pool on every layer (§4.2)", {}),
-    _adv_entry("n100-100-10-adv-input", "§4.2 ablation: adversarial pool on the input only", {"layers": ["input"]}),
+    _adv_entry(
+        "n100-100-10-adv", "sigmoid 784-100-100-10, adversarial pool on every layer, with fixes (§4.2)", POOL_FIXES
+    ),
+    _adv_entry(
+        "n100-100-10-adv-input",
+        "§4.2 ablation: the fixed pool on the input only (4,000 examples, as per layer in n100-100-10-adv)",
+        POOL_FIXES | {"layers": ["input"], "pool_size": 4000},
+    ),
     _adv_entry(
         "n100-100-10-adv-hidden",
-        "§4.2 ablation: adversarial pool on the hidden layers only",
-        {"layers": ["act1", "act2"]},
+        "§4.2 ablation: the fixed pool on the hidden layers only (4,000 examples per layer)",
+        POOL_FIXES | {"layers": ["act1", "act2"], "pool_size": 8000},
     ),
-    _adv_entry("n100-100-10-adv-seed1", "§4.2: n100-100-10-adv's recipe with seed 1 (the seed spread)", {}, seed=1),
+    _adv_entry("n100-100-10-adv-paper", "§4.2: the paper's pool as written (random targets, no cap), every layer", {}),
+    _adv_entry(
+        "n100-100-10-fgm",
+        "§4.2 control: fresh one-step L2 gradient perturbations (FGM) on every layer",
+        FRESH | {"mode": "fgm", "eps": 0.02},
+    ),
+    _adv_entry(
+        "n100-100-10-vat",
+        "§4.2 control: virtual adversarial perturbations (VAT, no labels) on every layer",
+        FRESH | {"mode": "vat", "eps": 0.01},
+    ),
 ]
 
 ZOO: dict[str, ZooEntry] = {

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from engines.train.adversarial_pool import AdversarialPool, AdversarialSettings,
 from engines.train.fresh_perturbations import fresh_loss
 from engines.train.layer_cuts import LayerCut, layer_cuts, layer_shapes
 from engines.train.protocol import WARM_UP, Protocol, adam_optimizer, cosine_schedule, no_check
+from engines.train.resume import NO_STATES, EpochStates
 
 
 def mixed_loss(
@@ -68,11 +70,13 @@ def train_adversarial(
     task: str,
     protocol: Protocol | None = None,
     check: Callable[[str, int], float] = no_check,
+    states: EpochStates = NO_STATES,
 ) -> dict[str, Any]:
     """Minibatch Adam (cosine learning-rate decay, the paper's weight decay; or the protocol's AdamW and floor) on
     clean batches mixed with pool examples; the pool is filled after `warmup` clean epochs and refreshed every
     `refresh_every`. `x`, `y` are the training part only: the pool is made from them, never from a validation
-    split; `check` (model selection) runs at each epoch's end."""
+    split; `check` (model selection) runs at each epoch's end, then `states` keeps the epoch's state (the pool's
+    included) for resuming (`engines.train.resume`)."""
     protocol = protocol or Protocol()
     if settings.warmup >= epochs:
         raise InputError(f"--warmup ({settings.warmup}) leaves no adversarial epoch of {epochs}: lower it")
@@ -87,8 +91,14 @@ def train_adversarial(
     refreshes: list[RefreshStats] = []
     start = time.perf_counter()
     loss_value = math.nan
+    kept = {"optimizer": opt, "schedule": sched, "generator": gen, "pool": pool}
+    saved = states.restore("adversarial", kept)
+    if saved is not None:
+        loss_value = float(saved["loss"])
+        refreshes = [RefreshStats(int(r["epoch"]), float(r["seconds"]), dict(r["layers"])) for r in saved["refreshes"]]
+        pool.images = x if pool.filled else None  # the pool's examples were made from these images
     model.train()
-    for epoch in range(epochs):
+    for epoch in range(0 if saved is None else saved["epoch"], epochs):
         refreshed = None
         since = epoch - settings.warmup
         if since >= 0 and since % settings.refresh_every == 0 and not fresh:
@@ -131,10 +141,11 @@ def train_adversarial(
                 clean_error=100.0 * wrong / n,
                 pool_error=pool.error(model, x.device) if pool.filled else math.nan,
                 pool_age=pool.age(epoch) if pool.filled else math.nan,
-                refreshed=0 if refreshed is None else sum(int(v["replaced"]) for v in refreshed.layers.values()),
+                refreshed=0 if refreshed is None else sum(int(v["replaced"] or 0) for v in refreshed.layers.values()),
                 validation_error=validation_error,
             )
         )
+        states.save("adversarial", epoch + 1, kept, {"loss": loss_value, "refreshes": [asdict(r) for r in refreshes]})
     model.eval()
     seconds = time.perf_counter() - start
     refresh_seconds = sum(r.seconds for r in refreshes)
@@ -146,7 +157,7 @@ def train_adversarial(
         "batch_size": batch_size,
         "lr": lr,
         "final_loss": loss_value,
-        "adversarial": settings.to_json()
+        "adversarial": settings.record()
         | {"layers_used": [c.name for c in cuts], "pool_examples_per_batch": per_batch},
         "refreshes": [r.to_json() for r in refreshes],
         "refresh_seconds": round(refresh_seconds, 1),

@@ -32,6 +32,11 @@ from engines.train.pool_fixes import CAP_POLICIES, cap_examples, nearest_targets
 REFRESH_CHUNK = 1024  # problems per attack call: bounds the solver's memory and keeps cancel prompt
 MODES = ("pool", "fgm", "vat")  # §4.2's pool; fresh one-step L2 gradient perturbations; virtual adversarial
 HIDDEN = ("activation", "perturbation")  # a pool example stored as the layer's point, or as r re-applied to φ_k(x)
+# `cap = "auto"`: each layer's cap is the median rms distortion of the first fill's first chunk of successful
+# examples, i.e. the clean (warm-up) net's own minimum distortions, so later examples cannot grow past what the clean
+# net needed.
+AUTO_CAP = "auto"
+FRESH_SETTINGS = ("mode", "mix", "layers", "warmup", "eps")  # the settings fgm uses (vat: also xi)
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ class AdversarialSettings:
     c_steps: int = 5
     max_iter: int = 40
     warmup: int = 2  # clean epochs before the pool is first filled from the model as it then is
-    cap: float | None = None  # rms distortion cap, in each layer's units (None: no cap)
+    cap: float | str | None = None  # rms distortion cap, in each layer's units (None: no cap; "auto": see AUTO_CAP)
     cap_policy: str = "drop"  # above the cap: drop the example, or shrink it onto the cap
     hidden: str = "activation"  # "perturbation": keep r and train on φ_k(x) + r of the current net
     mode: str = "pool"
@@ -75,7 +80,14 @@ class AdversarialSettings:
             raise InputError("--target all gives nine examples per image; the pool takes one: random, nearest, …")
         if self.target not in (*TARGETS, "nearest") and not str(self.target).lstrip("-").isdigit():
             raise InputError(f"unknown --target {self.target!r}: use random, nearest, next, least-likely or a label")
-        if self.cap is not None and not (math.isfinite(self.cap) and self.cap > 0):
+        if self.cap == AUTO_CAP:
+            pass
+        elif isinstance(self.cap, str):
+            try:
+                object.__setattr__(self, "cap", float(self.cap))
+            except ValueError:
+                raise InputError(f"--adv-cap is an rms distortion or {AUTO_CAP!r} (got {self.cap!r})") from None
+        if isinstance(self.cap, float | int) and not (math.isfinite(self.cap) and self.cap > 0):
             raise InputError(f"--adv-cap is an rms distortion in the layer's units, above 0 (got {self.cap})")
         if self.cap_policy not in CAP_POLICIES:
             raise InputError(f"unknown --adv-cap-policy {self.cap_policy!r}: choose {' or '.join(CAP_POLICIES)}")
@@ -91,6 +103,14 @@ class AdversarialSettings:
         d = asdict(self)
         d["layers"] = None if self.layers is None else list(self.layers)
         return d
+
+    def record(self) -> dict[str, Any]:
+        """What a sidecar records: every setting for the pool; for fgm/vat only those the fresh perturbations use
+        (the pool's size, refresh, targets, attack, cap and hidden storage do not apply to them)."""
+        d = self.to_json()
+        if self.mode == "pool":
+            return d
+        return {k: d[k] for k in FRESH_SETTINGS + (("xi",) if self.mode == "vat" else ())}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> AdversarialSettings:
@@ -109,7 +129,7 @@ class RefreshStats:
 
     epoch: int
     seconds: float
-    layers: dict[str, dict[str, float]] = field(default_factory=dict)
+    layers: dict[str, dict[str, float | None]] = field(default_factory=dict)  # cap: None before it is measured
 
     def to_json(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "seconds": round(self.seconds, 2), "layers": self.layers}
@@ -140,9 +160,34 @@ class AdversarialPool:
             c.name: torch.full((self.sizes[c.name],), -1, dtype=torch.long, device=device) for c in cuts
         }
         self.filled = False
+        self.caps: dict[str, float] = {}  # the cap of each layer (fixed, or `AUTO_CAP`'s once measured)
 
     def __len__(self) -> int:
         return sum(self.sizes.values())
+
+    def state_dict(self) -> dict[str, Any]:
+        """The pool's contents, for a resumed training (`engines.train.resume`); the images are the training's own
+        and are not kept."""
+        return {
+            "examples": dict(self.examples),
+            "labels": dict(self.labels),
+            "born": dict(self.born),
+            "sources": dict(self.sources),
+            "sizes": dict(self.sizes),
+            "caps": dict(self.caps),
+            "filled": self.filled,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Back to the pool a resumed training had (`state_dict`'s record); the training re-attaches its images."""
+        if dict(state["sizes"]) != self.sizes:
+            raise InputError("the saved adversarial pool has other layers or sizes: train without --resume")
+        for store in ("examples", "labels", "born", "sources"):
+            mine = getattr(self, store)
+            for name, value in state[store].items():
+                mine[name] = value.to(mine[name].device)
+        self.caps = {k: float(v) for k, v in state["caps"].items()}
+        self.filled = bool(state["filled"])
 
     def refresh(
         self,
@@ -178,6 +223,7 @@ class AdversarialPool:
                 }
                 if settings.cap is not None:  # successes above the cap: dropped or shrunk onto it
                     stats.layers[cut.name]["dropped" if settings.cap_policy == "drop" else "shrunk"] = capped
+                    stats.layers[cut.name]["cap"] = round(self.caps[cut.name], 5) if cut.name in self.caps else None
         finally:
             model.train(was_training)
         self.filled = True
@@ -222,7 +268,8 @@ class AdversarialPool:
                 )
             success, x_adv = res.success, res.x_adv
             if settings.cap is not None:
-                x_adv, success, over = cap_examples(h, x_adv, success, settings.cap, settings.cap_policy)
+                cap = self._cap(cut.name, settings.cap, h, x_adv, success)
+                x_adv, success, over = cap_examples(h, x_adv, success, cap, settings.cap_policy)
                 capped += over
             ok = success.cpu()
             keep = slots[part][ok]
@@ -239,6 +286,23 @@ class AdversarialPool:
             if bool(success.any()):
                 moved += float(rms_distance(x_adv[success], h[success]).sum())
         return found, moved / max(found, 1), capped
+
+    def _cap(
+        self, name: str, cap: float | str, clean: torch.Tensor, examples: torch.Tensor, success: torch.Tensor
+    ) -> float:
+        """Layer `name`'s cap: the given one, or (`AUTO_CAP`) the median distortion of its first successes."""
+        if name not in self.caps:
+            if cap != AUTO_CAP:
+                self.caps[name] = float(cap)
+            else:
+                # an image the net already gives the target counts 0; a median of 0 (a net that gets most images
+                # wrong, as an untrained one does) measures nothing: no cap until a chunk's median is above 0
+                moved = rms_distance(examples[success], clean[success])
+                median = float(moved.median()) if len(moved) else 0.0
+                if median == 0.0:
+                    return math.inf
+                self.caps[name] = median
+        return self.caps[name]
 
     def sample(self, count: int, gen: torch.Generator) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """`count` examples drawn uniformly (with replacement) from the whole pool, grouped by layer."""

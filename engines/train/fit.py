@@ -28,8 +28,10 @@ from engines.core.events import CancelCheck, EpochDone, EventSink, ignore_events
 from engines.core.zoo import ZooEntry, build_model, count_parameters, describe_spec, zoo_entry
 from engines.train.adversarial import train_adversarial
 from engines.train.adversarial_pool import AdversarialSettings
+from engines.train.hyper import with_hyper
 from engines.train.minibatch import CheckpointHook, objective, pretrain_sparse_autoencoder, train_adam
 from engines.train.protocol import Protocol, Selection, decay_formula, no_check, protocol_for, split_validation
+from engines.train.resume import NO_STATES, EpochStates, ResumeFolder, fingerprint
 
 
 @dataclass
@@ -124,9 +126,11 @@ def _fit(
     adversarial: dict[str, Any] | None = None,
     protocol: Protocol | None = None,
     check: CheckpointHook = no_check,
+    states: EpochStates = NO_STATES,
 ) -> dict[str, Any]:
     """Train `model` on `data` (the training part only: a validation split is held out before) by the recipe;
-    `check` is model selection's hook, run at every epoch's or L-BFGS block's end."""
+    `check` is model selection's hook, run at every epoch's or L-BFGS block's end; `states` keeps each minibatch
+    epoch's state for resuming (an L-BFGS phase restarts from the last one kept)."""
     recipe, protocol = dict(entry.recipe), protocol or Protocol()
     x, y = data.images.to(device), data.labels.to(device)
     task, optimizer, max_iter, epochs = f"train {entry.id}", budget.optimizer, budget.max_iter, budget.epochs
@@ -149,11 +153,12 @@ def _fit(
             task=task,
             protocol=protocol,
             check=check,
+            states=states,
         )
     if optimizer == "autoencoder":
         encoder = model.fc1
         assert isinstance(encoder, nn.Linear)  # the autoencoder recipe's model: fc1 (encoder) then fc2 (softmax)
-        info = pretrain_sparse_autoencoder(encoder, x, recipe, seed, on_event, cancel, task)
+        info = pretrain_sparse_autoencoder(encoder, x, recipe, seed, on_event, cancel, task, states)
         for p in encoder.parameters():
             p.requires_grad_(False)
         with torch.no_grad():  # the encoder is frozen: compute its features once
@@ -182,6 +187,7 @@ def _fit(
             task,
             protocol,
             check,
+            states,
         )
         polish = recipe.get("polish_lbfgs", 0) if max_iter is None else max_iter
         if polish:
@@ -191,14 +197,29 @@ def _fit(
     raise InputError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
 
 
-def evaluate_splits(model: nn.Module, data_dir: str | Path | None, device: torch.device) -> dict[str, float]:
-    """Error (%) on train, test, P1 and P2."""
+def evaluate_splits(
+    model: nn.Module, data_dir: str | Path | None, device: torch.device, trained_on: Dataset | None = None
+) -> dict[str, float]:
+    """Error (%) on train, test, P1 and P2. `train_error` is on `trained_on` when given (the images trained on,
+    without a validation split's), else on the whole train split; P1 and P2 are always the paper's two halves of
+    the train split, held-out images included."""
     model.eval()
     errors = {}
     for split in ("train", "test", "p1", "p2"):
-        data = load_split(split, data_dir)  # one split in memory at a time
+        data = trained_on if split == "train" and trained_on is not None else load_split(split, data_dir)
         errors[f"{split}_error"] = round(error_rate(model, data.images, data.labels, device), 4)
     return errors
+
+
+TRAIN_ERROR_ON = "the images trained on: the {split} split less the {size} validation images (p1/p2: whole halves)"
+
+
+def training_part(meta: dict[str, Any], data_dir: str | Path | None) -> Dataset | None:
+    """The images a model with a validation split was trained on, from its sidecar (None: no split)."""
+    if not meta.get("validation"):
+        return None
+    protocol = Protocol(**meta["protocol"])
+    return split_validation(load_split(meta["train_split"], data_dir), protocol)[0]
 
 
 def check_data_fits(model: nn.Module, data_dir: str | Path | None, device: torch.device) -> dict[str, Any]:
@@ -250,8 +271,11 @@ def train_zoo_model(
     epochs: int | None = None,
     adversarial: dict[str, Any] | None = None,
     protocol: dict[str, Any] | None = None,
+    hyper: dict[str, Any] | None = None,
+    evaluate: bool = True,
     on_event: EventSink = ignore_events,
     cancel: CancelCheck = never_cancel,
+    resume: ResumeFolder | None = None,
 ) -> FittedModel:
     """Train one zoo model from scratch and (if `out_dir`) save it as `out_dir/<id>.safetensors`
     (`trained_model_id`: the zoo id on MNIST, `<id>-adv` when `adversarial` makes a plain model adversarial).
@@ -259,23 +283,50 @@ def train_zoo_model(
     mode, lr floor; None: the recipe's).
 
     With a validation split the model kept is the checkpoint of lowest validation error; the test set (and the
-    other splits) are evaluated once, on it. A recipe's own "seed" (the §4.2 seed-spread model) is added to `seed`."""
-    entry = zoo_entry(model_id)
+    other splits) are evaluated once, on it; `evaluate=False` (a grid's point, chosen on validation alone) reads no
+    split but the validation part, and leaves `metrics` empty until `evaluate_fitted`. `hyper` is a grid point's
+    values over the recipe (`engines.train.hyper`).
+
+    `resume` (from `run_training`) keeps each epoch's state in its folder, resumes from it when asked, returns a
+    study's finished training from it untrained, and is cleared once the model is saved (`engines.train.resume`)."""
+    entry = with_hyper(zoo_entry(model_id), hyper or {}, adversarial=adversarial is not None)
     device = torch.device(device)
     chosen = protocol_for(entry.recipe, protocol)
-    seed = seed + int(entry.recipe.get("seed", 0))
     torch.manual_seed(seed)
     model = build_model(entry.spec).to(device)
     identity = check_data_fits(model, data_dir, device)
+    budget = Budget(optimizer, max_iter, epochs)
+    recipe = fingerprint(
+        entry=[entry.id, entry.spec, entry.decay, entry.recipe, entry.train_split],
+        seed=seed,
+        hyper=hyper,
+        protocol=chosen.to_json(),
+        budget=[budget.optimizer, budget.max_iter, budget.epochs],
+        adversarial=adversarial,
+        data=identity["md5s"],
+        device=device.type,
+    )
+    key = ResumeFolder.key(seed, hyper)
+    done = None if resume is None else resume.finished(key, recipe)
+    if done is not None:  # a study's training finished before the interrupt: not trained again
+        model.load_state_dict(done[0])
+        model.eval()
+        fitted = FittedModel(model, done[1], None)
+        if evaluate and not fitted.meta["metrics"]:
+            evaluate_fitted(fitted, data_dir, device)
+        return fitted
     data, validation, held_out = split_validation(load_split(entry.train_split, data_dir), chosen)
     selection = Selection(model, validation, device)
+    states = NO_STATES if resume is None else resume.states(key, recipe, model, selection, device)
     start = time.perf_counter()
-    budget = Budget(optimizer, max_iter, epochs)
-    info = _fit(entry, model, data, budget, seed, device, on_event, cancel, adversarial, chosen, selection.check)
+    info = _fit(
+        entry, model, data, budget, seed, device, on_event, cancel, adversarial, chosen, selection.check, states
+    )
     seconds = time.perf_counter() - start
+    if states.resumed_at is not None:
+        info["resumed_from"] = states.resumed_at
     selected = selection.finish()  # the best-validation checkpoint back in the model
     model.eval()
-    metrics = evaluate_splits(model, data_dir, device)
     meta = {
         "id": trained_model_id(adversarial_id(entry, adversarial), identity),
         "zoo_id": entry.id,
@@ -290,16 +341,40 @@ def train_zoo_model(
         "split_seed": PAPER_SPLIT_SEED,
         "seed": seed,
         "training": info | {"seconds": round(seconds, 1), "device": str(device)},
-        "metrics": metrics,
+        "metrics": {},
         "paper": entry.paper if identity["name"] == "MNIST" else {},  # the paper's figures are MNIST figures
         "data": identity,
         "data_md5": identity["md5s"],  # hashed once, by check_data_fits
         "torch": torch.__version__,
     }
+    if hyper:
+        meta["hyper"] = dict(hyper)
     if held_out is not None and selected is not None:
         meta |= {"validation": held_out | selected, "validation_error": selected["chosen"]["validation_error"]}
-    path = save_fitted(model, meta, out_dir) if out_dir else None
-    return FittedModel(model, meta, path)
+    if held_out is not None:
+        meta["train_error_on"] = TRAIN_ERROR_ON.format(split=entry.train_split, size=held_out["size"])
+    fitted = FittedModel(model, meta, None)
+    if evaluate:
+        evaluate_fitted(fitted, data_dir, device, data if held_out is not None else None)
+    if out_dir:
+        assert evaluate, "a model is saved only once evaluated (its metrics are its sidecar's)"
+        fitted.path = save_fitted(model, meta, out_dir)
+        if resume is not None:
+            resume.clear()
+    elif resume is not None:
+        resume.keep_finished(key, recipe, model, meta)
+    return fitted
+
+
+def evaluate_fitted(
+    fitted: FittedModel, data_dir: str | Path | None, device: torch.device | str, trained_on: Dataset | None = None
+) -> None:
+    """The test set (and the other splits) read once, on the kept model: its `metrics`; `train_error` on the images
+    trained on (`trained_on`, else found again from the sidecar's validation split)."""
+    fitted.model.eval()
+    if trained_on is None:
+        trained_on = training_part(fitted.meta, data_dir)
+    fitted.meta["metrics"] = evaluate_splits(fitted.model, data_dir, torch.device(device), trained_on)
 
 
 def save_fitted(model: nn.Module, meta: dict[str, Any], out_dir: str | Path) -> Path:

@@ -66,7 +66,12 @@ def fresh_loss(
     gen: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean loss over the clean batch and `count` freshly perturbed copies of its images (the j-th copy is image
-    j mod batch, perturbed at cut j mod cuts); also the clean logits (for the running error)."""
+    j mod batch, perturbed at cut j mod cuts); also the clean logits (for the running error).
+
+    φ_k(x) is computed with the model as the loop left it, in train mode (dropout on), deliberately: the clean pass
+    is in train mode too, so the perturbed copy is a point of the same (noisy) training-time representation, with a
+    dropout mask of its own. Evaluating the lower part in eval mode would give the same result for nets without
+    dropout, but would change the trained weights of a dropout net (its masks draw from the global RNG)."""
     logits = model(x)
     total = F.cross_entropy(logits, y, reduction="sum")
     image = torch.arange(count, device=x.device) % len(y)

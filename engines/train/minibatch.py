@@ -15,6 +15,7 @@ from engines.core.errors import Cancelled
 from engines.core.events import CancelCheck, EpochDone, EventSink
 from engines.core.zoo import decay_loss
 from engines.train.protocol import Protocol, adam_optimizer, cosine_schedule, no_check
+from engines.train.resume import NO_STATES, EpochStates
 
 CheckpointHook = Callable[[str, int], float]  # (stage, done) -> validation error (%), nan without a split
 
@@ -34,14 +35,21 @@ def adam_epochs(
     cancel: CancelCheck,
     task: str,
     lr_floor: float = 0.0,
+    states: EpochStates = NO_STATES,
+    stage: str = "Adam",
+    parts: dict[str, Any] | None = None,
 ) -> float:
     """Epochs of shuffled minibatches under a cosine learning-rate decay (to `lr_floor` × the initial rate);
     the last batch's loss.
 
-    Cancel is checked per batch: an epoch of a large net takes longer than a user should wait."""
+    Cancel is checked per batch: an epoch of a large net takes longer than a user should wait. After each epoch
+    `states` keeps what resuming needs (the optimizer, the schedule, `gen` and `parts`: other modules trained) and,
+    when resuming, the loop starts after the saved epoch (`engines.train.resume`)."""
     sched = cosine_schedule(opt, epochs * math.ceil(n / batch_size), lr_floor)
-    loss_value = math.nan
-    for epoch in range(epochs):
+    kept = {"optimizer": opt, "schedule": sched, "order": gen} | (parts or {})
+    saved = states.restore(stage, kept)
+    first, loss_value = (0, math.nan) if saved is None else (saved["epoch"], float(saved["loss"]))
+    for epoch in range(first, epochs):
         perm = torch.randperm(n, generator=gen)
         last = torch.full((), math.nan)
         for i in range(0, n, batch_size):
@@ -57,6 +65,7 @@ def adam_epochs(
             raise Cancelled(task)
         loss_value = float(last)
         epoch_done(epoch + 1, loss_value)
+        states.save(stage, epoch + 1, kept, {"loss": loss_value})
     return loss_value
 
 
@@ -74,9 +83,11 @@ def train_adam(
     task: str,
     protocol: Protocol | None = None,
     check: CheckpointHook = no_check,
+    states: EpochStates = NO_STATES,
 ) -> dict[str, Any]:
     """Minibatch Adam (or AdamW) with a cosine learning-rate decay; the paper's decay term is added per batch.
-    `check` runs at each epoch's end (model selection); its error goes out with the epoch's event."""
+    `check` runs at each epoch's end (model selection); its error goes out with the epoch's event; `states` keeps
+    each epoch's state for resuming."""
     protocol = protocol or Protocol()
     gen = torch.Generator().manual_seed(seed)
     opt, loss_lambdas = adam_optimizer(model, lr, lambdas, protocol)
@@ -97,6 +108,7 @@ def train_adam(
         cancel,
         task,
         protocol.lr_floor,
+        states,
     )
     model.eval()
     return {"optimizer": "adam", "epochs": epochs, "batch_size": batch_size, "lr": lr, "final_loss": loss_value}
@@ -110,8 +122,10 @@ def pretrain_sparse_autoencoder(
     on_event: EventSink,
     cancel: CancelCheck,
     task: str,
+    states: EpochStates = NO_STATES,
 ) -> dict[str, Any]:
-    """Unsupervised sparse autoencoder (sigmoid, KL sparsity penalty), trained then frozen."""
+    """Unsupervised sparse autoencoder (sigmoid, KL sparsity penalty), trained then frozen (`states`: each epoch's
+    state for resuming; the decoder is kept beside the model)."""
     hidden, visible = encoder.out_features, encoder.in_features
     decoder = nn.Linear(hidden, visible).to(x.device)
     rho, beta, lam = recipe["sparsity"], recipe["sparsity_weight"], recipe["ae_decay"]
@@ -140,6 +154,9 @@ def pretrain_sparse_autoencoder(
         lambda epoch, loss: on_event(EpochDone(task=task, done=epoch, total=epochs, stage="autoencoder", loss=loss)),
         cancel,
         task,
+        states=states,
+        stage="autoencoder",
+        parts={"decoder": decoder},
     )
     return {
         "autoencoder_epochs": epochs,

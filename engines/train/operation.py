@@ -9,6 +9,8 @@ README's numbers come from) is never written unless the request says `into_shipp
 No run folder (run.json) is made: a models folder holds several checkpoints and is reused by
 later trainings, and a checkpoint's sidecar already records how it was trained. The folder is
 proved writable before any training starts, so hours of training are never lost to a bad --out.
+While a model trains, its state after each finished epoch is kept in `<folder>/.resume/<id>/` (deleted once the
+checkpoint is saved), from which `resume` continues a cancelled training (`engines.train.resume`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from engines.core.options import field_error, option
 from engines.core.runs import check_writable
 from engines.core.zoo import ZOO, build_model
 from engines.train.fit import adversarial_id, adversarial_settings, train_zoo_model, trained_model_id
+from engines.train.hyper import check_point, grid_points, with_hyper
 from engines.train.layer_cuts import layer_cuts
 from engines.train.protocol import DECAY_MODES, check_validation_fits, protocol_for
+from engines.train.resume import ResumeFolder
 from engines.train.seeds import check_seeds, train_seeds
 
 ZOOS = ("paper", "adversarial")  # `--zoo paper`: the zoo of Tables 1 and 3; `--zoo adversarial`: §4.2's models
@@ -85,12 +89,19 @@ class TrainRequest:
         min=0,
         help="AdamW's coefficient with --weight-decay-mode decoupled (0.01).",
     )
+    grid: dict[str, tuple[Any, ...]] | None = None  # hyper-parameter axes chosen on validation (engines.train.hyper)
     lr_floor: float | None = option(
         None,
         label="learning-rate floor",
         min=0,
         max=1,
         help="The cosine schedule ends at this fraction of the initial learning rate (default 0).",
+    )
+    resume: bool = option(  # continue a cancelled training from its last finished epoch (engines.train.resume)
+        False,
+        label="resume",
+        help="Continue a cancelled training of the same recipe into the same folder from its last finished epoch "
+        "(finished seeds and grid points are not retrained); without it a saved state is replaced.",
     )
 
     def __post_init__(self) -> None:
@@ -111,10 +122,52 @@ class TrainRequest:
                 raise InputError("give --seed or --seeds, not both")
         for model_id in self.models:
             protocol_for(ZOO[model_id].recipe, self.protocol())
+            self._check_adam_options(model_id, self.grid or {})
+        self._check_grid()
         if self.adversarial is not None:
             for model_id in self.models:  # every option and layer name checked before hours of training
                 settings = adversarial_settings(ZOO[model_id], self.adversarial)
                 layer_cuts(build_model(ZOO[model_id].spec), settings.layers)
+
+    def _check_adam_options(self, model_id: str, grid: dict[str, Any]) -> None:
+        """Decoupled decay and the schedule's floor act on Adam epochs: a training without any (full-batch L-BFGS;
+        the autoencoder, whose Adam pre-training is unregularised and whose softmax is L-BFGS) is refused them."""
+        entry = ZOO[model_id]
+        optimizer = entry.recipe["optimizer"] if self.optimizer == "recipe" else self.optimizer
+        if self.adversarial is not None or optimizer in ("adam", "adversarial"):
+            return
+        how = "full-batch L-BFGS" if optimizer == "lbfgs" else "its recipe, with no Adam epoch of the classifier"
+        ending = f"acts on Adam epochs, and {model_id} trains by {how}: leave it out or add --optimizer adam"
+        given = [name for name in ("weight_decay_mode", "lr_floor") if getattr(self, name) not in (None, "paper")]
+        if given:
+            raise field_error(TrainRequest, f"${given[0]} {ending}", given[0])
+        on_grid = [name for name in ("weight_decay", "lr_floor") if name in grid]
+        if on_grid:
+            raise InputError(f"--grid {on_grid[0]} {ending}")
+
+    def _check_grid(self) -> None:
+        """A grid's names apply to every model, none is also given by its own option, and (with more than one
+        point) there is a validation split to choose on."""
+        if not self.grid:
+            return
+        object.__setattr__(self, "grid", {k: tuple(v) for k, v in self.grid.items()})
+        given = {"epochs": self.epochs, "weight_decay": self.weight_decay, "lr_floor": self.lr_floor}
+        given |= {k: v for k, v in (self.adversarial or {}).items() if k in ("mix", "eps", "cap", "refresh")}
+        twice = [k for k in self.grid if given.get(k) is not None]
+        if twice:
+            raise InputError(f"{twice[0]} is given by --grid and by its own option: give it once")
+        points = grid_points(self.grid)
+        for model_id in self.models:
+            optimizer = ZOO[model_id].recipe["optimizer"] if self.optimizer == "recipe" else self.optimizer
+            for point in points:
+                check_point(ZOO[model_id], point, optimizer, self.adversarial)
+                entry = with_hyper(ZOO[model_id], point, adversarial=self.adversarial is not None)
+                build_model(entry.spec)
+                if self.adversarial is not None or optimizer == "adversarial":
+                    adversarial_settings(entry, self.adversarial)
+                protocol = protocol_for(entry.recipe, self.protocol())
+                if len(points) > 1 and protocol.validation == 0:
+                    raise InputError("--grid chooses among its points on the validation split: add --validation N")
 
     def protocol(self) -> dict[str, Any]:
         """The user's protocol options (None: the recipe's)."""
@@ -136,6 +189,8 @@ class TrainRequest:
             "data_dir": self.data_dir,
             "into_shipped_zoo": self.into_shipped_zoo,
             "adversarial": self.adversarial,
+            "grid": None if self.grid is None else {k: list(v) for k, v in self.grid.items()},
+            "resume": self.resume,
         }
 
     @classmethod
@@ -155,6 +210,8 @@ class TrainRequest:
                 weight_decay_mode=None if d.get("weight_decay_mode") is None else str(d["weight_decay_mode"]),
                 weight_decay=None if d.get("weight_decay") is None else float(d["weight_decay"]),
                 lr_floor=None if d.get("lr_floor") is None else float(d["lr_floor"]),
+                grid=None if d.get("grid") is None else {str(k): tuple(v) for k, v in d["grid"].items()},
+                resume=bool(d.get("resume", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"the recorded train request is damaged ({type(exc).__name__}: {exc})") from None
@@ -226,11 +283,15 @@ def _refuse_existing_checkpoints(request: TrainRequest, folder: Path, overwrite:
     """Before any training: a checkpoint already in the folder under a planned id is kept unless overwrite."""
     if overwrite:
         return
-    identity = dataset_identity(request.data_dir)
     for model_id in request.models:
-        path = folder / f"{trained_model_id(adversarial_id(ZOO[model_id], request.adversarial), identity)}.safetensors"
+        path = folder / f"{_saved_id(request, model_id)}.safetensors"
         if path.exists():
             raise InputError(f"{path} already exists: choose another output folder or overwrite it")
+
+
+def _saved_id(request: TrainRequest, model_id: str) -> str:
+    """The id `model_id` is saved under by this request (as `train_zoo_model` names it)."""
+    return trained_model_id(adversarial_id(ZOO[model_id], request.adversarial), dataset_identity(request.data_dir))
 
 
 def _check_validation_fits(request: TrainRequest) -> None:
@@ -242,7 +303,7 @@ def _check_validation_fits(request: TrainRequest) -> None:
             check_validation_fits(size, len(load_split(entry.train_split, request.data_dir)), entry.train_split)
 
 
-STUDY_KEYS = ("validation_error", "seeds", "test_error_mean", "test_error_sd")
+STUDY_KEYS = ("validation_error", "seeds", "test_error_mean", "test_error_sd", "hyper", "grid")
 
 
 def _train_all(request: TrainRequest, ctx: RunContext, folder: Path) -> TrainResult:
@@ -260,11 +321,13 @@ def _train_all(request: TrainRequest, ctx: RunContext, folder: Path) -> TrainRes
             "protocol": request.protocol(),
             "on_event": ctx.on_event,
             "cancel": ctx.cancelled,
+            "resume": ResumeFolder.of(folder, _saved_id(request, model_id), request.resume),
         }
-        if request.seeds is None:
+        if request.seeds is None and not request.grid:
             fitted = train_zoo_model(model_id, folder, seed=request.seed, **options)
         else:
-            fitted = train_seeds(model_id, folder, seeds=request.seeds, **options)
+            seeds = request.seeds or (request.seed,)
+            fitted = train_seeds(model_id, folder, seeds=seeds, axes=request.grid, **options)
         meta = fitted.meta
         study = {k: meta[k] for k in STUDY_KEYS if k in meta}
         model = TrainedModel(meta["id"], str(fitted.path), meta["metrics"], meta["training"], study)

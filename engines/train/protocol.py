@@ -142,6 +142,22 @@ class Selection:
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return error
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed training needs of the selection so far (`engines.train.resume`)."""
+        return {
+            "history": [dict(h) for h in self.history],
+            "best_error": self.best_error,
+            "best_at": self.best_at,
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Back to the selection a resumed training had reached (`state_dict`'s record)."""
+        self.history = [dict(h) for h in state["history"]]
+        self.best_error, self.best_at = float(state["best_error"]), int(state["best_at"])
+        best = state["best_state"]
+        self.best_state = None if best is None else {k: v.to(self.device) for k, v in best.items()}
+
     def finish(self) -> dict[str, Any] | None:
         """Load the best checkpoint into the model; what was chosen, the last checkpoint and the whole history."""
         if self.validation is None or self.best_state is None:

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from engines.core.errors import InputError
-from engines.train.fit import FittedModel, save_fitted, train_zoo_model
+from engines.core.zoo import zoo_entry
+from engines.train.fit import FittedModel, evaluate_fitted, save_fitted, train_zoo_model
+from engines.train.hyper import grid_points, grid_record, with_hyper
+from engines.train.protocol import protocol_for
 
 _SEEDS = re.compile(r"\d+(,\d+)*")
 
@@ -88,25 +91,67 @@ def compare_paired(a: Mapping[int, float], b: Mapping[int, float], *, names: tup
     }
 
 
-def train_seeds(model_id: str, out_dir: str | Path | None, *, seeds: Sequence[int], **options: Any) -> FittedModel:
-    """One model of `model_id` per seed, trained alike (`options`: those of `train_zoo_model`). The first seed's
-    model is the one saved; its sidecar carries the study (seeds, test_error_mean, test_error_sd, per-seed errors)
-    beside its own validation_error. Nothing is saved until every seed is trained: a cancel leaves no half study."""
+def train_seeds(
+    model_id: str,
+    out_dir: str | Path | None,
+    *,
+    seeds: Sequence[int],
+    axes: Mapping[str, Sequence[Any]] | None = None,
+    **options: Any,
+) -> FittedModel:
+    """One model of `model_id` per seed, trained alike (`options`: those of `train_zoo_model`). With a grid (`axes`,
+    `engines.train.hyper`) every point is first trained with the first seed and the lowest validation error chooses
+    the point; the other seeds are trained with it. The first seed's model is the one saved; its sidecar carries the
+    study (seeds, test_error_mean, test_error_sd, per-seed errors; the grid) beside its own validation_error.
+    Nothing is saved until every seed is trained: a cancel leaves no half study (with `options["resume"]`, the
+    trainings finished and the epoch of the one running are kept for `--resume`: `engines.train.resume`)."""
     seeds = check_seeds(seeds)
-    first: FittedModel | None = None
-    runs: list[dict[str, Any]] = []
-    for seed in seeds:
-        fitted = train_zoo_model(model_id, None, seed=seed, **options)
-        first = first or fitted  # only the first seed's model is kept
-        runs.append(
-            {
-                "seed": fitted.meta["seed"],
-                "test_error": fitted.meta["metrics"]["test_error"],
-                "validation_error": fitted.meta.get("validation_error"),
-                "seconds": fitted.meta["training"]["seconds"],
-            }
-        )
-    assert first is not None
+    first, grid = _first_seed(model_id, seeds[0], dict(axes or {}), options)
+    hyper = first.meta.get("hyper")
+    runs: list[dict[str, Any]] = [_seed_run(first)]
+    for seed in seeds[1:]:
+        runs.append(_seed_run(train_zoo_model(model_id, None, seed=seed, hyper=hyper, **options)))
     first.meta |= seed_study(runs)
+    if grid is not None:
+        first.meta["grid"] = grid
     path = save_fitted(first.model, first.meta, out_dir) if out_dir else None
+    if path is not None and options.get("resume") is not None:
+        options["resume"].clear()  # the study is saved: its finished trainings are no longer needed
     return FittedModel(first.model, first.meta, path)
+
+
+def _seed_run(fitted: FittedModel) -> dict[str, Any]:
+    return {
+        "seed": fitted.meta["seed"],
+        "test_error": fitted.meta["metrics"]["test_error"],
+        "validation_error": fitted.meta.get("validation_error"),
+        "seconds": fitted.meta["training"]["seconds"],
+    }
+
+
+def _first_seed(
+    model_id: str, seed: int, axes: dict[str, Sequence[Any]], options: dict[str, Any]
+) -> tuple[FittedModel, dict[str, Any] | None]:
+    """The first seed's model (with a grid: the point of lowest validation error, then evaluated) and the grid's
+    record (None without a grid). Only the best point's model is kept in memory."""
+    points = grid_points({k: tuple(v) for k, v in axes.items()})
+    if len(points) == 1:
+        return train_zoo_model(model_id, None, seed=seed, hyper=points[0] or None, **options), None
+    for point in points:  # before any training: a grid chooses on the validation split
+        entry = with_hyper(zoo_entry(model_id), point, adversarial=options.get("adversarial") is not None)
+        if protocol_for(entry.recipe, options.get("protocol")).validation == 0:
+            raise InputError("a grid is chosen on the validation split: give --validation N (N > 0)")
+    best: FittedModel | None = None
+    trials: list[dict[str, Any]] = []
+    for point in points:
+        fitted = train_zoo_model(model_id, None, seed=seed, hyper=point, evaluate=False, **options)
+        error = fitted.meta.get("validation_error")
+        if error is None:
+            raise InputError("a grid is chosen on the validation split: give --validation N (N > 0)")
+        trials.append({"hyper": point, "validation_error": error, "seconds": fitted.meta["training"]["seconds"]})
+        if best is None or error < best.meta["validation_error"]:
+            best = fitted
+    assert best is not None
+    chosen = next(k for k, t in enumerate(trials) if t["hyper"] == best.meta["hyper"])
+    evaluate_fitted(best, options.get("data_dir"), options.get("device", "cpu"))
+    return best, grid_record({k: tuple(v) for k, v in axes.items()}, trials, chosen)
