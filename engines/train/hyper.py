@@ -3,7 +3,8 @@ zoo entry with a point's values over its recipe.
 
 A grid is small and stated: every point is trained with the study's first seed, the point of lowest validation
 error is chosen (the earliest on ties) and only then are the test set and the other seeds touched
-(`engines.train.seeds.train_study`). A one-value axis just sets that hyper-parameter.
+(`engines.train.seeds.train_seeds`). A one-value axis just sets that hyper-parameter; `check_point` refuses a
+value the training would ignore.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from engines.core.zoo import ZooEntry
 from engines.train.adversarial_pool import AdversarialSettings
 
 # name -> (where it goes, its type): the recipe's own keys, the architecture's dropout rates, the protocol's
-# decoupled decay and floor, and the adversarial training's settings (§4.2's recipes only).
+# decoupled decay and floor, and the adversarial training's settings (adversarial trainings only).
 HYPER: dict[str, tuple[str, type]] = {
     "lr": ("recipe", float),
     "epochs": ("recipe", int),
