@@ -9,6 +9,7 @@ cost, its robustness, and paired comparisons (against weight decay alone; each p
     .venv/bin/python benchmarks/study_section42.py [--out runs/study42] [--seeds 0,1,2,3,4] [--jobs 2]
         [--arms decay,dropout,…] [--stage train|robustness|report|all] [--n 1000] [--code DIR]
     .venv/bin/python benchmarks/study_section42.py --stage ship   # copy the shipped arms into sample_data
+    .venv/bin/python benchmarks/study_section42.py --stage extend --extra DIR --arms …   # add later seeds
 
 `--code DIR` runs the trainings from a frozen copy of the project (so that edits made meanwhile cannot reach a
 training started later). The whole study: see the README's "§4.2 under the protocol" for its wall time.
@@ -31,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from engines.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from engines.core.io import atomic_write, write_json_atomic  # noqa: E402
 from engines.train.fit import TRAIN_ERROR_ON, FittedModel, evaluate_fitted  # noqa: E402
-from engines.train.seeds import compare_paired  # noqa: E402
+from engines.train.seeds import compare_paired, seed_study  # noqa: E402
 
 # arm -> (zoo model, extra `blindspot train` options). The chain adv-paper → +nearest → +cap → adv adds one pool fix
 # at a time; adv is the fixed pool (its last fix: hidden examples kept as perturbations) with its mix chosen on
@@ -224,13 +225,37 @@ def ship(out: Path) -> None:
     write_json_atomic(ROOT / "sample_data" / "studies" / "section42.json", json.loads((out / "study.json").read_text()))
 
 
+def extend(out: Path, extra: Path, arms: list[str]) -> None:
+    """Add the seeds an arm was trained with later (`--out EXTRA --seeds 3,4`, the same code and options) to its
+    seed study: each seed's training is independent of the others, so the merged study is the one `--seeds` over all
+    of them would have written. Refused when the two sidecars' recipes differ."""
+    same = ("zoo_id", "spec", "protocol", "weight_decay", "hyper")
+    for arm in arms:
+        model = ARMS[arm][0]
+        first, later = (folder / arm / f"{model}.json" for folder in (out, extra))
+        if not later.exists():
+            continue
+        a, b = json.loads(first.read_text()), json.loads(later.read_text())
+        differ = [k for k in same if a.get(k) != b.get(k)]
+        settings = [(m["training"].get("adversarial") or {}) for m in (a, b)]
+        if differ or {k: v for k, v in settings[0].items() if k != "layers_used"} != {
+            k: v for k, v in settings[1].items() if k != "layers_used"
+        }:
+            raise SystemExit(f"{arm}: the later seeds were trained otherwise ({differ or 'adversarial settings'})")
+        seeds = {r["seed"] for r in a["per_seed"]}
+        runs = a["per_seed"] + [r for r in b["per_seed"] if r["seed"] not in seeds]
+        a |= seed_study(runs)
+        write_json_atomic(first, a)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "study42")
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--arms", default=",".join(ARMS))
-    parser.add_argument("--stage", choices=("train", "robustness", "report", "all", "ship"), default="all")
+    parser.add_argument("--stage", choices=("train", "robustness", "report", "all", "ship", "extend"), default="all")
+    parser.add_argument("--extra", type=Path, help="With --stage extend: the --out of the arms' later seeds.")
     parser.add_argument("--n", type=int, default=1000, help="Images per model for the robustness columns.")
     parser.add_argument("--code", type=Path, default=ROOT, help="The project copy the trainings run from.")
     args = parser.parse_args()
@@ -241,6 +266,8 @@ def main() -> None:
     if args.stage == "ship":
         ship(out)
         return
+    if args.stage == "extend":
+        extend(out, args.extra.resolve(), arms)
     start = time.perf_counter()
     if args.stage in ("train", "all"):
         with ThreadPoolExecutor(args.jobs) as pool:
@@ -251,7 +278,7 @@ def main() -> None:
     if args.stage in ("robustness", "all"):
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda a: robustness_arm(a, out, args.n, args.code), arms))
-    if args.stage in ("report", "all", "robustness", "train"):
+    if args.stage in ("report", "all", "robustness", "train", "extend"):
         result = study(out, args.n)
         write_json_atomic(out / "study.json", result)
         atomic_write(out / "study.md", lambda p: p.write_text(markdown(result)))
