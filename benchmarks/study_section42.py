@@ -31,8 +31,10 @@ sys.path.insert(0, str(ROOT))
 
 from engines.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from engines.core.io import atomic_write, write_json_atomic  # noqa: E402
+from engines.reproduce.section42_markdown import pm  # noqa: E402
+from engines.reproduce.section42_study import paired  # noqa: E402
 from engines.train.fit import TRAIN_ERROR_ON, FittedModel, evaluate_fitted  # noqa: E402
-from engines.train.seeds import compare_paired, seed_study  # noqa: E402
+from engines.train.seeds import seed_study  # noqa: E402
 
 # arm -> (zoo model, extra `blindspot train` options). The chain adv-paper → +nearest → +cap → adv adds one pool fix
 # at a time; adv is the fixed pool (its last fix: hidden examples kept as perturbations) with its mix chosen on
@@ -138,16 +140,12 @@ def arm_row(arm: str, out: Path) -> dict[str, Any] | None:
 
 
 def comparisons(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Paired differences of test error over common seeds: every arm against weight decay alone, each pool fix
-    against the step before it in the chain."""
+    """Paired differences of test error over common seeds (as reproduce computes them): every arm against weight
+    decay alone, each pool fix against the step before it in the chain."""
     pairs = [(BASELINE, arm) for arm in rows if arm != BASELINE]
     pairs += [(a, b) for a, b in zip(CHAIN, CHAIN[1:], strict=False)]
-    found = []
-    for a, b in pairs:
-        if a in rows and b in rows:
-            errors = [{r["seed"]: r["test_error"] for r in rows[k]["per_seed"]} for k in (a, b)]
-            found.append({"a": a, "b": b} | compare_paired(errors[0], errors[1], names=(a, b)))
-    return found
+    arms = {"arms": list(rows.values())}
+    return [c for a, b in pairs if (c := paired(arms, a, b)) is not None]
 
 
 def study(out: Path, n: int) -> dict[str, Any]:
@@ -168,9 +166,6 @@ def study(out: Path, n: int) -> dict[str, Any]:
 
 
 def markdown(s: dict[str, Any]) -> str:
-    def pm(mean: float | None, sd: float | None) -> str:
-        return "–" if mean is None else f"{mean:.2f} ± {sd:.2f}" if sd is not None else f"{mean:.2f}"
-
     lines = [
         "| arm | model | chosen | validation % | test % | min. distortion | certified | transfer % | noise % | s |",
         "|---|---|---|---|---|---|---|---|---|---|",

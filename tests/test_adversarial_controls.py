@@ -229,29 +229,6 @@ def test_fresh_modes_train_without_a_pool(mode: str) -> None:
         assert float((model(x).argmax(1) != y).float().mean()) < 0.2  # it still learns the bands
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--adversarial", "--adv-cap", "0"], "--adv-cap is an rms distortion"),
-        (["--adversarial", "--adv-cap", "-0.1"], "--adv-cap is an rms distortion"),
-        (["--adversarial", "--adversarial-mode", "fgm", "--adv-eps", "0"], "--adv-eps is an rms perturbation"),
-        (["--adversarial", "--adversarial-mode", "vat", "--adv-layers", "act7"], "unknown layer 'act7'"),
-        (["--adversarial", "--adversarial-mode", "pgd"], "unknown --adversarial-mode 'pgd'"),
-        (["--adversarial", "--adv-hidden", "stale"], "unknown --adv-hidden 'stale'"),
-        (["--adversarial", "--adv-cap-policy", "clip"], "unknown --adv-cap-policy 'clip'"),
-        (["--adversarial", "--target", "furthest"], "unknown --target 'furthest'"),
-        (["--adv-cap", "0.1"], "--adv-cap is a pool option: add --adversarial"),
-        (["--adversarial-mode", "fgm"], "--adversarial-mode is a pool option: add --adversarial"),
-    ],
-)
-def test_cli_bad_control_options_exit_2_with_one_line(cli, tmp_path, args: list[str], message: str) -> None:
-    rc, out, err = cli("train", "--model", "n100-100-10", "--out", str(tmp_path / "m"), *args)
-    assert rc == 2
-    assert message in err and len(err.strip().splitlines()) == 1
-    assert "Traceback" not in err + out
-    assert not (tmp_path / "m").exists()
-
-
 def test_models_json_shows_the_seed_study_of_a_sidecar(cli, tmp_path) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))

@@ -190,9 +190,20 @@ def test_unknown_layer_is_refused_with_the_known_ones() -> None:
         (["--adversarial", "--adv-layers", "input,act9"], "unknown layer 'act9'"),
         (["--pool-size", "100"], "--pool-size is a pool option: add --adversarial"),
         (["--adversarial", "--target", "all"], "--target all"),
+        # the pool's fixes and the fresh-perturbation controls (issue 24)
+        (["--adversarial", "--adv-cap", "0"], "--adv-cap is an rms distortion"),
+        (["--adversarial", "--adv-cap", "-0.1"], "--adv-cap is an rms distortion"),
+        (["--adversarial", "--adversarial-mode", "fgm", "--adv-eps", "0"], "--adv-eps is an rms perturbation"),
+        (["--adversarial", "--adversarial-mode", "vat", "--adv-layers", "act7"], "unknown layer 'act7'"),
+        (["--adversarial", "--adversarial-mode", "pgd"], "unknown --adversarial-mode 'pgd'"),
+        (["--adversarial", "--adv-hidden", "stale"], "unknown --adv-hidden 'stale'"),
+        (["--adversarial", "--adv-cap-policy", "clip"], "unknown --adv-cap-policy 'clip'"),
+        (["--adversarial", "--target", "furthest"], "unknown --target 'furthest'"),
+        (["--adv-cap", "0.1"], "--adv-cap is a pool option: add --adversarial"),
+        (["--adversarial-mode", "fgm"], "--adversarial-mode is a pool option: add --adversarial"),
     ],
 )
-def test_cli_bad_pool_options_exit_2_with_one_line(cli, tmp_path, args: list[str], message: str) -> None:
+def test_cli_bad_pool_and_control_options_exit_2_with_one_line(cli, tmp_path, args: list[str], message: str) -> None:
     rc, out, err = cli("train", "--model", "n100-100-10", "--out", str(tmp_path / "m"), *args)
     assert rc == 2
     assert message in err and len(err.strip().splitlines()) == 1

@@ -27,6 +27,18 @@ from engines.transfer.request import TransferRequest
 from engines.units.operation import UnitsRequest
 from screens.state import Settings
 
+# every request that declares options the CLI and the workbench share
+DECLARING = (
+    AttackRequest,
+    AttackConfig,
+    TrainRequest,
+    UnitsRequest,
+    BoundsRequest,
+    RobustnessRequest,
+    ReproduceRequest,
+    TransferRequest,
+)
+
 
 def _commands(group: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Every leaf command of a click group (sub-groups walked), by its full name."""
@@ -206,16 +218,7 @@ def test_workbench_requests_take_the_declared_defaults_of_what_they_do_not_ask()
 
 
 def test_every_declared_option_has_its_words() -> None:
-    for request in (
-        AttackRequest,
-        AttackConfig,
-        TrainRequest,
-        UnitsRequest,
-        BoundsRequest,
-        RobustnessRequest,
-        ReproduceRequest,
-        TransferRequest,
-    ):
+    for request in DECLARING:
         for name, spec in declared_options(request).items():
             assert spec.help and spec.label and spec.flag.startswith("--"), (request.__name__, name)
             if spec.choices is not None:
@@ -275,16 +278,7 @@ def test_a_form_built_from_any_declaration_reads_back_its_defaults() -> None:
             await pilot.pause()
             return {name: read_field(app.screen, request, name) for name in names}
 
-    for request in (
-        AttackRequest,
-        AttackConfig,
-        TrainRequest,
-        UnitsRequest,
-        BoundsRequest,
-        RobustnessRequest,
-        ReproduceRequest,
-        TransferRequest,
-    ):
+    for request in DECLARING:
         names = [name for name in declared_options(request) if _offerable(request, name)]
         values = asyncio.run(read_back(request, names))
         assert values == {name: option_spec(request, name).default for name in names}, request.__name__
